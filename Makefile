@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/ruff check harden plugins tests benchmarks
+	$(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/harden apply resnet18 --num-classes 10 --input-size 32 --upsample 2 --stride-mod -o demo-out/resnet18-rcm.safetensors --force
+	$(BIN)/harden inspect demo-out/resnet18-rcm.safetensors
+
+lint: $(STAMP)
+	$(BIN)/ruff check harden plugins tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,49 @@
+"""The ``harden`` command line: a thin layer over the library API.
+
+Each command lives in its own module and registers itself on :data:`main`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from harden.errors import HardenError
+
+COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetune", "harden.cli.zoo")
+
+
+class HardenGroup(click.Group):
+    """A click group that prints harden's errors as one line and maps them to exit statuses."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        debug = bool(ctx.params.get("debug")) or "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except HardenError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if debug:
+                raise
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=HardenGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="harden")
+def main(debug: bool) -> None:
+    """Make existing image classifiers more robust to adversarial examples."""
+
+
+for _name in COMMAND_MODULES:
+    try:
+        importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:  # a command module not written yet
+        if _exc.name != _name:
+            raise

@@ -1,0 +1,60 @@
+"""Options shared by several commands: how a MODEL argument becomes a model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+import harden
+from harden.errors import UsageError
+from harden.model import HardenedModel
+from harden.transforms import parse_number
+
+
+def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(parse_number(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options describing how to build a model from a spec (ignored for harden files)."""
+    options = [
+        click.option("--num-classes", type=int, default=None, help="Number of classes of the classifier head."),
+        click.option("--input-size", type=int, default=None, help="Input side in pixels (e.g. 32 for CIFAR)."),
+        click.option("--weights", type=click.Path(dir_okay=False), default=None,
+                     help="State dict for the base model (.safetensors, .pt, .pth)."),
+        click.option("--pretrained", is_flag=True, help="Use the library's own pretrained weights (needs network)."),
+        click.option("--mean", default=None, help="Input normalization mean, e.g. 0.4914,0.4822,0.4465."),
+        click.option("--std", default=None, help="Input normalization std."),
+        click.option("--trust-code", is_flag=True,
+                     help="Allow a harden file whose recipe names a user factory (package.module:factory)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def is_model_file(model: str) -> bool:
+    return Path(model).suffix in (".safetensors", ".pt", ".pth") or Path(model).is_file()
+
+
+def resolve_model(model: str, *, num_classes: int | None = None, input_size: int | None = None,
+                  weights: str | None = None, pretrained: bool = False, mean: str | None = None,
+                  std: str | None = None, trust_code: bool = False, **_: Any) -> HardenedModel:
+    """A MODEL argument is a harden safetensors file or any model spec (``--weights`` for its state)."""
+    if model.endswith((".pt", ".pth")):
+        raise UsageError(f"'{model}' is a torch checkpoint, not a harden file; pass the architecture as MODEL "
+                         f"and the file with --weights {model}")
+    if model.endswith(".safetensors") or Path(model).is_file():
+        if weights or pretrained:
+            raise UsageError("--weights/--pretrained apply to a model spec, not to a harden file")
+        return harden.load(model, trust_code=trust_code)
+    return harden.load_model(model, num_classes=num_classes, pretrained=pretrained, weights=weights,
+                             input_size=input_size, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))

@@ -1,0 +1,162 @@
+"""``harden apply``, ``harden inspect`` and ``harden list``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+import harden
+from harden.cli import main
+from harden.cli._options import model_options, resolve_model
+from harden.errors import UsageError
+from harden.serialization import read_metadata, read_recipe, read_reports
+from harden.sources import model_sources
+from harden.summary import before_after_table, human, model_facts
+
+
+def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, strides: str | None,
+                    activation: str | None, last_stage_width: str | None, extra: tuple[str, ...]) -> list[str]:
+    """The shorthand options as transform strings, in a fixed order, then each ``-t`` in order."""
+    specs = []
+    if stride_mod and strides:
+        raise UsageError("use either --stride-mod or --strides, not both")
+    if stride_mod:
+        specs.append("stride-mod")
+    if strides:
+        specs.append(f"strides:pattern={strides}")
+    if last_stage_width is not None:
+        specs.append(f"last-stage-width:ratio={last_stage_width}")
+    if activation:
+        specs.append(f"activation:name={activation}")
+    if upsample is not None:
+        specs.append(f"upsample:factor={upsample},mode={upsample_mode}")
+    return specs + list(extra)
+
+
+@main.command("apply")
+@click.argument("model")
+@model_options
+@click.option("--upsample", default=None, metavar="K", help="Interpolate the input by K inside the model.")
+@click.option("--upsample-mode", type=click.Choice(["nearest", "bilinear"]), default="nearest", show_default=True)
+@click.option("--stride-mod", is_flag=True, help="Halve the stride of the first stage transition after the stem.")
+@click.option("--strides", default=None, metavar="PATTERN", help="Stride per downsampling point, e.g. 1122.")
+@click.option("--activation", default=None, metavar="NAME", help="Replace ReLU-family activations (silu, gelu, ...).")
+@click.option("--last-stage-width", default=None, metavar="R", help="Keep a fraction R of the last stage's channels.")
+@click.option("-t", "--transform", "extra", multiple=True, metavar="NAME[:k=v,...]",
+              help="Any registered transform; repeatable, applied in order after the options above.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write a harden safetensors file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra,
+                  output, force, as_json, **model_opts) -> None:
+    """Apply robustness transforms to MODEL (a model spec or a harden file)."""
+    specs = transform_specs(upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra)
+    if output and not force:
+        from pathlib import Path
+
+        if Path(output).exists():
+            raise UsageError(f"'{output}' exists; pass --force to overwrite it")
+    base = resolve_model(model, **model_opts)
+    transforms = [harden.transforms.parse_transform(s) for s in specs]
+    before = model_facts(base)
+    start = time.perf_counter()
+    hardened = harden.apply(base, transforms)
+    elapsed = time.perf_counter() - start
+    after = model_facts(hardened)
+    new_entries = hardened.recipe["transforms"][len(base.recipe["transforms"]):]
+    if output:
+        harden.save(hardened, output, overwrite=True)
+    if as_json:
+        click.echo(json.dumps({
+            "model": hardened.recipe["model"]["spec"],
+            "transforms": new_entries,
+            "before": before.__dict__, "after": after.__dict__,
+            "transform_seconds": round(elapsed, 3), "output": output,
+        }, default=list, indent=2))
+        return
+    click.echo(f"model: {hardened.recipe['model']['spec']}  ({hardened.num_classes} classes, "
+               f"input {'x'.join(map(str, hardened.input_size))})")
+    for entry in new_entries:
+        click.echo(f"transform {harden.transforms.make_transform(entry['name'], entry['config']).spec()}")
+        for change in entry["changes"]:
+            click.echo(f"  - {change}")
+    if not new_entries:
+        click.echo("no transforms given (see `harden list`)")
+    click.echo("")
+    click.echo(before_after_table(before, after))
+    click.echo(f"\ntransform time: {elapsed:.2f}s")
+    if output:
+        click.echo(f"wrote {output}")
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the recipe and reports as JSON.")
+def inspect_command(path: str, as_json: bool) -> None:
+    """Show the recipe and stored reports of a harden file."""
+    read_metadata(path)
+    rec = read_recipe(path)
+    reports = read_reports(path)
+    if as_json:
+        click.echo(json.dumps({"recipe": rec, "reports": reports}, indent=2, sort_keys=True))
+        return
+    m = rec["model"]
+    click.echo(f"file: {path}")
+    click.echo(f"model: {m['spec']} (source {m['source']}, name {m['name']}, {m['num_classes']} classes, "
+               f"input {'x'.join(map(str, m['input_size']))})")
+    click.echo(f"normalization: mean {m['mean']} std {m['std']}")
+    if m.get("kwargs"):
+        click.echo(f"constructor arguments: {m['kwargs']}")
+    click.echo(f"transforms ({len(rec.get('transforms', []))}):")
+    for entry in rec.get("transforms", []):
+        cfg = ",".join(f"{k}={v}" for k, v in (entry.get("config") or {}).items() if v is not None)
+        click.echo(f"  {entry['name']}{':' + cfg if cfg else ''}  [{entry.get('provider', '?')}]")
+        for change in entry.get("changes", []):
+            click.echo(f"    - {change}")
+    for key, extra in rec.items():
+        if key not in ("format", "model", "transforms", "versions"):
+            click.echo(f"{key}: {json.dumps(extra, sort_keys=True)[:400]}")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items())))
+    click.echo(f"reports ({len(reports)}):")
+    for r in reports:
+        click.echo("  " + _report_line(r))
+
+
+def _report_line(r: dict) -> str:
+    keys = ("attack", "norm", "eps", "n", "seed", "clean_acc", "robust_acc")
+    parts = [f"{k}={r[k]}" for k in keys if k in r]
+    if r.get("warnings"):
+        parts.append(f"warnings={len(r['warnings'])}")
+    return " ".join(parts) or json.dumps(r)[:200]
+
+
+@main.command("list")
+@click.option("--models", "show_models", default=None, metavar="PATTERN",
+              help="Also list model names matching PATTERN (e.g. 'resnet*').")
+def list_command(show_models: str | None) -> None:
+    """List transforms (with their package), model sources and attacks."""
+    click.echo("transforms:")
+    for name, cls in harden.list_transforms().items():
+        params = ", ".join(f"{p.name}={p.default}" if not p.required else p.name for p in cls.params)
+        click.echo(f"  {name:<18} {cls.summary}  [{cls.provider}]" + (f"  ({params})" if params else ""))
+    click.echo("model sources:")
+    for name, src in model_sources().items():
+        click.echo(f"  {name + ':':<18} {src.description}")
+    try:
+        from harden.attacks import list_attacks
+    except ImportError:
+        pass
+    else:
+        click.echo("attacks:")
+        for name, desc in list_attacks().items():
+            click.echo(f"  {name:<18} {desc}")
+    if show_models:
+        import fnmatch
+
+        for name, src in model_sources().items():
+            hits = [n for n in src.names() if fnmatch.fnmatch(n, show_models)]
+            if hits:
+                click.echo(f"{name} models matching '{show_models}': " + ", ".join(hits[:200]))
+    _ = human

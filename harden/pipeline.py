@@ -1,0 +1,121 @@
+"""Applying transforms to a model and replaying a recorded recipe."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from harden.errors import HardenError, UsageError
+from harden.model import HardenedModel
+from harden.sources import build_net
+from harden.transforms import Transform, make_transform, parse_transform
+
+
+def wrap(net: nn.Module, *, input_size: int | Sequence[int], num_classes: int | None = None,
+         mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+         name: str | None = None) -> HardenedModel:
+    """Wrap a plain ``nn.Module`` (images in [0, 1] after ``mean``/``std``) as a HardenedModel.
+
+    Its recipe cannot rebuild the base network from a file; ``harden.load(path, base=...)`` takes it.
+    """
+    size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) == 2:
+        size = (3, *size)
+    if num_classes is None:
+        with torch.no_grad():
+            was = net.training
+            net.eval()
+            num_classes = int(net((torch.zeros(1, *size) - torch.tensor(mean).view(1, -1, 1, 1))
+                                  / torch.tensor(std).view(1, -1, 1, 1)).shape[-1])
+            net.train(was)
+    recipe = {
+        "format": "harden.recipe/1",
+        "model": {"spec": name or type(net).__name__, "source": "object", "name": name or type(net).__qualname__,
+                  "kwargs": {}, "num_classes": num_classes, "input_size": list(size), "mean": list(mean),
+                  "std": list(std), "pretrained": False, "weights": None},
+        "transforms": [],
+    }
+    return HardenedModel(net, mean=mean, std=std, recipe=recipe)
+
+
+def _check_runs(model: HardenedModel, what: str) -> None:
+    was = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+            out = model(torch.zeros(2, *model.input_size, device=dev))
+    except Exception as exc:
+        raise HardenError(f"{what} left a model that does not run: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
+    finally:
+        for m, t in was.items():
+            m.training = t
+    if tuple(out.shape) != (2, model.num_classes):
+        raise HardenError(f"{what} changed the output shape to {tuple(out.shape)[1:]}; "
+                          f"expected ({model.num_classes},)")
+
+
+def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transform, *,
+          input_size: int | Sequence[int] | None = None) -> HardenedModel:
+    """Return a copy of ``model`` with ``transforms`` applied in order, each recorded in its recipe.
+
+    ``transforms`` are strings like ``"upsample:factor=2"`` or :class:`Transform` objects.
+    A plain ``nn.Module`` is wrapped first (``input_size`` is then required).
+    """
+    if isinstance(transforms, (str, Transform)):
+        transforms = [transforms]
+    parsed = [parse_transform(t) for t in transforms]
+    if isinstance(model, HardenedModel):
+        out = copy.deepcopy(model)
+        if input_size is not None:
+            size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+            out.recipe["model"]["input_size"] = list(size if len(size) == 3 else (3, *size))
+    else:
+        if input_size is None:
+            raise UsageError("apply() on a plain nn.Module needs input_size=")
+        out = wrap(copy.deepcopy(model), input_size=input_size)
+    for t in parsed:
+        applied = t.apply(out)
+        _check_runs(out, f"transform '{t.spec()}'")
+        out.recipe["transforms"].append({
+            "name": t.name,
+            "provider": t.provider,
+            "config": dict(t.config),
+            "state": applied.state,
+            "changes": list(applied.changes),
+        })
+    return out
+
+
+def recipe(model: HardenedModel) -> dict[str, Any]:
+    """A copy of the recipe that describes how ``model`` was built."""
+    if not isinstance(model, HardenedModel):
+        raise UsageError("recipe() takes a model made by harden.load_model / harden.apply / harden.load")
+    return copy.deepcopy(model.recipe)
+
+
+def rebuild(recipe_: dict[str, Any], *, trust_code: bool = False, base: nn.Module | None = None) -> HardenedModel:
+    """Build the model a recipe describes, with fresh weights: base network, then each transform replayed."""
+    if recipe_.get("format") != "harden.recipe/1":
+        raise HardenError(f"unsupported recipe format {recipe_.get('format')!r}")
+    spec = recipe_["model"]
+    if base is not None:
+        net = copy.deepcopy(base)
+    elif spec["source"] == "object":
+        raise HardenError(
+            f"this file's base model was a Python object ({spec['name']}); pass it as harden.load(path, base=model)")
+    else:
+        net = build_net(spec["source"], spec["name"], num_classes=spec["num_classes"], pretrained=False,
+                        kwargs=spec.get("kwargs") or {}, trust_code=trust_code).net
+    model = HardenedModel(net, mean=spec["mean"], std=spec["std"],
+                          recipe={**copy.deepcopy(recipe_), "transforms": []})
+    for entry in recipe_.get("transforms", []):
+        t = make_transform(entry["name"], entry.get("config") or {})
+        t.replay(model, entry.get("state") or {})
+        model.recipe["transforms"].append(copy.deepcopy(entry))
+    return model

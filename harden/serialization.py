@@ -1,0 +1,174 @@
+"""Saving and loading hardened models as self-describing safetensors files.
+
+The weights are the model's state dict; the metadata holds the recipe (``harden.recipe``) and the
+reports of evaluations (``harden.reports``) as JSON. Loading never runs code named in a file: a
+recipe whose base model is a user factory is refused unless the caller opts in with ``trust_code``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harden import __version__
+from harden.errors import HardenError, UsageError
+from harden.model import HardenedModel
+from harden.pipeline import rebuild
+
+RECIPE_KEY = "harden.recipe"
+REPORTS_KEY = "harden.reports"
+
+
+def versions() -> dict[str, str]:
+    """Versions of harden and the libraries a recipe depends on."""
+    out = {"harden": __version__, "torch": torch.__version__}
+    for name in ("timm", "torchvision", "torch_pruning"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", "unknown")
+        except ImportError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
+
+    On failure the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UsageError(f"'{path}' exists; pass --force to overwrite it")
+    if path.exists() and path.is_dir():
+        raise UsageError(f"'{path}' is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    seen: dict[int, str] = {}
+    out = {}
+    for key, tensor in model.state_dict().items():
+        t = tensor.detach().cpu()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        # safetensors refuses shared storage: store a private contiguous copy of each tensor
+        if ptr is not None and ptr in seen or not t.is_contiguous():
+            t = t.clone().contiguous()
+        elif ptr is not None:
+            seen[ptr] = key
+        out[key] = t
+    return out
+
+
+def save(model: HardenedModel, path: str | os.PathLike[str], *, overwrite: bool = True,
+         reports: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``model`` (weights + recipe + reports) to ``path`` atomically."""
+    from safetensors.torch import save_file
+
+    if not isinstance(model, HardenedModel):
+        raise UsageError("save() takes a model made by harden.load_model / harden.apply / harden.load")
+    rec = dict(model.recipe)
+    rec["versions"] = versions()
+    metadata = {RECIPE_KEY: json.dumps(rec, sort_keys=True)}
+    all_reports = list(getattr(model, "reports", []) or []) if reports is None else reports
+    if all_reports:
+        metadata[REPORTS_KEY] = json.dumps(all_reports, sort_keys=True)
+    tensors = _state_for_saving(model)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The raw safetensors metadata of ``path``, with clear errors for missing or foreign files."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"'{path}' does not exist")
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        raise UsageError(f"'{path}' is a torch checkpoint, not a harden safetensors file; "
+                         f"load it with --model SPEC --weights {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HardenError(f"'{path}' is not a readable safetensors file ({str(exc)[:120]}); "
+                          "it may be truncated or of another format") from exc
+
+
+def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The recipe stored in a harden safetensors file."""
+    meta = read_metadata(path)
+    if RECIPE_KEY not in meta:
+        raise UsageError(f"'{path}' is a plain safetensors file without a harden recipe; "
+                         f"load it with --model SPEC --weights {path}")
+    try:
+        return json.loads(meta[RECIPE_KEY])
+    except json.JSONDecodeError as exc:
+        raise HardenError(f"'{path}' has a damaged harden recipe ({exc})") from exc
+
+
+def read_reports(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Evaluation reports stored in a harden safetensors file (possibly empty)."""
+    meta = read_metadata(path)
+    try:
+        return json.loads(meta.get(REPORTS_KEY, "[]"))
+    except json.JSONDecodeError as exc:
+        raise HardenError(f"'{path}' has damaged stored reports ({exc})") from exc
+
+
+def load(path: str | os.PathLike[str], *, trust_code: bool = False, base: nn.Module | None = None,
+         map_location: str | torch.device = "cpu") -> HardenedModel:
+    """Rebuild the model stored at ``path`` from its recipe and load its weights strictly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    rec = read_recipe(path)
+    model = rebuild(rec, trust_code=trust_code, base=base)
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise HardenError(f"'{path}' could not be read ({str(exc)[:120]}); it may be truncated") from exc
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise HardenError(
+            f"'{path}' does not match its own recipe: {len(result.missing_keys)} missing keys "
+            f"({', '.join(result.missing_keys[:3])}), {len(result.unexpected_keys)} unexpected "
+            f"({', '.join(result.unexpected_keys[:3])}); the file may come from an incompatible harden version"
+        )
+    model.reports = read_reports(path)
+    model.eval()
+    return model
+
+
+def add_report(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
+    """Append ``report`` to the reports stored in ``path``, rewriting the file atomically."""
+    from safetensors.torch import load_file, save_file
+
+    meta = read_metadata(path)
+    if RECIPE_KEY not in meta:
+        raise UsageError(f"'{path}' is not a harden model file; reports can only be stored in one")
+    reports = read_reports(path)
+    reports.append(report)
+    meta[REPORTS_KEY] = json.dumps(reports, sort_keys=True)
+    tensors = load_file(str(path))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)

@@ -1,0 +1,37 @@
+"""upsample: interpolate the input by an integer factor inside the model (Xu et al., rcm)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from harden.model import HardenedModel
+from harden.transforms import Applied, Param, Transform
+
+
+def _factor(text: str) -> int:
+    value = float(text)
+    if value != int(value):
+        raise ValueError("the factor must be a whole number")
+    return int(value)
+
+
+class Upsample(Transform):
+    """Enlarge every feature map by resizing the input ``factor`` times before the network."""
+
+    name = "upsample"
+    summary = "interpolate the input by K inside the model (larger feature maps before pooling)"
+    params = (
+        Param("factor", _factor, default=2, help="integer factor K >= 1",
+              check=lambda v: None if v >= 1 else "must be a whole number >= 1"),
+        Param("mode", str, default="nearest", help="interpolation mode", choices=("nearest", "bilinear")),
+    )
+
+    def apply(self, model: HardenedModel) -> Applied:
+        factor, mode = self.config["factor"], self.config["mode"]
+        before = model.net_input_size()
+        if factor == 1:
+            return Applied([f"upsample x1 ({mode}): nothing to do"])
+        layer = nn.Upsample(scale_factor=factor, mode=mode, **({"align_corners": False} if mode != "nearest" else {}))
+        model.input_transforms.append(layer)
+        after = model.net_input_size()
+        return Applied([f"input {before[1]}x{before[2]} -> {after[1]}x{after[2]} by {mode} upsampling x{factor}"])

@@ -83,3 +83,25 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm
     step = (1.25 * eps if random_start else eps) if step_size is None else step_size
     return pgd(model, x, y, eps=eps, steps=1, step_size=step, norm=norm, random_start=random_start,
                generator=generator)
+
+
+def cw(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 20,
+       step_size: float | None = None, norm: str = "Linf", random_start: bool = True,
+       generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD on the Carlini-Wagner margin loss (the usual "CW-k" of robustness papers)."""
+    return pgd(model, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm, loss="cw",
+               random_start=random_start, generator=generator)
+
+
+ATTACKS: dict[str, str] = {
+    "autoattack": "AutoAttack standard (pyautoattack): APGD-CE, APGD-T, FAB-T, Square; --fast: APGD-CE, APGD-T",
+    "apgd-ce": "APGD on cross-entropy alone, with AutoAttack's standard settings (pyautoattack)",
+    "pgd": "PGD-20 on cross-entropy, step eps/4, random start (quick check)",
+    "fgsm": "one gradient-sign step of size eps (quick check, weak)",
+    "cw": "PGD-20 on the Carlini-Wagner margin loss, step eps/4 (quick check)",
+}
+
+
+def list_attacks() -> dict[str, str]:
+    """Attack names accepted by ``harden evaluate --attack``, with a one-line description each."""
+    return dict(ATTACKS)

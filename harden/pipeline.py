@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError, UsageError
+from harden.graph.tracing import fake_mode
 from harden.model import HardenedModel
 from harden.sources import build_net
 from harden.transforms import Transform, make_transform, parse_transform
@@ -46,16 +47,16 @@ def _check_runs(model: HardenedModel, what: str) -> None:
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), fake_mode():
             dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-            out = model(torch.zeros(2, *model.input_size, device=dev))
+            out = model(torch.zeros(1, *model.input_size, device=dev))
     except Exception as exc:
         raise HardenError(f"{what} left a model that does not run: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
     finally:
         for m, t in was.items():
             m.training = t
-    if tuple(out.shape) != (2, model.num_classes):
+    if tuple(out.shape) != (1, model.num_classes):
         raise HardenError(f"{what} changed the output shape to {tuple(out.shape)[1:]}; "
                           f"expected ({model.num_classes},)")
 

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harden.graph import feature_map_size, trace_with_shapes
-from harden.graph.tracing import eval_mode
+from harden.graph.tracing import eval_mode, fake_mode
 from harden.model import HardenedModel
 
 
@@ -29,8 +29,13 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, ...]) -> int:
     x = torch.zeros(1, *input_size, device=dev)
     with eval_mode(model), torch.no_grad():
         counter = FlopCounterMode(display=False)
-        with counter:
-            model(x)
+        try:
+            with fake_mode(), counter:
+                model(x)
+        except Exception:  # an op without a fake kernel: count on a real forward
+            counter = FlopCounterMode(display=False)
+            with counter:
+                model(x)
     return int(counter.get_total_flops() // 2)
 
 

@@ -125,7 +125,8 @@ def find_stem(traced: TracedNet, points: Sequence[DownsamplingPoint]) -> list[Do
     first_merge_size = None
     for node in traced.gm.graph.nodes:
         if node.op == "call_function" and node.target in _MERGE_FUNCTIONS:
-            shapes = [shape_of(a) for a in node.args if isinstance(a, fx.Node)]
+            args = [a for arg in node.args for a in (arg if isinstance(arg, (list, tuple)) else [arg])]
+            shapes = [shape_of(a) for a in args if isinstance(a, fx.Node)]
             if len([s for s in shapes if s is not None and len(s) == 4]) >= 2:
                 out = shape_of(node)
                 if out is not None and len(out) == 4:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.fx.passes.shape_prop import ShapeProp
 
 from harden.errors import HardenError
@@ -86,7 +88,11 @@ def trace_with_shapes(net: nn.Module, input_size: Sequence[int]) -> TracedNet:
     x = torch.zeros(1, *input_size, device=dev)
     with eval_mode(net), torch.no_grad():
         try:
-            ShapeProp(gm).propagate(x)
+            try:  # fake tensors: shapes without computing anything
+                mode = FakeTensorMode(allow_non_fake_inputs=True)
+                FakeTensorProp(gm, mode).propagate(mode.from_tensor(x))
+            except Exception:  # an op without a fake kernel: compute for real
+                ShapeProp(gm).propagate(x)
         except Exception as exc:
             raise HardenError(
                 f"shape propagation failed at input size {tuple(input_size)}: "
@@ -95,59 +101,8 @@ def trace_with_shapes(net: nn.Module, input_size: Sequence[int]) -> TracedNet:
     return TracedNet(gm, tuple(x.shape))
 
 
-def shape_of(node: fx.Node | object) -> tuple[int, ...] | None:
-    """The output shape recorded by shape propagation, or None for non-tensor values."""
-    if not isinstance(node, fx.Node):
-        return None
-    meta = node.meta.get("tensor_meta")
-    shape = getattr(meta, "shape", None)
-    return tuple(shape) if shape is not None else None
-
-
-def node_module_path(node: fx.Node) -> str | None:
-    """The qualified name of the innermost module whose forward created ``node`` ('' for the root)."""
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.keys())[-1]
-    return path if isinstance(path, str) else str(path)
-
-
-_GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_GLOBAL_POOL_FUNCTIONS = {
-    torch.nn.functional.adaptive_avg_pool2d,
-    torch.nn.functional.adaptive_max_pool2d,
-    torch.mean,
-    torch.amax,
-}
-
-
-def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules.get(str(node.target)), _GLOBAL_POOL_MODULES)
-    if node.op == "call_function":
-        return node.target in _GLOBAL_POOL_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in ("mean", "amax")
-    return False
-
-
-def feature_map_size(traced: TracedNet) -> tuple[int, int] | None:
-    """Spatial size (H, W) of the feature map that global pooling reduces, or of the last 4-D map."""
-    modules = traced.modules()
-    pooled = None
-    last_map = None
-    for node in traced.gm.graph.nodes:
-        out = shape_of(node)
-        if _is_global_pool(node, modules) and node.args:
-            src = shape_of(node.args[0])
-            if src is not None and len(src) == 4 and out is not None and (
-                len(out) == 2 or (len(out) == 4 and out[2] * out[3] == 1)
-            ):
-                pooled = (src[2], src[3])
-                continue
-        if out is not None and len(out) == 4 and not _is_global_pool(node, modules):
-            last_map = (out[2], out[3])
-    return pooled or last_map
+@contextlib.contextmanager
+def fake_mode() -> Iterator[FakeTensorMode]:
+    """Run code on fake tensors (shapes only, no compute); real parameters are accepted as inputs."""
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        yield mode

@@ -1,0 +1,170 @@
+"""Small helpers around :mod:`torch.distributed` shared by evaluation and fine-tuning.
+
+A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT`` in its environment; :func:`init_from_env` joins the process group (``nccl`` when the
+device is a GPU, ``gloo`` otherwise). Every helper is a no-op in a single process, so callers write
+one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from harden.errors import HardenError
+
+_OWNED = False  # whether harden created the process group (and so may destroy it)
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` from the environment (1 when not started by torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one process is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 in a single process)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 in a single process)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def local_rank() -> int:
+    """This process's index on its machine (``LOCAL_RANK``; 0 in a single process)."""
+    try:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def is_main() -> bool:
+    """True on rank 0 (the process that prints and writes files)."""
+    return rank() == 0
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` means this rank's GPU when there is one, else the CPU; ``cuda`` gets ``cuda:LOCAL_RANK``."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank()}" if env_world_size() > 1 else "cuda"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise HardenError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HardenError(f"device '{device}' asked for but no CUDA GPU is available; use --device cpu")
+    return dev
+
+
+def init_from_env(device: torch.device | None = None, backend: str | None = None) -> bool:
+    """Join the process group described by torchrun's environment; True when running distributed.
+
+    Does nothing (and returns False) when ``WORLD_SIZE`` is 1 or unset. The backend defaults to
+    ``nccl`` for a CUDA device and ``gloo`` otherwise.
+    """
+    global _OWNED
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if env_world_size() <= 1:
+        return False
+    if not dist.is_available():
+        raise HardenError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    dev = device if device is not None else resolve_device("auto")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
+    dist.init_process_group(backend=chosen)
+    _OWNED = True
+    return dist.get_world_size() > 1
+
+
+def shutdown() -> None:
+    """Leave the process group if :func:`init_from_env` created it."""
+    global _OWNED
+    if _OWNED and dist.is_initialized():
+        dist.destroy_process_group()
+    _OWNED = False
+
+
+def _comm_device() -> torch.device:
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+    if not is_distributed():
+        return tensor
+    buf = tensor.detach().to(_comm_device()).clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(tensor.device)
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over all ranks."""
+    if not is_distributed():
+        return tensor
+    buf = tensor.detach().to(_comm_device()).clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return buf.to(tensor.device)
+
+
+def all_reduce_counts(counts: Sequence[int | float]) -> list[float]:
+    """Sum a short list of counts (correct examples, seen examples, ...) over all ranks."""
+    t = torch.tensor([float(c) for c in counts], dtype=torch.float64)
+    return all_reduce_sum(t).tolist()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for all ranks."""
+    if is_distributed():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> range:
+    """The contiguous slice of ``range(n)`` that ``rank_`` owns (sizes differ by at most one)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    base, extra = divmod(n, w)
+    start = r * base + min(r, extra)
+    return range(start, start + base + (1 if r < extra else 0))

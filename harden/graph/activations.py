@@ -1,0 +1,406 @@
+"""Finding the activation sites of a network: module instances and functional calls in forward code.
+
+An activation *family* (relu, gelu, silu, ...) is a set of module classes, functions and tensor
+methods. :func:`find_activation_sites` traces a network with torch.fx (in train and in eval mode)
+and reports
+
+* every module instance of the family (found with ``named_modules``, so activations fused inside
+  layers that fx keeps as leaves, such as timm's ``BatchNormAct2d.act``, are included),
+* every functional call of the family (``F.relu``, ``torch.relu_``, ``x.relu()``, ...) with the
+  smallest module whose own forward makes it (its *owner*, from ``node.meta['nn_module_stack']``),
+* owners whose forward relies on an in-place activation module mutating its input,
+* sites left alone because they implement a gate: calls made inside another activation class (timm's
+  ``HardSigmoid`` is ``relu6(x + 3) / 6``) and the ``relu6(x + 3)`` pattern of hard-sigmoid/hard-swish.
+
+Analysis only: nothing here edits the network (``plugins/activation.py`` does).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from harden.errors import HardenError
+from harden.graph.tracing import node_module_path, trace
+
+
+def _functions(*items: tuple[Any, str]) -> frozenset[Callable[..., Any]]:
+    """The callables ``owner.name`` that exist in this torch version."""
+    return frozenset(getattr(owner, name) for owner, name in items if hasattr(owner, name))
+
+
+def _timm_classes(*names: str) -> tuple[type[nn.Module], ...]:
+    try:
+        from timm.layers import activations as timm_act
+    except ImportError:  # pragma: no cover - timm is a dependency
+        return ()
+    return tuple(getattr(timm_act, n) for n in names if isinstance(getattr(timm_act, n, None), type))
+
+
+_NN = torch._C._nn
+
+
+@dataclass(frozen=True)
+class ActivationFamily:
+    """Module classes, functions and tensor methods that compute one kind of activation."""
+
+    name: str
+    modules: tuple[type[nn.Module], ...]
+    functions: frozenset[Callable[..., Any]] = frozenset()
+    methods: frozenset[str] = frozenset()
+
+    def matches_module(self, module: nn.Module) -> bool:
+        return isinstance(module, self.modules)
+
+    def matches_call(self, node: fx.Node) -> bool:
+        """Whether ``node`` is a functional call (function or tensor method) of this family."""
+        if node.op == "call_function":
+            try:
+                return node.target in self.functions
+            except TypeError:  # unhashable target
+                return False
+        return node.op == "call_method" and node.target in self.methods
+
+
+FAMILIES: dict[str, ActivationFamily] = {
+    "relu": ActivationFamily(
+        "relu",
+        (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU),
+        _functions((F, "relu"), (F, "relu_"), (torch, "relu"), (torch, "relu_"), (F, "relu6"), (_NN, "relu6"),
+                   (_NN, "relu6_"), (F, "leaky_relu"), (F, "leaky_relu_"), (_NN, "leaky_relu"),
+                   (_NN, "leaky_relu_"), (F, "rrelu"), (F, "rrelu_"), (torch, "rrelu"), (torch, "rrelu_"),
+                   (F, "prelu"), (torch, "prelu")),
+        frozenset({"relu", "relu_", "prelu"}),
+    ),
+    "gelu": ActivationFamily(
+        "gelu", (nn.GELU, *_timm_classes("GELU", "GELUTanh", "QuickGELU")), _functions((F, "gelu"), (_NN, "gelu"))),
+    "silu": ActivationFamily(
+        "silu", (nn.SiLU, *_timm_classes("Swish")), _functions((F, "silu"), (_NN, "silu"), (_NN, "silu_"))),
+    "elu": ActivationFamily("elu", (nn.ELU,), _functions((F, "elu"), (F, "elu_"), (_NN, "elu"), (_NN, "elu_"))),
+    "celu": ActivationFamily("celu", (nn.CELU,), _functions((F, "celu"), (F, "celu_"), (torch, "celu"),
+                                                            (torch, "celu_"))),
+    "selu": ActivationFamily("selu", (nn.SELU,), _functions((F, "selu"), (F, "selu_"), (torch, "selu"),
+                                                            (torch, "selu_"))),
+    "softplus": ActivationFamily("softplus", (nn.Softplus,), _functions((F, "softplus"), (_NN, "softplus"))),
+    "mish": ActivationFamily("mish", (nn.Mish, *_timm_classes("Mish")), _functions((F, "mish"), (_NN, "mish"),
+                                                                                    (_NN, "mish_"))),
+    "hardswish": ActivationFamily("hardswish", (nn.Hardswish, *_timm_classes("HardSwish")),
+                                  _functions((F, "hardswish"), (_NN, "hardswish"), (_NN, "hardswish_"))),
+}
+
+# Modules of these packages are activation functions; calls made inside one of another family
+# (timm's HardSigmoid computes relu6(x + 3) / 6) belong to that activation and are left alone.
+_ACTIVATION_PACKAGES = ("torch.nn.modules.activation", "timm.layers.activations", "timm.layers.activations_me")
+_RELU6_FUNCTIONS = _functions((F, "relu6"), (_NN, "relu6"), (_NN, "relu6_"))
+
+
+def get_family(name: str) -> ActivationFamily:
+    """The activation family called ``name`` (KeyError if unknown)."""
+    return FAMILIES[name]
+
+
+def is_activation_class(cls: type) -> bool:
+    """Whether ``cls`` (or a base class) is an activation of torch.nn, timm or one of :data:`FAMILIES`."""
+    if any(issubclass(cls, fam.modules) for fam in FAMILIES.values()):
+        return True
+    return any(getattr(c, "__module__", "") in _ACTIVATION_PACKAGES for c in cls.__mro__[:-1]
+               if c is not nn.Module)
+
+
+def call_name(node: fx.Node) -> str:
+    """A short name for a functional call node: ``relu``, ``relu_``, ``leaky_relu``, ..."""
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def input_of(node: fx.Node) -> fx.Node | None:
+    """The tensor an activation call or module applies to (its first argument)."""
+    if node.args:
+        first = node.args[0]
+    else:
+        first = node.kwargs.get("input", node.kwargs.get("self"))
+    return first if isinstance(first, fx.Node) else None
+
+
+def is_inplace(node: fx.Node, module: nn.Module | None = None) -> bool:
+    """Whether an activation node overwrites its input (``relu_``, ``inplace=True``, ``ReLU(inplace=True)``)."""
+    if node.op == "call_module":
+        return bool(getattr(module, "inplace", False))
+    if call_name(node).endswith("_"):
+        return True
+    if "inplace" in node.kwargs:
+        return bool(node.kwargs["inplace"])
+    if node.op == "call_function":
+        try:
+            bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+        return bool(bound.arguments.get("inplace", False))
+    return False
+
+
+def relies_on_mutation(node: fx.Node) -> bool:
+    """Whether the input of in-place ``node`` is read again after it (so the forward sees the mutation)."""
+    src = input_of(node)
+    if src is None:
+        return False
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    return any(order[user] > order[node] for user in src.users if user is not node)
+
+
+def _is_constant(value: Any, target: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value - target) < 1e-6
+
+
+def is_hard_gate(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """``relu6(x + 3)``: the core of hard-sigmoid / hard-swish written with a ReLU6 (kept as a gate)."""
+    if node.op == "call_module":
+        if not isinstance(modules.get(str(node.target)), nn.ReLU6):
+            return False
+    elif not (node.op == "call_function" and node.target in _RELU6_FUNCTIONS):
+        return False
+    src = input_of(node)
+    if src is None:
+        return False
+    adds = {"add", "add_", "__add__", "iadd", "__iadd__"}
+    if src.op not in ("call_function", "call_method") or call_name(src) not in adds:
+        return False
+    return any(_is_constant(a, 3.0) for a in [*src.args[1:], *src.kwargs.values()])
+
+
+@dataclass
+class ModuleSite:
+    """A module instance of the family, at every path it is registered under."""
+
+    paths: list[str]
+    kind: str
+
+    @property
+    def path(self) -> str:
+        return self.paths[0]
+
+
+@dataclass
+class FunctionalSite:
+    """A functional activation call and the module whose own forward makes it."""
+
+    owner: str
+    owner_type: str
+    call: str
+    inplace: bool = False
+
+
+@dataclass
+class ActivationSites:
+    """What :func:`find_activation_sites` found for one family."""
+
+    family: str
+    modules: list[ModuleSite] = field(default_factory=list)
+    functional: list[FunctionalSite] = field(default_factory=list)
+    mutation_owners: list[str] = field(default_factory=list)
+    kept_gates: list[str] = field(default_factory=list)
+    other_activations: Counter[str] = field(default_factory=Counter)
+    untraced: list[str] = field(default_factory=list)
+
+    def owners(self) -> list[str]:
+        """Modules whose own forward must be rewritten (functional calls or reliance on mutation)."""
+        seen: dict[str, None] = {}
+        for site in self.functional:
+            seen.setdefault(site.owner)
+        for owner in self.mutation_owners:
+            seen.setdefault(owner)
+        return list(seen)
+
+    def empty(self) -> bool:
+        return not self.modules and not self.owners()
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}.{path}" if prefix and path else prefix or path
+
+
+def _stack_types(node: fx.Node) -> list[type]:
+    stack = node.meta.get("nn_module_stack") or {}
+    out = []
+    for value in stack.values():
+        cls = value[1] if isinstance(value, tuple) and len(value) > 1 else value
+        if isinstance(cls, type):
+            out.append(cls)
+    return out
+
+
+def _is_builtin(module: nn.Module) -> bool:
+    return type(module).__module__.startswith(("torch.nn.", "torch.ao.nn."))
+
+
+def _traces(module: nn.Module, **kwargs: Any) -> list[fx.GraphModule]:
+    """fx traces of ``module`` in train and in eval mode (modes restored afterwards)."""
+    modes = {m: m.training for m in module.modules()}
+    out = []
+    try:
+        for training in (True, False):
+            module.train(training)
+            out.append(trace(module, **kwargs))
+    finally:
+        for m, t in modes.items():
+            m.training = t
+    return out
+
+
+class _Scanner:
+    def __init__(self, net: nn.Module, family: ActivationFamily) -> None:
+        self.net = net
+        self.family = family
+        self.sites = ActivationSites(family.name)
+        self.gate_modules: set[int] = set()
+        self.scanned: set[int] = set()
+        self.calls: Counter[tuple[str, str, str, bool]] = Counter()
+        self.gates: Counter[str] = Counter()
+
+    def scan(self, module: nn.Module, prefix: str) -> None:
+        if id(module) in self.scanned:
+            return
+        self.scanned.add(id(module))
+        try:
+            graphs = _traces(module)
+        except HardenError:
+            # Untraceable as a whole: look inside its children; its own forward stays unread.
+            if not _is_builtin(module) and not is_activation_class(type(module)):
+                self.sites.untraced.append(f"{prefix or '<root>'} ({type(module).__name__})")
+            for name, child in module.named_children():
+                if not _is_builtin(child):
+                    self.scan(child, _join(prefix, name))
+            return
+        leaves: dict[str, nn.Module] = {}
+        calls: Counter[tuple[str, str, str, bool]] = Counter()
+        gates: Counter[str] = Counter()
+        for gm in graphs:  # a call in a branch taken in one mode only is still found
+            found, found_gates = self._visit_graph(gm, prefix, leaves)
+            calls |= found
+            gates |= found_gates
+        self.calls.update(calls)
+        self.gates.update(gates)
+        for path, leaf in leaves.items():
+            self.scan(leaf, path)
+
+    def _visit_graph(self, gm: fx.GraphModule, prefix: str, leaves: dict[str, nn.Module]
+                     ) -> tuple[Counter[tuple[str, str, str, bool]], Counter[str]]:
+        modules = dict(gm.named_modules())
+        calls: Counter[tuple[str, str, str, bool]] = Counter()
+        gates: Counter[str] = Counter()
+        for node in gm.graph.nodes:
+            if node.op == "call_module":
+                mod = modules.get(str(node.target))
+                if mod is None:
+                    continue
+                if self.family.matches_module(mod):
+                    if is_hard_gate(node, modules):
+                        self.gate_modules.add(id(mod))
+                    elif is_inplace(node, mod) and relies_on_mutation(node):
+                        owner = _join(prefix, _caller_path(node))
+                        if owner not in self.sites.mutation_owners:
+                            self.sites.mutation_owners.append(owner)
+                elif not _is_builtin(mod) and not is_activation_class(type(mod)):
+                    leaves.setdefault(_join(prefix, str(node.target)), mod)  # a leaf fx did not look into
+                continue
+            if not self.family.matches_call(node):
+                continue
+            owner = _join(prefix, node_module_path(node) or "")
+            owner_types = _stack_types(node)
+            inside = [t.__name__ for t in owner_types if is_activation_class(t)]
+            if inside:
+                gates[f"{call_name(node)} inside {inside[-1]} at {owner}"] += 1
+                continue
+            if is_hard_gate(node, modules):
+                gates[f"{call_name(node)}(x + 3) in {owner or '<root>'}"] += 1
+                continue
+            owner_type = owner_types[-1].__name__ if owner_types else type(self.net.get_submodule(owner)).__name__
+            calls[(owner, owner_type, call_name(node), is_inplace(node))] += 1
+        return calls, gates
+
+
+def _caller_path(node: fx.Node) -> str:
+    """The module whose forward makes the ``call_module`` ``node`` (the caller, not the callee)."""
+    stack = [str(k) for k in (node.meta.get("nn_module_stack") or {})]
+    # the last entry of a call_module node's stack is the called module itself
+    if stack and stack[-1] == str(node.target):
+        stack = stack[:-1]
+    return stack[-1] if stack else ""
+
+
+def find_activation_sites(net: nn.Module, family: str | ActivationFamily = "relu") -> ActivationSites:
+    """Find the activation modules and functional calls of ``family`` in ``net`` (see module docstring).
+
+    The network is traced in train and in eval mode so that calls in mode-dependent branches are
+    found too; leaves fx does not look into (timm's untraceable layers) are traced on their own.
+    """
+    fam = FAMILIES[family] if isinstance(family, str) else family
+    scanner = _Scanner(net, fam)
+    scanner.scan(net, "")
+    sites = scanner.sites
+    for (owner, owner_type, call, inplace), n in scanner.calls.items():
+        sites.functional += [FunctionalSite(owner, owner_type, call, inplace) for _ in range(n)]
+    sites.kept_gates += [f"{n} x {text}" if n > 1 else text for text, n in scanner.gates.items()]
+    by_id: dict[int, ModuleSite] = {}
+    for path, module in net.named_modules(remove_duplicate=False):
+        if not path:
+            continue
+        if fam.matches_module(module):
+            if id(module) in scanner.gate_modules:
+                if id(module) not in by_id:
+                    sites.kept_gates.append(f"{type(module).__name__}(x + 3) at {path}")
+                by_id.setdefault(id(module), ModuleSite([], type(module).__name__))
+                continue
+            site = by_id.get(id(module))
+            if site is None:
+                site = by_id[id(module)] = ModuleSite([], type(module).__name__)
+                sites.modules.append(site)
+            site.paths.append(path)
+        elif is_activation_class(type(module)):
+            if id(module) not in by_id:
+                by_id[id(module)] = ModuleSite([path], type(module).__name__)
+                sites.other_activations[type(module).__name__] += 1
+    return sites
+
+
+def activation_nodes(gm: fx.GraphModule, family: str | ActivationFamily) -> list[fx.Node]:
+    """The nodes of ``gm`` to replace when rewriting its own forward.
+
+    Functional calls of the family (except ``relu6(x + 3)`` gates), and calls of modules of the family
+    that work in place on an input read again later (their replacement must take over those reads).
+    """
+    fam = FAMILIES[family] if isinstance(family, str) else family
+    modules = dict(gm.named_modules())
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            mod = modules.get(str(node.target))
+            if (mod is not None and fam.matches_module(mod) and not is_hard_gate(node, modules)
+                    and is_inplace(node, mod) and relies_on_mutation(node)):
+                out.append(node)
+        elif fam.matches_call(node) and not is_hard_gate(node, modules):
+            out.append(node)
+    return out
+
+
+def traces_in_both_modes(module: nn.Module, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """fx traces of ``module`` (``trace`` keyword arguments) in train and in eval mode.
+
+    When both generate the same code, a GraphModule made from either behaves like ``module`` in both
+    modes; when they differ, the forward depends on ``self.training``.
+    """
+    train_gm, eval_gm = _traces(module, **kwargs)
+    return train_gm, eval_gm
+
+
+def count_kinds(kinds: Iterable[str]) -> str:
+    """``"16 ReLU, 1 ReLU6"`` from a list of class names (or a Counter of them)."""
+    return ", ".join(f"{n} {k}" for k, n in Counter(kinds).most_common())

@@ -18,6 +18,7 @@ Analysis only: nothing here edits the network (``plugins/activation.py`` does).
 from __future__ import annotations
 
 import inspect
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -273,7 +274,7 @@ class _Scanner:
             graphs = _traces(module)
         except HardenError:
             # Untraceable as a whole: look inside its children; its own forward stays unread.
-            if not _is_builtin(module) and not is_activation_class(type(module)):
+            if not _is_builtin(module) and not is_activation_class(type(module)) and self._may_call(module):
                 self.sites.untraced.append(f"{prefix or '<root>'} ({type(module).__name__})")
             for name, child in module.named_children():
                 if not _is_builtin(child):
@@ -290,6 +291,16 @@ class _Scanner:
         self.gates.update(gates)
         for path, leaf in leaves.items():
             self.scan(leaf, path)
+
+    def _may_call(self, module: nn.Module) -> bool:
+        """Whether the source of ``module``'s forward may make a call of the family (for reporting)."""
+        names = {getattr(f, "__name__", "") for f in self.family.functions} | set(self.family.methods)
+        try:
+            source = inspect.getsource(type(module).forward)
+        except (OSError, TypeError):
+            return True
+        pattern = r"\b(" + "|".join(re.escape(n) for n in sorted(names) if n) + r")\b|\bact"
+        return re.search(pattern, source) is not None
 
     def _visit_graph(self, gm: fx.GraphModule, prefix: str, leaves: dict[str, nn.Module]
                      ) -> tuple[Counter[tuple[str, str, str, bool]], Counter[str]]:

@@ -106,3 +106,61 @@ def fake_mode() -> Iterator[FakeTensorMode]:
     """Run code on fake tensors (shapes only, no compute); real parameters are accepted as inputs."""
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         yield mode
+
+
+def shape_of(node: fx.Node | object) -> tuple[int, ...] | None:
+    """The output shape recorded by shape propagation, or None for non-tensor values."""
+    if not isinstance(node, fx.Node):
+        return None
+    meta = node.meta.get("tensor_meta", node.meta.get("val"))
+    shape = getattr(meta, "shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def node_module_path(node: fx.Node) -> str | None:
+    """The qualified name of the innermost module whose forward created ``node`` ('' for the root)."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path = list(stack.keys())[-1]
+    return path if isinstance(path, str) else str(path)
+
+
+_GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_GLOBAL_POOL_FUNCTIONS = {
+    torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.adaptive_max_pool2d,
+    torch.mean,
+    torch.amax,
+}
+
+
+def _is_global_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _GLOBAL_POOL_MODULES)
+    if node.op == "call_function":
+        return node.target in _GLOBAL_POOL_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in ("mean", "amax")
+    return False
+
+
+def feature_map_size(traced: TracedNet) -> tuple[int, int] | None:
+    """Spatial size (H, W) of the feature map that global pooling reduces, or of the last 4-D map."""
+    modules = traced.modules()
+    pooled = None
+    last_map = None
+    for node in traced.gm.graph.nodes:
+        out = shape_of(node)
+        if _is_global_pool(node, modules) and node.args:
+            src = shape_of(node.args[0])
+            if src is not None and len(src) == 4 and out is not None and (
+                len(out) == 2 or (len(out) == 4 and out[2] * out[3] == 1)
+            ):
+                pooled = (src[2], src[3])
+                continue
+        if out is not None and len(out) == 4 and not _is_global_pool(node, modules):
+            last_map = (out[2], out[3])
+    return pooled or last_map

@@ -111,8 +111,8 @@ def robust_scaling(budget_macs: float, *, block: str = "robust", input_size: int
         raise UsageError(f"the FLOP budget must be positive, got {budget_macs}")
     smallest = count_cost(*config_for_scale(0.0), block=block, input_size=input_size, num_classes=num_classes)[0]
     if budget_macs < smallest:
-        raise UsageError(f"a budget of {budget_macs / 1e9:.3g}G is below the smallest network of the rule "
-                         f"({smallest / 1e9:.3g}G at input {input_size}); raise --flops")
+        raise UsageError(f"a budget of {budget_macs:.3g} MACs is below the smallest network of the rule "
+                         f"({smallest:.3g} MACs at input {input_size}); raise --flops")
     best: ScaledNet | None = None
     seen: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
     scale = 0.0

@@ -40,8 +40,9 @@ GELU_TANH_LIPSCHITZ = 1.12900
 MISH_LIPSCHITZ = 1.08850
 SELU_LIPSCHITZ = 1.05070098735548 * 1.6732632423543772
 
-DEFAULT_ITERATIONS = 200
-DEFAULT_TOLERANCE = 1e-6
+DEFAULT_ITERATIONS = 50
+DEFAULT_TOLERANCE = 1e-5
+DEFAULT_BLOCK = 4
 
 
 @dataclass
@@ -160,7 +161,7 @@ class _ConvOperator:
             return conv_t(y, weight, None, self.stride, self.padding, self.output_padding, self.groups,
                           self.dilation)
         with torch.enable_grad():
-            x = torch.zeros(self.in_shape, dtype=y.dtype, device=y.device, requires_grad=True)
+            x = torch.zeros((y.shape[0], *self.in_shape[1:]), dtype=y.dtype, device=y.device, requires_grad=True)
             (grad,) = torch.autograd.grad(self.forward(x, weight.detach()), x, grad_outputs=y)
         return grad
 
@@ -169,55 +170,91 @@ def _unit(t: torch.Tensor) -> torch.Tensor:
     return t / t.norm().clamp_min(1e-30)
 
 
+def _orthonormal_rows(z: torch.Tensor) -> torch.Tensor:
+    """Orthonormalize the ``k`` rows of ``z`` (through the Cholesky factor of their k x k Gram matrix)."""
+    flat = z.reshape(z.shape[0], -1)
+    gram = (flat @ flat.t()).double()
+    chol, info = torch.linalg.cholesky_ex(gram + 1e-12 * gram.diagonal().max() * torch.eye(
+        gram.shape[0], dtype=gram.dtype, device=gram.device))
+    if int(info) != 0:  # nearly dependent rows: fall back to QR
+        q, _ = torch.linalg.qr(flat.t().double())
+        return q.t().to(z.dtype).reshape(z.shape)
+    inv = torch.linalg.solve_triangular(chol, torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device),
+                                        upper=False)
+    return (inv.to(z.dtype) @ flat).reshape(z.shape)
+
+
 def _power_iteration(forward: Callable[[torch.Tensor], torch.Tensor],
                      adjoint: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
                      n_iter: int, tol: float) -> float:
-    """Largest singular value of a linear operator given by ``forward`` and its ``adjoint``."""
-    x = _unit(x)
-    sigma = 0.0
+    """Largest singular value of the linear operator ``forward`` (with its ``adjoint``).
+
+    ``x`` holds a block of ``k`` starting vectors along its first dimension: subspace iteration on
+    ``A^T A`` with a Rayleigh-Ritz step, which converges like ``(sigma_k+1 / sigma_1)^2`` per step
+    even when the top singular values are close (plain power iteration for ``k = 1``).
+    """
+    k = x.shape[0]
+    q = _orthonormal_rows(x)
+    theta = prev = 0.0
     for _ in range(max(1, n_iter)):
-        y = forward(x)
-        new = float(y.norm())
-        x = _unit(adjoint(y))
-        if sigma > 0 and abs(new - sigma) <= tol * new:
-            sigma = new
+        z = adjoint(forward(q))
+        qf, zf = q.reshape(k, -1), z.reshape(k, -1)
+        h = (qf @ zf.t()).double()
+        evals, evecs = torch.linalg.eigh((h + h.t()) / 2)
+        theta = float(evals[-1])
+        top = (evecs[:, -1].to(x.dtype) @ qf).reshape(1, *x.shape[1:])
+        if prev > 0 and abs(theta - prev) <= tol * theta:
             break
-        sigma = new
-    return max(sigma, float(forward(x).norm()))
+        prev = theta
+        q = _orthonormal_rows(z) if k > 1 else _unit(z)
+    # the Ritz vector's own gain (a lower estimate that the iteration has driven to the top value)
+    return max(math.sqrt(max(theta, 0.0)), float(forward(_unit(top)).norm()))
+
+
+def _block_size(n: int, block: int) -> int:
+    return max(1, min(block, n))
 
 
 def conv_spectral_norm(conv: nn.Module, input_size: Sequence[int], *, n_iter: int = DEFAULT_ITERATIONS,
-                       tol: float = DEFAULT_TOLERANCE, seed: int = 0) -> float:
+                       tol: float = DEFAULT_TOLERANCE, block: int = DEFAULT_BLOCK, seed: int = 0) -> float:
     """Spectral norm of ``conv`` (bias ignored) as an operator on inputs of shape ``input_size`` (C, H, W)."""
     op = _ConvOperator(conv, input_size)
     w = conv.weight.detach()
+    k = _block_size(math.prod(op.in_shape), block)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(op.in_shape, generator=gen, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
+    x = torch.randn((k, *op.in_shape[1:]), generator=gen, dtype=torch.float32).to(device=w.device, dtype=w.dtype)
     with torch.no_grad():
         return _power_iteration(lambda t: op.forward(t, w), lambda t: op.adjoint(t, w), x, n_iter, tol)
 
 
 def linear_operator_norm(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int], *,
                          device: torch.device | None = None, dtype: torch.dtype = torch.float32,
-                         n_iter: int = DEFAULT_ITERATIONS, tol: float = DEFAULT_TOLERANCE, seed: int = 0) -> float:
+                         n_iter: int = DEFAULT_ITERATIONS, tol: float = DEFAULT_TOLERANCE, block: int = DEFAULT_BLOCK,
+                         seed: int = 0) -> float:
     """Spectral norm of a linear (or affine) map ``fn`` on tensors of ``input_shape`` (batch included).
 
-    The adjoint comes from autograd; an affine map's offset ``fn(0)`` is removed first.
+    The adjoint comes from autograd; an affine map's offset ``fn(0)`` is removed first. ``fn`` is
+    called on one tensor of ``input_shape`` at a time.
     """
+    shape = tuple(input_shape)
+    k = _block_size(math.prod(shape), block)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(tuple(input_shape), generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
+    x = torch.randn((k, *shape), generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)
     with torch.no_grad():
-        offset = fn(torch.zeros_like(x))
+        offset = fn(torch.zeros(shape, device=device, dtype=dtype))
 
     def forward(t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return fn(t) - offset
+            return torch.stack([fn(v) - offset for v in t])
 
     def adjoint(y: torch.Tensor) -> torch.Tensor:
+        grads = []
         with torch.enable_grad():
-            t = torch.zeros_like(x, requires_grad=True)
-            (grad,) = torch.autograd.grad(fn(t), t, grad_outputs=y)
-        return grad
+            for v in y:
+                t = torch.zeros(shape, device=device, dtype=dtype, requires_grad=True)
+                (grad,) = torch.autograd.grad(fn(t), t, grad_outputs=v)
+                grads.append(grad)
+        return torch.stack(grads)
 
     return _power_iteration(forward, adjoint, x, n_iter, tol)
 
@@ -288,11 +325,12 @@ def _activation_norm(mod: nn.Module) -> tuple[float, str] | None:
 
 
 class _Analyzer:
-    def __init__(self, traced_gm: fx.GraphModule, n_iter: int, tol: float) -> None:
+    def __init__(self, traced_gm: fx.GraphModule, n_iter: int, tol: float, block: int) -> None:
         self.gm = traced_gm
         self.modules = dict(traced_gm.named_modules())
         self.n_iter = n_iter
         self.tol = tol
+        self.block = block
         self.rows: list[LipschitzRow] = []
         self.unsupported: list[str] = []
         self._const_cache: dict[fx.Node, Any] = {}
@@ -341,7 +379,8 @@ class _Analyzer:
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             if in_shape is None:
                 raise _Unsupported("convolution with unknown input size")
-            return conv_spectral_norm(mod, in_shape, n_iter=self.n_iter, tol=self.tol), "spectral norm on input"
+            norm = conv_spectral_norm(mod, in_shape, n_iter=self.n_iter, tol=self.tol, block=self.block)
+            return norm, "spectral norm on input"
         if isinstance(mod, nn.Linear):
             return float(torch.linalg.matrix_norm(mod.weight.detach().double(), ord=2)), "largest singular value"
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -378,18 +417,22 @@ class _Analyzer:
 
     def linear_norm(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]) -> float:
         dtype = next((p.dtype for p in self.gm.parameters()), torch.float32)
-        return linear_operator_norm(fn, shape, device=self.device, dtype=dtype, n_iter=self.n_iter, tol=self.tol)
+        return linear_operator_norm(fn, shape, device=self.device, dtype=dtype, n_iter=self.n_iter, tol=self.tol,
+                                    block=self.block)
 
 
 def _is_tensorish(node: Any) -> bool:
+    """Whether shape propagation saw a tensor (or a tuple holding tensors) come out of ``node``."""
     if not isinstance(node, fx.Node):
         return False
-    meta = node.meta.get("tensor_meta")
-    if meta is None:
-        return False
-    if isinstance(meta, (list, tuple)):
-        return any(hasattr(m, "shape") for m in meta) or any(isinstance(m, (list, tuple)) for m in meta)
-    return hasattr(meta, "shape")
+    meta = node.meta.get("tensor_meta", node.meta.get("val"))
+
+    def has_tensor(m: Any) -> bool:
+        if isinstance(m, (list, tuple)):
+            return any(has_tensor(x) for x in m)
+        return hasattr(m, "shape") and hasattr(m, "dtype")
+
+    return meta is not None and has_tensor(meta)
 
 
 def _tensor_nodes(args: Any) -> list[fx.Node]:
@@ -614,11 +657,14 @@ class _Body(nn.Module):
 
 
 def lipschitz_bound(model: HardenedModel | nn.Module, input_size: Sequence[int] | int | None = None, *,
-                    n_iter: int = DEFAULT_ITERATIONS, tol: float = DEFAULT_TOLERANCE) -> LipschitzReport:
+                    n_iter: int = DEFAULT_ITERATIONS, tol: float = DEFAULT_TOLERANCE,
+                    block: int = DEFAULT_BLOCK) -> LipschitzReport:
     """An upper bound on the l2 Lipschitz constant of ``model`` at ``input_size`` (C, H, W), with a per-layer table.
 
     A :class:`HardenedModel` takes images in [0, 1] and its own input size by default; its
     normalization ``(x - mean) / std`` contributes ``1 / min(std)``. Batch norm is taken in eval mode.
+    Operator norms use ``block`` starting vectors and stop after ``n_iter`` steps or when the
+    estimate changes by less than ``tol`` (relative).
     """
     if isinstance(input_size, int):
         input_size = (3, input_size, input_size)
@@ -639,7 +685,7 @@ def lipschitz_bound(model: HardenedModel | nn.Module, input_size: Sequence[int] 
         raise UsageError(f"input size must be positive, got {size}")
     with eval_mode(root):
         traced = trace_with_shapes(body, size)
-        an = _Analyzer(traced.gm, n_iter, tol)
+        an = _Analyzer(traced.gm, n_iter, tol, block)
         with torch.no_grad():
             bound = _propagate(an, traced.gm.graph)
     return LipschitzReport(norm_factor * bound, size, rows + an.rows, an.unsupported)

@@ -67,7 +67,8 @@ def _dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
     import torch_pruning as tp
 
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
-    example = torch.zeros(1, *input_size, device=dev)
+    # An input that requires grad gives every op a grad_fn even when the weights are frozen.
+    example = torch.zeros(1, *input_size, device=dev, requires_grad=True)
     with eval_mode(net), torch.enable_grad():
         try:
             return tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)

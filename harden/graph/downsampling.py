@@ -117,6 +117,8 @@ def find_downsampling_points(traced: TracedNet) -> list[DownsamplingPoint]:
 def find_stem(traced: TracedNet, points: Sequence[DownsamplingPoint]) -> list[DownsamplingPoint]:
     """The points that belong to the stem: those before the first residual merge (at most two).
 
+    A point whose strided conv has a parallel shortcut is a stage transition and ends the stem.
+
     Networks without residual merges (VGG, AlexNet) have a stem only if their first point is a
     convolution (AlexNet's stride-4 conv); VGG's first pooling already ends a stage.
     """
@@ -139,5 +141,10 @@ def find_stem(traced: TracedNet, points: Sequence[DownsamplingPoint]) -> list[Do
                 break
     if first_merge_size is None:
         return points[:1] if points[0].kind == "conv" else []
-    stem = [p for p in points if p.out_size[0] >= first_merge_size[0] and p.out_size[1] >= first_merge_size[1]]
+    stem = []
+    for p in points:
+        # a point with a parallel shortcut is a residual stage transition, never part of the stem
+        if len(p.ops) > 1 or p.out_size[0] < first_merge_size[0] or p.out_size[1] < first_merge_size[1]:
+            break
+        stem.append(p)
     return stem[:2]

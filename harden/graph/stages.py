@@ -8,10 +8,13 @@ level in graph order.
 
 Two refinements make stages match how networks are built:
 
-- a convolution whose output only feeds (through norms, activations, padding) the strided
-  convolution of the next point belongs to the next stage: the 1x1 reduction before a ResNet
-  bottleneck's strided 3x3, or the expansion before a MobileNet block's strided depthwise conv.
-  Layers followed by a strided *pooling* (VGG, DenseNet transitions) stay in their own stage.
+- the first convolution of a downsampling block belongs to the next stage although its output is
+  still at the higher resolution: a conv whose output only feeds (through norms, activations,
+  padding) the strided convolutions of the next point, when that strided conv is depthwise (the
+  expansion before a MobileNet block's strided depthwise conv) or the block input also goes
+  straight to that point through a shortcut (the 1x1 reduction before a ResNet bottleneck's
+  strided 3x3). A plain conv before a strided conv (All-CNN) and the layers before a strided
+  *pooling* (VGG, DenseNet transitions) stay in their own stage.
 - the *head* (everything after the global pooling that never merges back into the feature path:
   MobileNetV3's ``conv_head``, VGG's hidden linear layers, the classifier) belongs to no stage.
   Squeeze-excitation pools merge back (``x * gate``), so they stay inside their stage.
@@ -91,11 +94,41 @@ def _is_mixing(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(str(node.target)), _MIXING)
 
 
-def _strided_conv_consumer(node: fx.Node, points: Sequence[DownsamplingPoint], modules: dict[str, nn.Module],
-                           features: set[fx.Node]) -> tuple[int, list[fx.Node]] | None:
-    """If ``node``'s output only reaches strided convolutions of one point (through single-input
-    layers), return that point's index and the nodes on the way."""
+def _passes_through(node: fx.Node, modules: dict[str, nn.Module], features: set[fx.Node]) -> bool:
+    """A single-input layer that keeps the channels (norm, activation, padding, dropout)."""
+    return (node.op not in ("output", "placeholder") and not _is_mixing(node, modules)
+            and len([i for i in node.all_input_nodes if i in features]) == 1)
+
+
+def _reaches_point(start: fx.Node, skip: fx.Node, k: int, points: Sequence[DownsamplingPoint],
+                   modules: dict[str, nn.Module], features: set[fx.Node]) -> bool:
+    """Whether ``start``'s output reaches an operation of point ``k`` other than through ``skip``."""
+    frontier = [u for u in start.users if u is not skip]
+    seen: set[fx.Node] = set()
+    while frontier:
+        user = frontier.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if _point_index(user, points) == k:
+            return True
+        if _point_index(user, points) is None and _passes_through(user, modules, features):
+            frontier.extend(u for u in user.users if u is not skip)
+    return False
+
+
+def _transition_input(node: fx.Node, points: Sequence[DownsamplingPoint], modules: dict[str, nn.Module],
+                      features: set[fx.Node]) -> tuple[int, list[fx.Node]] | None:
+    """If the conv ``node`` is the first layer of a downsampling block, the point index and the
+    layers between it and the strided conv.
+
+    That is the case when its output only reaches strided convolutions of one point (through
+    single-input layers) and either one of them is depthwise (they share its channels: MobileNet's
+    expansion) or the block input also goes straight to that point (a shortcut: ResNet's 1x1
+    reduction before the strided 3x3). A plain conv before a strided conv (All-CNN) stays put.
+    """
     targets: set[int] = set()
+    depthwise = False
     chain: list[fx.Node] = []
     seen: set[fx.Node] = set()
     frontier = list(node.users)
@@ -104,21 +137,27 @@ def _strided_conv_consumer(node: fx.Node, points: Sequence[DownsamplingPoint], m
         if user in seen:
             continue
         seen.add(user)
-        if user.op == "output":
-            return None
         k = _point_index(user, points)
         if k is not None:
-            if user.op == "call_module" and isinstance(modules.get(str(user.target)), _CONV):
-                targets.add(k)
-                continue
-            return None
-        if shape_of(user) is None:      # size/shape queries: not part of the data path
+            module = modules.get(str(user.target)) if user.op == "call_module" else None
+            if not isinstance(module, _CONV):
+                return None
+            targets.add(k)
+            depthwise = depthwise or (module.groups > 1 and module.groups == module.in_channels)
             continue
-        if _is_mixing(user, modules) or len([i for i in user.all_input_nodes if i in features]) != 1:
+        if user.op != "output" and shape_of(user) is None:  # size/shape queries: not on the data path
+            continue
+        if not _passes_through(user, modules, features):
             return None
         chain.append(user)
         frontier.extend(user.users)
-    return (targets.pop(), chain) if len(targets) == 1 else None
+    if len(targets) != 1:
+        return None
+    k = targets.pop()
+    inputs = [i for i in node.all_input_nodes if i in features]
+    if depthwise or any(_reaches_point(i, node, k, points, modules, features) for i in inputs):
+        return k, chain
+    return None
 
 
 def node_levels(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = None) -> dict[fx.Node, int]:
@@ -137,7 +176,7 @@ def node_levels(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = 
     for node in traced.gm.graph.nodes:
         if node not in features or not _is_mixing(node, modules) or _point_index(node, points) is not None:
             continue
-        found = _strided_conv_consumer(node, points, modules, features)
+        found = _transition_input(node, points, modules, features)
         if found is not None and found[0] + 1 > levels[node]:
             for moved in (node, *found[1]):
                 levels[moved] = found[0] + 1

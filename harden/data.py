@@ -150,6 +150,22 @@ DATA_SOURCES: dict[str, DataSource] = {
 }
 
 
+def check_spec(spec: str, split: str = "test", *, download: bool = False) -> None:
+    """Cheap validation of a data spec (source name, root folder, split) before anything is loaded."""
+    if split not in SPLITS:
+        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
+    kind, _, root = spec.partition(":")
+    if kind not in DATA_SOURCES:
+        raise UsageError(f"unknown data source '{kind}'{close_matches(kind, DATA_SOURCES)} "
+                         "(use sample, imagefolder:ROOT, cifar10:ROOT or cifar100:ROOT)")
+    if DATA_SOURCES[kind].needs_root:
+        if not root:
+            raise UsageError(f"data spec '{spec}' needs a root folder: {kind}:ROOT")
+        if not Path(root).is_dir() and not (download and kind != "imagefolder"):
+            raise UsageError(f"data root '{root}' does not exist or is not a directory"
+                             + (f" (pass --download to fetch {kind} there)" if kind != "imagefolder" else ""))
+
+
 def load_dataset(spec: str, split: str = "test", *, download: bool = False,
                  image_size: int | None = None) -> ImageDataset:
     """Open the dataset a spec names. ``image_size`` resizes (short side + centre crop) when needed."""

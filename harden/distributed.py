@@ -28,6 +28,14 @@ def env_world_size() -> int:
         return 1
 
 
+def env_rank() -> int:
+    """``RANK`` from the environment (0 when not started by torchrun); valid before and after the group."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def is_distributed() -> bool:
     """True when a process group with more than one process is active."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -475,15 +475,17 @@ def _outcomes(status: torch.Tensor, stages: Sequence[str]) -> list[str]:
 
 
 def _versions() -> dict[str, str]:
-    from harden.serialization import versions
+    """Versions of everything the number depends on (read from package metadata: no imports)."""
+    from importlib import metadata
 
-    out = versions()
-    try:
-        import pyautoattack
+    from harden import __version__
 
-        out["pyautoattack"] = getattr(pyautoattack, "__version__", "unknown")
-    except ImportError:
-        pass
+    out = {"harden": __version__, "torch": torch.__version__}
+    for dist_name in ("pyautoattack", "torchvision", "timm", "torch-pruning", "numpy"):
+        try:
+            out[dist_name.replace("-", "_")] = metadata.version(dist_name)
+        except metadata.PackageNotFoundError:
+            pass
     out["python"] = platform.python_version()
     return out
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harden import distributed as hd
 from harden.data import ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
@@ -372,11 +373,10 @@ class EMA:
 
 @dataclass
 class _Dist:
-    """This process's place in a torchrun job (rank 0 of 1 outside one)."""
+    """This process's place in a torchrun job (rank 0 of 1 outside one), over :mod:`harden.distributed`."""
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     owns_group: bool = False
 
     @property
@@ -388,43 +388,25 @@ class _Dist:
         return self.world > 1
 
     def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            import torch.distributed as td
-
-            td.all_reduce(t, op=td.ReduceOp.SUM)
-        return t
+        """The sum of ``t`` over the processes (a new tensor; ``t`` itself in a single process)."""
+        return hd.all_reduce_sum(t) if self.active else t
 
     def barrier(self) -> None:
-        if self.active:
-            import torch.distributed as td
-
-            td.barrier()
+        hd.barrier()
 
     def close(self) -> None:
         if self.owns_group:
-            import torch.distributed as td
-
-            if td.is_initialized():
-                td.destroy_process_group()
+            hd.shutdown()
 
 
-def _init_dist(device: torch.device | None) -> tuple[_Dist, torch.device]:
+def _init_dist(device: torch.device | str | None) -> tuple[_Dist, torch.device]:
     """Join the torchrun job the environment describes (nccl on GPU, gloo on CPU) and pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    if device is None:
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world <= 1:
-        return _Dist(), device
-    import torch.distributed as td
-
-    owns = False
-    if not td.is_initialized():
-        td.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    return _Dist(td.get_rank(), td.get_world_size(), local, owns), device
+    dev = hd.resolve_device(device if device is not None else "auto")
+    owns = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    hd.init_from_env(dev)
+    return _Dist(hd.rank(), hd.world_size(), owns and hd.world_size() > 1), dev
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -705,7 +687,7 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def validate(self, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, float]:
-        """Clean and PGD accuracy (fp32, eval mode, PGD-``val_steps`` at the full eps, step eps/4) on this
+        """Clean and PGD accuracy in % (fp32, eval mode, PGD-``val_steps`` at the full eps, step eps/4) on this
         process's shard of the validation slice, summed over processes."""
         cfg = self.cfg
         model = self.eval_model()
@@ -732,9 +714,9 @@ class Trainer:
         finally:
             for m, t in was.items():
                 m.training = t
-        self.dist.all_sum(counts)
+        counts = self.dist.all_sum(counts)
         total = max(1.0, counts[2].item())
-        return counts[0].item() / total, counts[1].item() / total
+        return 100 * counts[0].item() / total, 100 * counts[1].item() / total
 
     def reseed(self, epoch: int) -> None:
         """Seed every random draw of ``epoch`` (augmentation, attack starts, dropout) from (seed, epoch, rank)."""
@@ -791,9 +773,9 @@ def write_curves(path: str | os.PathLike[str], history: Sequence[dict[str, Any]]
     ax1.grid(alpha=0.3)
     ax1.legend()
     if any(h.get("val_clean") is not None for h in history):
-        ax2.plot(epochs, [100 * h["val_clean"] for h in history], marker="o", label="val clean")
-        ax2.plot(epochs, [100 * h["val_robust"] for h in history], marker="o", label="val PGD")
-    ax2.plot(epochs, [100 * h["train_acc"] for h in history], marker=".", linestyle=":", label="train (attacked)")
+        ax2.plot(epochs, [h["val_clean"] for h in history], marker="o", label="val clean")
+        ax2.plot(epochs, [h["val_robust"] for h in history], marker="o", label="val PGD")
+    ax2.plot(epochs, [h["train_acc"] for h in history], marker=".", linestyle=":", label="train (attacked)")
     if best_epoch is not None:
         ax2.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
     ax2.set_xlabel("epoch")
@@ -872,8 +854,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     dataset = _resolve_data(data, model, download)
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
-    dev = torch.device(device) if isinstance(device, str) else device
-    dist, dev = _init_dist(dev)
+    dist, dev = _init_dist(device)
     try:
         return _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
                     device=dev, dist=dist, callback=callback, curves=curves, lipschitz=lipschitz)
@@ -970,20 +951,20 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                 if dist.all_sum(flag).item() > 0:
                     bar.close()
                     raise NonFiniteLoss(_nonfinite_message(epoch, i, ckpt_path, start_epoch, history))
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.1%}",
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%",
                                 lr=f"{lr:.3g}", eps=f"{eps_now * 255:.2f}/255", refresh=False)
             bar.update(1)
         totals = dist.all_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64,
                                                                            device=device)]))
         entry: dict[str, Any] = {
             "epoch": epoch + 1, "loss": totals[0].item() / totals[2].item(),
-            "train_acc": totals[1].item() / totals[2].item(), "lr": lr_at(cfg, (epoch + 1) / cfg.epochs),
+            "train_acc": 100 * totals[1].item() / totals[2].item(), "lr": lr_at(cfg, (epoch + 1) / cfg.epochs),
             "eps": eps_now, "val_clean": None, "val_robust": None,
         }
         if val_idx:
             entry["val_clean"], entry["val_robust"] = trainer.validate(x_val, y_val)
-            bar.set_postfix(loss=f"{entry['loss']:.3f}", clean=f"{entry['val_clean']:.1%}",
-                            robust=f"{entry['val_robust']:.1%}", refresh=False)
+            bar.set_postfix(loss=f"{entry['loss']:.3f}", clean=f"{entry['val_clean']:.1f}%",
+                            robust=f"{entry['val_robust']:.1f}%", refresh=False)
             score = entry["val_clean"] if select_on == "clean" else entry["val_robust"]
             if score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score, "clean": entry["val_clean"], "robust": entry["val_robust"],

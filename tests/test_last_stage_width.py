@@ -21,6 +21,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_cnn  # noqa: E402
 
 ARGS = ["--input-size", "32", "--num-classes", "10"]
+# torchvision's DenseNet class at a small size: concatenations without densenet121's cost
+DENSENET = "torchvision.models.densenet:DenseNet"
+DENSENET_KWARGS = {"growth_rate": 8, "block_config": [2, 2, 2, 2], "num_init_features": 16, "bn_size": 2}
 
 
 def stages_of(model: harden.HardenedModel):
@@ -43,9 +46,9 @@ def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def test_stages_of_a_bottleneck_resnet() -> None:
-    stages, head = stages_of(harden.load_model("tv:resnet50", num_classes=10, input_size=64))
+    stages, head = stages_of(harden.load_model("tv:resnet50", num_classes=10, input_size=32))
     assert [s.level for s in stages] == [1, 2, 3, 4, 5]
-    assert [s.size for s in stages] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    assert [s.size for s in stages] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
     assert [s.channels for s in stages] == [64, 256, 512, 1024, 2048]
     assert [s.stem for s in stages] == [True, False, False, False, False]
     last = stages[-1]
@@ -106,39 +109,44 @@ def test_resnet18_last_stage_halves_and_keeps_the_largest_l1_channels() -> None:
     assert old.fc.in_features == 512, "apply must not change its input"
 
 
-@pytest.mark.parametrize("spec, layer, before", [
-    ("tv:resnet50", "fc", 2048),
-    ("tv:mobilenet_v3_small", "classifier.0", 576),
-    ("tv:densenet121", "classifier", 1024),
-    ("timm:efficientnet_b0", "classifier", 1280),
-    ("timm:regnety_008", "head.fc", 768),
-    ("timm:resnet18", "fc", 512),
+@pytest.mark.parametrize("spec, stage, head, layer, after", [
+    ("tv:resnet50", ("layer4.",), ("fc.",), "fc", 1024),
+    ("tv:mobilenet_v3_small", tuple(f"features.{i}." for i in range(9, 13)), ("classifier.0.",),
+     "classifier.0", 288),
+    (DENSENET, ("features.denseblock4.", "features.norm5."), ("classifier.",), "classifier", 16 + 2 * 4),
+    ("timm:efficientnet_b0", ("blocks.5.", "blocks.6.", "conv_head.", "bn2."), ("classifier.",),
+     "classifier", 640),
+    ("timm:regnety_008", ("s4.",), ("head.fc.",), "head.fc", 384),
+    ("timm:resnet18", ("layer4.",), ("fc.",), "fc", 256),
 ])
-def test_last_stage_width_on_several_models(spec: str, layer: str, before: int, tmp_path: Path) -> None:
-    model = harden.load_model(spec, num_classes=10, input_size=32)
-    stages, head = stages_of(model)
-    last = stages[-1]
+def test_last_stage_width_on_several_models(spec: str, stage: tuple[str, ...], head: tuple[str, ...], layer: str,
+                                            after: int, tmp_path: Path) -> None:
+    kwargs = DENSENET_KWARGS if spec == DENSENET else None
+    model = harden.load_model(spec, num_classes=10, input_size=32, model_kwargs=kwargs)
     out = harden.apply(model, ["last-stage-width:ratio=0.5"])
     old_mods, new_mods = dict(model.net.named_modules()), dict(out.net.named_modules())
     groups = out.recipe["transforms"][-1]["state"]["groups"]
     assert groups
     for g in groups:  # every coupled group keeps half of its channels (all widths here are even)
         assert new_mods[g["root"]].out_channels == g["channels"] // 2 == g["channels"] - len(g["removed"])
-    for path in last.convs:  # every conv of the last stage got narrower
-        assert new_mods[path].out_channels < old_mods[path].out_channels, path
+    convs = [p for p, m in old_mods.items() if isinstance(m, nn.Conv2d) and (p + ".").startswith(stage)]
+    assert convs
+    for path in convs:  # every conv of the last stage got narrower, to half its width
+        assert new_mods[path].out_channels == old_mods[path].out_channels // 2, path
+    # only the last stage and the input of the layer after it change (DenseNet: the 16 channels
+    # from transition3 stay, the 2 layers of denseblock4 add 4 instead of 8 channels each)
     changed = {k for k, s in shapes(out.net).items() if shapes(model.net)[k] != s}
-    touched = tuple(p + "." for p in (*last.layers, *head.layers))
-    assert changed and all(k.startswith(touched) for k in changed), sorted(changed)[:5]
-    # the classifier (or the head layer after the stage) keeps its outputs and takes half the input
+    assert changed and all(k.startswith(stage + head) for k in changed), sorted(changed)[:5]
     fc = new_mods[layer]
-    assert getattr(fc, "in_features", getattr(fc, "in_channels", None)) < before
-    assert new_mods[head.classifier].out_features == 10
+    assert getattr(fc, "in_features", getattr(fc, "in_channels", None)) == after
+    assert getattr(fc, "out_features", getattr(fc, "out_channels", None)) == getattr(
+        old_mods[layer], "out_features", getattr(old_mods[layer], "out_channels", None))
     x = torch.rand(2, 3, 32, 32)
     y = logits(out, x)
     assert y.shape == (2, 10) and torch.isfinite(y).all()
     path = tmp_path / "m.safetensors"
     harden.save(out, path)
-    back = harden.load(path)
+    back = harden.load(path, trust_code=spec == DENSENET)
     assert torch.equal(logits(back, x), y)
 
 

@@ -242,6 +242,23 @@ def _is_builtin(module: nn.Module) -> bool:
     return type(module).__module__.startswith(("torch.nn.", "torch.ao.nn."))
 
 
+# timm layers that fx keeps as leaves and that apply activations only through child modules (found
+# by ``named_modules``): no need to trace them on their own.
+_PLAIN_LEAVES = frozenset({
+    "timm.layers.norm_act",  # BatchNormAct2d & co: ``self.act(x)``
+    "timm.layers.conv2d_same",
+    "timm.layers.pool2d_same",
+    "timm.layers.cond_conv2d",
+    "timm.layers.std_conv",
+})
+
+
+def _needs_own_scan(module: nn.Module) -> bool:
+    """Whether a leaf fx did not look into must be traced on its own to find functional calls."""
+    cls = type(module)
+    return not (_is_builtin(module) or is_activation_class(cls) or cls.__module__ in _PLAIN_LEAVES)
+
+
 def _traces(module: nn.Module, **kwargs: Any) -> list[fx.GraphModule]:
     """fx traces of ``module`` in train and in eval mode (modes restored afterwards)."""
     modes = {m: m.training for m in module.modules()}
@@ -319,7 +336,7 @@ class _Scanner:
                         owner = _join(prefix, _caller_path(node))
                         if owner not in self.sites.mutation_owners:
                             self.sites.mutation_owners.append(owner)
-                elif not _is_builtin(mod) and not is_activation_class(type(mod)):
+                elif _needs_own_scan(mod):
                     leaves.setdefault(_join(prefix, str(node.target)), mod)  # a leaf fx did not look into
                 continue
             if not self.family.matches_call(node):

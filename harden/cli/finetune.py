@@ -1,0 +1,134 @@
+"""``harden finetune`` (adversarial fine-tuning) and ``harden run`` (a YAML recipe end to end)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from harden.cli import main
+from harden.cli._options import model_options, resolve_model
+from harden.errors import UsageError
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1f}%"
+
+
+@main.command("finetune")
+@click.argument("model")
+@model_options
+@click.option("--data", required=True, metavar="SPEC", help="Training data: sample, imagefolder:ROOT, cifar10:ROOT.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output harden .safetensors file.")
+@click.option("--method", type=click.Choice(["pgd", "trades", "fgsm-rs", "clean"]), default="pgd", show_default=True,
+              help="PGD-AT (Madry), TRADES (Zhang), FGSM with random start (Wong), or clean training.")
+@click.option("--eps", default="8/255", show_default=True, help="Perturbation budget (images in [0, 1]).")
+@click.option("--norm", type=click.Choice(["Linf", "L2"]), default="Linf", show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True, help="Attack steps during training.")
+@click.option("--step-size", default=None, help="Attack step [default: 2.5*eps/steps, 1.25*eps for fgsm-rs].")
+@click.option("--beta", default="6", show_default=True, help="TRADES trade-off weight.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--lr", default="0.01", show_default=True, help="Peak learning rate (SGD, momentum 0.9).")
+@click.option("--schedule", type=click.Choice(["cosine", "multistep", "onecycle", "constant"]), default="cosine",
+              show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
+@click.option("--weight-decay", default="5e-4", show_default=True)
+@click.option("--momentum", default="0.9", show_default=True)
+@click.option("--ema", is_flag=True, help="Validate and keep an exponential moving average of the weights.")
+@click.option("--ema-decay", default="0.999", show_default=True)
+@click.option("--label-smoothing", default="0", show_default=True)
+@click.option("--eps-warmup", default="0", show_default=True, metavar="EPOCHS", help="Ramp eps up over EPOCHS.")
+@click.option("--val-n", type=int, default=512, show_default=True,
+              help="Training examples held out for per-epoch validation (0: none, keep the last epoch).")
+@click.option("--val-steps", type=int, default=10, show_default=True, help="PGD steps of the validation attack.")
+@click.option("--attack-mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
+              help="Model mode while crafting training attacks (eval: batch-norm statistics untouched).")
+@click.option("--no-bn-recalib", "bn_recalib", is_flag=True, flag_value=False, default=True,
+              help="Do not recompute batch-norm statistics on clean data before training.")
+@click.option("--no-augment", "augment", is_flag=True, flag_value=False, default=True,
+              help="No random crop and flip.")
+@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Keep the best robust validation epoch or the last one.")
+@click.option("--patience", type=int, default=None, help="Stop after this many epochs without a better robust score.")
+@click.option("--train-n", type=int, default=None, help="Train on at most this many examples.")
+@click.option("--lipschitz-reg", default="0", show_default=True, metavar="LAMBDA",
+              help="Add LAMBDA times harden.lipschitz's spectral penalty to the loss.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on GPU, fp32 on CPU.")
+@click.option("--channels-last/--no-channels-last", default=None, help="[default: on GPU only]")
+@click.option("--compile", is_flag=True, help="torch.compile the model (GPU; first epoch pays the compile time).")
+@click.option("--workers", type=int, default=None, help="Data decoding processes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.ckpt.pt.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output or start over despite a checkpoint.")
+@click.option("--download", is_flag=True, help="Allow the data source to download its data.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--json", "as_json", is_flag=True, help="Print the finetune entry as JSON.")
+def finetune_command(model: str, data: str, output: str, resume: bool, force: bool, download: bool, quiet: bool,
+                     as_json: bool, num_classes, input_size, weights, pretrained, mean, std, trust_code,
+                     **settings: Any) -> None:
+    """Adversarially fine-tune MODEL (a model spec or a harden file) on --data, writing -o OUT."""
+    from harden.training import curves_path_for, finetune
+
+    base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
+                         pretrained=pretrained, mean=mean, std=std, trust_code=trust_code)
+    result = finetune(base, data, output=output, resume=resume, force=force, download=download,
+                      progress=not quiet, **settings)
+    if not _is_main_process():
+        return
+    entry = result.recipe["finetune"]
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in entry.items() if k != "previous"}, indent=2, default=str))
+        return
+    val = entry["validation"]
+    click.echo(f"fine-tuned {result.recipe['model']['spec']} with {entry['method']} (eps {entry['eps'] * 255:.3g}/255, "
+               f"{entry['epochs_run']} epochs, {entry['seconds']:.0f}s on {entry['device']})")
+    if val["n"]:
+        click.echo(f"kept epoch {entry['kept_epoch']}: clean {_pct(val['clean_acc'])}, {val['attack']} "
+                   f"{_pct(val['robust_acc'])} on {val['n']} held-out training images")
+    click.echo(f"wrote {output}")
+    if entry["epochs_run"]:
+        click.echo(f"curves {curves_path_for(output)}")
+
+
+def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
+    out = []
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set takes key=value (e.g. finetune.epochs=2), got '{item}'")
+        out.append((key.strip(), value))
+    return out
+
+
+@main.command("run")
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: runs/<recipe name>].")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe value, e.g. --set finetune.epochs=2 (repeatable).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--check", is_flag=True, help="Only validate the recipe and print it resolved.")
+def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: bool, check: bool) -> None:
+    """Run a YAML recipe: apply -> finetune -> evaluate for the baseline and the hardened model."""
+    from harden.recipes import load_recipe, run_recipe
+
+    spec = load_recipe(recipe, overrides=_parse_sets(sets))
+    if check:
+        import yaml
+
+        click.echo(f"# {recipe}: valid")
+        click.echo(yaml.safe_dump(spec.values, sort_keys=False).rstrip())
+        return
+    say = click.echo if _is_main_process() else None
+    result = run_recipe(spec, out_dir=out_dir, progress=not quiet, echo=say)
+    if _is_main_process():
+        click.echo("")
+        click.echo(result["markdown"].rstrip())
+        click.echo(f"\nwrote {result['out_dir']}")

@@ -1,0 +1,267 @@
+"""Adversarial fine-tuning on CPU: a tiny CNN on the bundled CIFAR-10 sample."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import harden
+from harden import training
+from harden.attacks import pgd
+from harden.cli import main
+from harden.data import load_dataset, load_tensors, select
+from harden.errors import HardenError, UsageError
+from harden.serialization import read_recipe
+from harden.training import (
+    Trainer,
+    _Dist,
+    augment,
+    checkpoint_path_for,
+    curves_path_for,
+    eps_at,
+    finetune,
+    lr_at,
+    make_config,
+    recalibrate_bn,
+)
+from tests.tiny_models import tiny_cnn
+
+SPEC = "tests.tiny_models:tiny_cnn"
+# a short run: 256 training images in batches of 64, 64 held out, PGD-2 validation
+QUICK = dict(train_n=256, batch_size=64, val_n=64, val_steps=2, progress=False)
+
+
+def tiny(seed: int = 0, width: int = 16) -> harden.HardenedModel:
+    torch.manual_seed(seed)
+    return harden.wrap(tiny_cnn(width=width), input_size=32, name="tiny")
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.0) -> float:
+    model.eval()
+    if eps:
+        x = pgd(model, x, y, eps=eps, steps=10, step_size=eps / 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+# ------------------------------------------------------------------------------------- the result
+
+
+def test_pgd_at_raises_robust_accuracy_well_above_the_start() -> None:
+    ds = load_dataset("sample", "test")
+    x, y = load_tensors(ds, select(ds, 500, random_subset=True, seed=0))
+    start = finetune(tiny(), "sample", method="clean", epochs=6, lr=0.1, schedule="onecycle", val_n=200,
+                     val_steps=2, progress=False)
+    eps = 8 / 255
+    clean0, robust0 = accuracy(start, x, y), accuracy(start, x, y, eps)
+    assert clean0 > 0.25  # the clean model learned something
+    hardened = finetune(start, "sample", method="pgd", eps=eps, steps=3, epochs=6, lr=0.05, val_n=200,
+                        val_steps=3, progress=False)
+    clean1, robust1 = accuracy(hardened, x, y), accuracy(hardened, x, y, eps)
+    # PGD-10 on 500 random test images: robust accuracy at least doubles and gains 8 points
+    assert robust1 >= robust0 + 0.08 and robust1 >= 2 * robust0, (clean0, robust0, clean1, robust1)
+    entry = hardened.recipe["finetune"]
+    assert entry["method"] == "pgd" and entry["epochs_run"] == 6 and entry["previous"]["method"] == "clean"
+    # the kept epoch is the best robust validation epoch
+    best = max(h["val_robust"] for h in entry["history"])
+    assert entry["validation"]["robust_acc"] == best
+    assert start.recipe["finetune"]["method"] == "clean"  # the input model is left as it was
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+class Stop(Exception):
+    pass
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path) -> None:
+    opts = dict(method="pgd", eps=8 / 255, steps=2, epochs=3, lr=0.05, ema=True, ema_decay=0.9, eps_warmup=1,
+                **QUICK)
+    full = finetune(tiny(), "sample", output=tmp_path / "full.safetensors", **opts)
+
+    def interrupt(info: dict) -> None:
+        if info["epoch"] == 1:
+            raise Stop
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(Stop):
+        finetune(tiny(), "sample", output=part, callback=interrupt, **opts)
+    ckpt = checkpoint_path_for(part)
+    assert ckpt == tmp_path / "part.ckpt.pt" and ckpt.exists() and not part.exists()
+    with pytest.raises(UsageError, match="--resume"):  # a new run does not silently drop the checkpoint
+        finetune(tiny(), "sample", output=part, **opts)
+    with pytest.raises(HardenError, match="different run.*lr"):
+        finetune(tiny(), "sample", output=part, resume=True, **{**opts, "lr": 0.01})
+    with pytest.raises(HardenError, match="starting weights"):
+        finetune(tiny(seed=1), "sample", output=part, resume=True, **opts)
+    resumed = finetune(tiny(), "sample", output=part, resume=True, **opts)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.recipe["finetune"]["history"]]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.recipe["finetune"]["history"]] == strip
+    assert not ckpt.exists()  # removed once the output is written
+    assert torch.equal(harden.load(part, base=tiny_cnn()).state_dict()["net.0.weight"], b["net.0.weight"])
+
+
+def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"previous output")
+
+    def poisoned_lr(cfg, progress):  # fine in the first epoch, NaN in the second
+        return cfg.lr if progress < 0.5 else math.nan
+
+    monkeypatch.setattr(training, "lr_at", poisoned_lr)
+    with pytest.raises(HardenError, match="non-finite in epoch 2.*last good checkpoint.*after epoch 1"):
+        finetune(tiny(), "sample", output=out, force=True, method="fgsm-rs", epochs=2, log_every=1, **QUICK)
+    assert out.read_bytes() == b"previous output"
+    ckpt = torch.load(checkpoint_path_for(out), weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+# --------------------------------------------------------------------------------------- the parts
+
+
+def test_schedules_and_eps_warmup() -> None:
+    cfg = make_config(lr=0.1, schedule="cosine", eps="8/255", eps_warmup=2)
+    assert lr_at(cfg, 0) == pytest.approx(0.1) and lr_at(cfg, 0.5) == pytest.approx(0.05) and lr_at(cfg, 1) < 1e-12
+    cfg.schedule = "multistep"
+    assert [lr_at(cfg, t) for t in (0.1, 0.6, 0.9)] == pytest.approx([0.1, 0.01, 0.001])
+    cfg.schedule = "onecycle"
+    assert lr_at(cfg, 0) == 0 and lr_at(cfg, 0.4) == pytest.approx(0.1) and lr_at(cfg, 0.7) == pytest.approx(0.05)
+    assert eps_at(cfg, 1) == pytest.approx(4 / 255) and eps_at(cfg, 3) == pytest.approx(8 / 255)
+    assert cfg.resolved_step_size() == pytest.approx(2 / 255)  # 2.5 eps / 10 steps, the seeds' 2/255
+    assert make_config(method="fgsm-rs", eps=0.04).resolved_step_size() == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"eps": 0}, "--eps must be in"), ({"eps": "2"}, "--eps must be in"), ({"batch_size": 0}, "--batch-size"),
+    ({"method": "madry"}, "--method must be one of"), ({"epoch": 3}, "did you mean: epochs"),
+    ({"eps": "eight"}, "not a number"),
+])
+def test_bad_settings_are_usage_errors(options, message) -> None:
+    with pytest.raises(UsageError, match=message):
+        make_config(**options)
+
+
+def test_augment_is_a_padded_crop_or_its_mirror() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
+    x = x.repeat(16, 1, 1, 1)
+    out = augment(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape
+    padded = nn.functional.pad(x, (2, 2, 2, 2))
+    seen = set()
+    for i in range(len(x)):
+        found = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (0, 1)
+                 if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert found, f"example {i} is not a crop of its padded image"
+        seen.add(found[0])
+    assert len(seen) > 8 and {f for _, _, f in seen} == {0, 1}
+    u8 = augment(x.clamp(max=255).to(torch.uint8), torch.Generator().manual_seed(0), pad=2)
+    assert u8.dtype == torch.uint8
+
+
+def test_recalibrate_bn_matches_the_data_statistics() -> None:
+    net = tiny_cnn()
+    bn = net[1]
+    bn.running_mean.fill_(100.0)
+    bn.momentum = 0.3
+    net.eval()
+    batches = [torch.rand(16, 3, 32, 32) for _ in range(3)]
+    assert recalibrate_bn(net, batches) == 48
+    with torch.no_grad():
+        feats = torch.cat([net[0](b) for b in batches])
+    assert torch.allclose(bn.running_mean, feats.mean((0, 2, 3)), atol=1e-5)
+    assert bn.momentum == 0.3 and not net.training
+
+
+@pytest.mark.parametrize("mode, updates", [("eval", 1), ("train", 4)])
+def test_training_attacks_run_in_eval_mode_unless_asked(mode, updates) -> None:
+    model = tiny()
+    cfg = make_config(method="pgd", steps=3, attack_mode=mode, augment=False)
+    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=_Dist())
+    bn = trainer.model.net[1]
+    before = int(bn.num_batches_tracked)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    loss, correct = trainer.train_step(x, torch.randint(0, 10, (8,)), eps=8 / 255, lr=0.01)
+    assert torch.isfinite(loss) and 0 <= int(correct) <= 8
+    # batch-norm statistics move once for the update, plus once per attack step in train mode
+    assert int(bn.num_batches_tracked) - before == updates
+
+
+@pytest.mark.parametrize("method", ["trades", "fgsm-rs"])
+def test_other_methods_train_and_record_their_settings(method, tmp_path) -> None:
+    out = tmp_path / f"{method}.safetensors"
+    model = finetune(tiny(), "sample", output=out, method=method, steps=2, epochs=1, **QUICK)
+    entry = read_recipe(out)["finetune"]
+    assert entry["method"] == method and entry["epochs_run"] == 1 and math.isfinite(entry["history"][0]["loss"])
+    assert entry["beta"] == (6.0 if method == "trades" else None)
+    assert entry["steps"] == (2 if method == "trades" else 1)
+    assert entry["bn_recalibrated_on"] == 256 and entry["precision"] == "fp32"
+    assert model.recipe["finetune"]["data"] == "sample"
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _cli(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_cli_finetune_writes_model_recipe_entry_and_curves(tmp_path) -> None:
+    out = tmp_path / "tiny-pgd.safetensors"
+    result = _cli(["finetune", SPEC, "--num-classes", "10", "--input-size", "32", "--data", "sample", "-o", str(out),
+                   "--steps", "2", "--epochs", "2", "--eps", "4/255", "--train-n", "192", "--val-n", "64",
+                   "--val-steps", "2", "--batch-size", "64", "--schedule", "multistep", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "kept epoch" in result.output and f"wrote {out}" in result.output
+    rec = read_recipe(out)
+    assert rec["model"]["spec"] == SPEC and rec["transforms"] == []
+    entry = rec["finetune"]
+    assert entry["eps"] == pytest.approx(4 / 255) and entry["schedule"] == "multistep" and entry["epochs_run"] == 2
+    assert entry["validation"]["n"] == 64 and entry["validation"]["attack"] == "pgd-2"
+    assert entry["train_n"] == 192 and len(entry["history"]) == 2
+    png = curves_path_for(out)
+    assert png == tmp_path / "tiny-pgd.curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = harden.load(out, trust_code=True)
+    assert loaded(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--num-classes", "5"], 2, "has 10 classes but the model has 5 outputs"),
+    (["--batch-size", "0"], 2, "--batch-size must be at least 1"),
+    (["--eps", "2"], 2, "--eps must be in (0, 1]"),
+    (["--eps", "0"], 2, "--eps must be in (0, 1]"),
+])
+def test_cli_bad_input_is_one_line_and_overwrites_nothing(tmp_path, args, code, message) -> None:
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"keep me")
+    base = ["finetune", SPEC, "--num-classes", "10", "--input-size", "32", "--data", "sample", "-o", str(out),
+            "--force", "--quiet"]
+    result = _cli(base + args)
+    assert result.exit_code == code
+    assert message in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0 and result.output.startswith("error: ")
+    assert out.read_bytes() == b"keep me"
+
+
+def test_cli_refuses_existing_output_and_a_foreign_checkpoint(tmp_path) -> None:
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"keep me")
+    common = [SPEC, "--num-classes", "10", "--input-size", "32", "--data", "sample", "-o", str(out), "--quiet"]
+    result = _cli(["finetune", *common])
+    assert result.exit_code == 2 and "exists; pass --force" in result.output and out.read_bytes() == b"keep me"
+    out.unlink()
+    ckpt = checkpoint_path_for(out)
+    torch.save({"format": "harden.checkpoint/1", "fingerprint": json.dumps({"data": "imagefolder:elsewhere"})}, ckpt)
+    before = ckpt.read_bytes()
+    result = _cli(["finetune", *common, "--resume"])
+    assert result.exit_code == 1 and "comes from a different run" in result.output and "Traceback" not in result.output
+    assert ckpt.read_bytes() == before and not out.exists()

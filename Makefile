@@ -18,6 +18,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/harden apply resnet18 --num-classes 10 --input-size 32 --upsample 2 --stride-mod -o demo-out/resnet18-rcm.safetensors --force
 	$(BIN)/harden inspect demo-out/resnet18-rcm.safetensors
+	$(BIN)/harden run recipes/quickstart.yaml --out demo-out/quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check harden plugins tests benchmarks

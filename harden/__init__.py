@@ -12,10 +12,12 @@ Library API::
 __version__ = "0.1.0"
 
 from harden.errors import HardenError, UsageError  # noqa: E402
+from harden.evaluation import evaluate  # noqa: E402
 from harden.model import HardenedModel  # noqa: E402
 from harden.pipeline import apply, recipe, wrap  # noqa: E402
 from harden.serialization import load, save  # noqa: E402
 from harden.sources import load_model  # noqa: E402
+from harden.training import finetune  # noqa: E402
 from harden.transforms import Applied, Param, Transform, list_transforms, register_transform  # noqa: E402
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "Transform",
     "UsageError",
     "apply",
+    "evaluate",
+    "finetune",
     "list_transforms",
     "load",
     "load_model",

@@ -252,48 +252,43 @@ def tolerance(m: int) -> int:
 def check_strength(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, seed: int,
                    final_robust: torch.Tensor | None = None, final_name: str | None = None,
                    steps: int = 5) -> tuple[list[CheckWarning], dict[str, Any]]:
-    """Robust accuracy must not rise with more steps or a larger eps; the main attack must beat PGD.
+    """Robust accuracy must not rise with more steps or with a larger eps.
 
-    Runs PGD-``steps`` and PGD-``2*steps`` at ``eps`` and PGD-``steps`` at ``2*eps`` (when <= 1) on
-    ``x`` (a small subset) from the same random start, and compares the robust counts.
+    On ``x`` (a small subset) runs PGD-``steps`` at ``eps`` and at ``2*eps`` (when that is still a
+    valid radius) from the same random start. The main attack (``final_robust``: which of ``x`` it
+    left robust) has many more steps than PGD-``steps`` and must not leave more examples robust;
+    PGD at ``2*eps`` must not leave more robust than at ``eps``.
     """
     from harden.attacks import pgd
 
-    def robust(e: float, k: int) -> torch.Tensor:
+    def robust(e: float) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
         with torch.enable_grad():
-            adv = pgd(model, x, y, eps=e, steps=k, norm=norm, generator=gen)
+            adv = pgd(model, x, y, eps=e, steps=steps, norm=norm, generator=gen)
         with torch.no_grad():
             return model(adv).argmax(1) == y
 
     m = len(y)
     tol = tolerance(m)
-    base = robust(eps, steps)
-    more = robust(eps, 2 * steps)
-    counts: dict[str, Any] = {"examples": m, f"pgd{steps}": int(base.sum()), f"pgd{2 * steps}": int(more.sum())}
+    base = int(robust(eps).sum())
+    counts: dict[str, Any] = {"examples": m, f"pgd{steps}": base}
     out = []
-    if int(more.sum()) > int(base.sum()) + tol:
-        out.append(CheckWarning(
-            "more-steps-raise-accuracy",
-            f"on {m} check examples PGD-{2 * steps} leaves {int(more.sum())} robust but PGD-{steps} only "
-            f"{int(base.sum())}: a stronger attack should not do worse (noisy or masked gradients?)"))
-    if 2 * eps <= 1.0:
-        big = robust(2 * eps, steps)
-        counts[f"pgd{steps}_2eps"] = int(big.sum())
-        if int(big.sum()) > int(base.sum()) + tol:
-            out.append(CheckWarning(
-                "larger-eps-raises-accuracy",
-                f"on {m} check examples PGD-{steps} at eps {2 * eps:.4g} leaves {int(big.sum())} robust but at "
-                f"eps {eps:.4g} only {int(base.sum())}: accuracy must fall as eps grows (masked gradients?)"))
     if final_robust is not None:
         final = int(final_robust.sum())
         counts["final"] = final
-        weakest = min(int(base.sum()), int(more.sum()))
-        if final > weakest + tol:
+        if final > base + tol:
             out.append(CheckWarning(
-                "attack-weaker-than-pgd",
-                f"on {m} check examples {final_name} leaves {final} robust but plain PGD only {weakest}: "
-                "the evaluation is weaker than a baseline attack"))
+                "more-steps-raise-accuracy",
+                f"on {m} check examples {final_name} leaves {final} robust but PGD-{steps} only {base}: "
+                "an attack with more steps should not do worse (noisy or masked gradients?)"))
+    if norm == "L2" or 2 * eps <= 1.0:
+        big = int(robust(2 * eps).sum())
+        counts[f"pgd{steps}_2eps"] = big
+        if big > base + tol:
+            out.append(CheckWarning(
+                "larger-eps-raises-accuracy",
+                f"on {m} check examples PGD-{steps} at eps {2 * eps:.4g} leaves {big} robust but at eps {eps:.4g} "
+                f"only {base}: accuracy must fall as eps grows (masked gradients?)"))
     return out, counts
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from harden.errors import UsageError
-from harden.graph import shape_of, trace_with_shapes
+from harden.graph import node_module_path, shape_of, trace_with_shapes
 from harden.graph.tracing import eval_mode
 from harden.model import HardenedModel, Normalize
 
@@ -528,7 +528,10 @@ def _propagate(an: _Analyzer, graph: fx.Graph) -> float:
 
 
 def _label(node: fx.Node) -> str:
-    return str(node.target) if node.op == "call_module" else node.name
+    if node.op == "call_module":
+        return str(node.target)
+    path = node_module_path(node)
+    return f"{path}:{node.name}" if path else node.name
 
 
 def _in_shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -567,7 +570,7 @@ def _node_bound(an: _Analyzer, node: fx.Node, L: Callable[[Any], float], is_dep:
             raise _Unsupported("product of two input-dependent tensors (a gate or attention) has no global bound")
         x, c = (a, b) if is_dep(a) else (b, a)
         factor = _max_abs(an.const(c))
-        row(f"mul ({name})", factor, "constant factor")
+        row(name, factor, "constant factor")
         return factor * L(x)
     if target in _DIV or (is_method and target in ("div", "div_", "truediv")):
         a, b = node.args[0], node.args[1]
@@ -575,7 +578,7 @@ def _node_bound(an: _Analyzer, node: fx.Node, L: Callable[[Any], float], is_dep:
             raise _Unsupported("division by an input-dependent tensor has no global bound")
         value = an.const(b)
         factor = float(torch.as_tensor(value, dtype=torch.float64).abs().min().reciprocal())
-        row(f"div ({name})", factor, "constant divisor")
+        row(name, factor, "constant divisor")
         return factor * L(a)
     if target in _CAT or (is_method and target == "cat"):
         items = node.args[0] if node.args else node.kwargs.get("tensors", ())
@@ -703,9 +706,12 @@ class SpectralPenalty:
         if convs:
             if input_size is None:
                 raise UsageError("spectral_penalty() on a plain nn.Module with convolutions needs input_size=(C, H, W)")
-            hooks = [m.register_forward_hook(
-                lambda mod, args, out, name=name: shapes.setdefault(name, tuple(args[0].shape[1:])))
-                for name, m in convs.items()]
+            def record(name: str) -> Callable[..., None]:
+                def hook(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+                    shapes.setdefault(name, tuple(args[0].shape[1:]))
+                return hook
+
+            hooks = [m.register_forward_hook(record(name)) for name, m in convs.items()]
             dev = next((p.device for p in model.parameters()), torch.device("cpu"))
             try:
                 with eval_mode(model), torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError, UsageError
-from harden.graph.tracing import fake_mode
+from harden.graph.tracing import fake_mode, preserve_state
 from harden.model import HardenedModel
 from harden.sources import build_net
 from harden.transforms import Transform, make_transform, parse_transform
@@ -47,7 +47,7 @@ def _check_runs(model: HardenedModel, what: str) -> None:
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad(), fake_mode():
+        with torch.no_grad(), preserve_state(model), fake_mode():
             dev = next((p.device for p in model.parameters()), torch.device("cpu"))
             out = model(torch.zeros(1, *model.input_size, device=dev))
     except Exception as exc:

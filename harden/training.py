@@ -623,9 +623,9 @@ class Trainer:
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
+            # batch-norm buffers follow rank 0 at every forward (the default)
             objective = DistributedDataParallel(
-                objective, device_ids=[device.index] if device.type == "cuda" else None,
-                broadcast_buffers=True)
+                objective, device_ids=[device.index] if device.type == "cuda" else None)
         if cfg.compile:
             self.attack_model = torch.compile(self.model)
             objective = torch.compile(objective)

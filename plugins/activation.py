@@ -27,12 +27,13 @@ from torch import fx, nn
 
 from harden.errors import HardenError, UsageError
 from harden.graph.activations import (
-    FAMILIES,
+    FAMILY_NAMES,
     ActivationFamily,
     activation_nodes,
     call_name,
     count_kinds,
     find_activation_sites,
+    get_family,
     input_of,
     is_inplace,
     traces_in_both_modes,
@@ -51,7 +52,7 @@ TARGETS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "mish": lambda c: nn.Mish(),
     "relu": lambda c: nn.ReLU(),
 }
-_ALIASES = {"swish": "silu", "gelu-tanh": "gelu_tanh", "leaky_relu": "relu", "relu6": "relu"}
+_ALIASES = {"swish": "silu", "gelu-tanh": "gelu_tanh"}
 _SOURCE_ALIASES = {"swish": "silu", "hard_swish": "hardswish", "leaky_relu": "relu", "relu6": "relu"}
 
 
@@ -127,7 +128,11 @@ def rewrite_forward(owner: nn.Module, path: str, family: ActivationFamily,
     the number of in-place module calls whose later reads were redirected.
     """
     where = f"{path or '<root>'} ({type(owner).__name__})"
-    train_gm, gm = traces_in_both_modes(owner, shallow=True)
+    try:
+        train_gm, gm = traces_in_both_modes(owner, shallow=True)
+    except HardenError as exc:
+        raise HardenError(f"activation: cannot rewrite the forward of {where} to replace its functional "
+                          f"activation calls: {exc}") from exc
     nodes = activation_nodes(gm, family)
     if train_gm.code != gm.code:
         calls = [call_name(n) if n.op != "call_module" else f"self.{n.target}"
@@ -195,6 +200,27 @@ def _listing(paths: list[str], limit: int = 3) -> str:
     return shown + (f", ... (+{len(paths) - limit} more)" if len(paths) > limit else "")
 
 
+def _rewrite_lines(rewrites: list[tuple[str, str, list[str], int]], label: str) -> list[str]:
+    """Change lines for rewritten forwards, one per owner class: (path, class name, calls, redirected)."""
+    groups: dict[str, list[tuple[str, list[str], int]]] = {}
+    for path, kind, calls, redirected in rewrites:
+        groups.setdefault(kind, []).append((path, calls, redirected))
+    lines = []
+    for kind, items in groups.items():
+        paths = [p or "<root>" for p, _, _ in items]
+        where = f"{paths[0]} ({kind})" if len(items) == 1 else f"{len(items)} {kind} modules ({_listing(paths)})"
+        calls = [c for _, cs, _ in items for c in cs]
+        if calls:
+            n = len(calls)
+            lines.append(f"{n} functional call{'s' if n > 1 else ''} in {where}: "
+                         f"{', '.join(sorted(set(calls)))} -> {label}")
+        redirected = sum(r for _, _, r in items)
+        if redirected:
+            lines.append(f"{where}: forward rewritten so that code reading the input of {redirected} in-place "
+                         f"activation{'s' if redirected > 1 else ''} reads its output")
+    return lines
+
+
 class Activation(Transform):
     """Replace every activation of a family (ReLU by default) by a smooth activation module."""
 
@@ -203,8 +229,8 @@ class Activation(Transform):
     params = (
         Param("name", _target_name, required=True, help="new activation: " + ", ".join(TARGETS),
               choices=tuple(TARGETS)),
-        Param("source", _source_name, default="relu", help="family to replace: " + ", ".join(FAMILIES),
-              choices=tuple(FAMILIES)),
+        Param("source", _source_name, default="relu", help="family to replace: " + ", ".join(FAMILY_NAMES),
+              choices=FAMILY_NAMES),
         Param("beta", parse_number, default=None, help="softplus beta (default 1)", check=positive),
         Param("alpha", parse_number, default=None, help="elu/celu alpha (default 1)", check=positive),
     )
@@ -225,36 +251,38 @@ class Activation(Transform):
         return TARGETS[self.config["name"]](self.config)
 
     def _label(self) -> str:
-        module = self.make()
-        extra = module.extra_repr()
-        return f"{type(module).__name__}({extra})" if extra and "inplace" not in extra else type(module).__name__
+        name = type(self.make()).__name__
+        args = [f"{k}={self.config[k]}" for k in ("beta", "alpha") if self.config[k] is not None]
+        if self.config["name"] == "gelu_tanh":
+            args.append("approximate='tanh'")
+        return f"{name}({', '.join(args)})" if args else name
 
     def apply(self, model: HardenedModel) -> Applied:
-        family = FAMILIES[self.config["source"]]
+        family = get_family(self.config["source"])
         net = model.net
         sites = find_activation_sites(net, family)
         label = self._label()
         changes: list[str] = []
         functional: dict[str, list[str]] = {}
-        redirected_total = 0
+        rewritten: dict[str, tuple[str, list[str], int]] = {}
         # Owners first (deepest first): their shallow traces still see the original in-place modules.
-        for owner_path in sorted(sites.owners(), key=lambda p: p.count(".") + bool(p), reverse=True):
+        owners = sites.owners()
+        for owner_path in sorted(owners, key=lambda p: p.count(".") + bool(p), reverse=True):
             owner = model.net.get_submodule(owner_path) if owner_path else model.net
             new_owner, calls, redirected = rewrite_forward(owner, owner_path, family, self.make)
             if new_owner is None:
                 continue
             for path in _paths_of(model.net, owner) or [owner_path]:
                 _set_module(model, path, new_owner)
-            where = f"{owner_path or '<root>'} ({type(owner).__name__})"
+            rewritten[owner_path] = (type(owner).__name__, calls, redirected)
             if calls:
                 functional[owner_path] = calls
-                n = len(calls)
-                changes.append(f"{n} functional call{'s' if n > 1 else ''} in {where}: "
-                               f"{', '.join(sorted(set(calls)))} -> {label}")
-            if redirected:
-                redirected_total += redirected
-                changes.append(f"{where}: forward rewritten so that code reading the input of {redirected} "
-                               f"in-place activation{'s' if redirected > 1 else ''} reads its output")
+        changes += _rewrite_lines([(p, *rewritten[p]) for p in owners if p in rewritten], label)
+        redirected_total = sum(r for _, _, r in rewritten.values())
+        outside = [p or "<root>" for p in sites.mutation_owners if not rewritten.get(p, ("", [], 0))[2]]
+        if outside:
+            changes.append(f"note: in {_listing(outside)}, an in-place activation overwrites a tensor that is read "
+                           "again outside that module; the new out-of-place activation leaves it unchanged")
         replaced: dict[int, nn.Module] = {}
         module_paths: list[str] = []
         prelu = any("prelu" in c for calls in functional.values() for c in calls)

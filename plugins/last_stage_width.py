@@ -62,16 +62,55 @@ def find_last_stage(model: HardenedModel) -> tuple[Stage, Head]:
     return stage, head
 
 
+def _fake_leftovers(net: nn.Module) -> list[nn.Module]:
+    """Modules that kept a fake tensor from a traced forward (a cache written during forward)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return [m for m in net.modules()
+            if any(isinstance(v, FakeTensor) for d in (m.__dict__, m._buffers, m._parameters) for v in d.values())]
+
+
 def _dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
-    """torch-pruning's dependency graph of ``net`` (traced in eval mode; train/eval modes are kept)."""
+    """torch-pruning's dependency graph of ``net`` (traced in eval mode; train/eval modes are kept).
+
+    The graph only needs the autograd structure of one forward pass, so it is first traced on fake
+    tensors (no computation); a model whose forward fails on them, or writes a fake tensor into a
+    module, is restored and traced again on real zeros.
+    """
     import torch_pruning as tp
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
-    # An input that requires grad gives every op a grad_fn even when the weights are frozen.
-    example = torch.zeros(1, *input_size, device=dev, requires_grad=True)
+
+    def build(fake: bool) -> Any:
+        # An input that requires grad gives every op a grad_fn even when the weights are frozen.
+        # A list: torch-pruning calls net(*example_inputs) (a bare tensor would be split by rows).
+        example = torch.zeros(1, *input_size, device=dev, requires_grad=True)
+        if not fake:
+            return tp.DependencyGraph().build_dependency(net, example_inputs=[example], verbose=False)
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            return tp.DependencyGraph().build_dependency(net, example_inputs=[mode.from_tensor(example)],
+                                                         verbose=False)
+
+    saved = {m: (dict(m.__dict__), dict(m._buffers), dict(m._parameters)) for m in net.modules()}
     with eval_mode(net), torch.enable_grad():
         try:
-            return tp.DependencyGraph().build_dependency(net, example_inputs=example, verbose=False)
+            dg = build(fake=True)
+            if not _fake_leftovers(net):
+                return dg
+        except Exception:
+            pass
+        for m in _fake_leftovers(net):
+            attrs, buffers, parameters = saved[m]
+            for key in [k for k in m.__dict__ if k not in attrs]:
+                del m.__dict__[key]
+            m.__dict__.update(attrs)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            m._parameters.clear()
+            m._parameters.update(parameters)
+        try:
+            return build(fake=False)
         except Exception as exc:
             raise HardenError(
                 f"torch-pruning cannot build the channel dependency graph of this model ({type(exc).__name__}: "
@@ -101,7 +140,7 @@ def _filter_l1(layer: nn.Module, idxs: list[int]) -> torch.Tensor | None:
     w = weight.detach()
     if isinstance(layer, _CONV) and layer.transposed:
         w = w.transpose(0, 1)
-    return w[idxs].flatten(1).abs().sum(1).float()
+    return torch.linalg.vector_norm(w.flatten(1).float(), ord=1, dim=1)[idxs].cpu()
 
 
 def _channel_groups(dg: Any, layer: nn.Module, out: bool) -> int:
@@ -157,7 +196,7 @@ def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[l
             skipped.append(f"{path} ({channels} channels, coupled to {outside[0]} outside the last stage)")
             continue
         if channels % ch_groups:
-            raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} convolution groups")
+            raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
         per_group = channels // ch_groups
         keep = _keep_count(ratio, per_group)
         if keep == per_group:
@@ -235,7 +274,7 @@ class LastStageWidth(Transform):
                 changes.append(f"... {len(rest)} more groups: {sum(p.channels for p in rest)} -> "
                                f"{sum(p.kept for p in rest)} channels in all")
                 break
-            grouped = f", {plan.channel_groups} conv groups" if plan.channel_groups > 1 else ""
+            grouped = f", same channels in each of {plan.channel_groups} groups" if plan.channel_groups > 1 else ""
             changes.append(f"{_layer_list(plan.producers)}: {plan.channels} -> {plan.kept} channels{grouped}")
         changes += [f"kept {s}" for s in skipped]
         for path, before in widths.items():

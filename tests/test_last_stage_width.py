@@ -200,3 +200,23 @@ def test_vit_gives_one_clear_line() -> None:
     assert res.exit_code == 1
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "no convolutional stages" in lines[0] and "CNN" in lines[0]
+
+
+class _Cache(nn.Module):
+    """Keeps a tensor from its forward, as some layers cache masks or embeddings."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.detach().mean()
+        return x
+
+
+def test_a_layer_caching_tensors_during_forward_keeps_real_tensors() -> None:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    net = tiny_cnn()
+    net.insert(3, _Cache())
+    model = harden.wrap(net, input_size=32)
+    parse_transform("last-stage-width:ratio=0.5").apply(model)  # the transform alone, in place
+    assert net[7].out_channels == 32 and net[12].in_features == 32
+    assert isinstance(net[3].seen, torch.Tensor) and not isinstance(net[3].seen, FakeTensor)
+    assert torch.isfinite(logits(model, torch.rand(2, 3, 32, 32))).all()

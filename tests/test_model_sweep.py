@@ -67,3 +67,28 @@ def test_timm_drop_path_still_follows_the_mode() -> None:
     assert not torch.equal(out(x), out(x))
     out.eval()
     assert torch.equal(out(x), out(x))
+
+
+class CachesItsFeatures(torch.nn.Module):
+    """A model whose forward stores a tensor on itself (as some feature-caching models do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(4, 10)
+        self.last = torch.zeros(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        self.last = y
+        return self.fc(y.mean((2, 3)))
+
+
+def test_analysis_leaves_no_proxies_or_fake_tensors_behind() -> None:
+    from harden.summary import model_facts
+
+    model = harden.apply(CachesItsFeatures(), ["upsample:factor=2", "strides:pattern=1"], input_size=8)
+    model_facts(model)
+    assert type(model.net.last) is torch.Tensor
+    model.eval()(torch.rand(1, 3, 8, 8))
+    assert model.net.last.shape == (1, 4, 16, 16)

@@ -94,13 +94,24 @@ def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, acti
 @main.command("inspect")
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the recipe and reports as JSON.")
-def inspect_command(path: str, as_json: bool) -> None:
+@click.option("--lipschitz", is_flag=True,
+              help="Load the model and print an upper bound on its l2 Lipschitz constant, layer by layer.")
+@click.option("--trust-code", is_flag=True, help="With --lipschitz: allow a recipe that names a user factory.")
+def inspect_command(path: str, as_json: bool, lipschitz: bool = False, trust_code: bool = False) -> None:
     """Show the recipe and stored reports of a harden file."""
     read_metadata(path)
     rec = read_recipe(path)
     reports = read_reports(path)
+    lip = None
+    if lipschitz:
+        from harden.lipschitz import lipschitz_bound
+
+        lip = lipschitz_bound(harden.load(path, trust_code=trust_code))
     if as_json:
-        click.echo(json.dumps({"recipe": rec, "reports": reports}, indent=2, sort_keys=True))
+        out = {"recipe": rec, "reports": reports}
+        if lip is not None:
+            out["lipschitz"] = lip.to_dict()
+        click.echo(json.dumps(out, indent=2, sort_keys=True, default=str))
         return
     m = rec["model"]
     click.echo(f"file: {path}")
@@ -122,6 +133,13 @@ def inspect_command(path: str, as_json: bool) -> None:
     click.echo(f"reports ({len(reports)}):")
     for r in reports:
         click.echo("  " + _report_line(r))
+    if lip is not None:
+        click.echo("")
+        click.echo(lip.summary())
+        click.echo(lip.table(only_nontrivial=True))
+        trivial = sum(1 for r in lip.rows if r.norm == 1.0)
+        if trivial:
+            click.echo(f"({trivial} layers with norm 1 not shown: ReLUs, identities, ...)")
 
 
 def _report_line(r: dict) -> str:

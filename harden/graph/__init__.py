@@ -4,7 +4,15 @@ Analysis only: nothing here edits a model. Transforms (``plugins/``) read these 
 modules in place, so the edited model keeps its own ``forward`` code and its train/eval behaviour.
 """
 
+from harden.graph.activations import (
+    FAMILY_NAMES,
+    ActivationFamily,
+    ActivationSites,
+    find_activation_sites,
+    get_family,
+)
 from harden.graph.downsampling import DownsamplingOp, DownsamplingPoint, find_downsampling_points, find_stem
+from harden.graph.stages import Head, Stage, find_head, find_stages, last_stage, node_levels
 from harden.graph.tracing import (
     TracedNet,
     feature_map_size,
@@ -15,12 +23,23 @@ from harden.graph.tracing import (
 )
 
 __all__ = [
+    "FAMILY_NAMES",
+    "ActivationFamily",
+    "ActivationSites",
     "DownsamplingOp",
     "DownsamplingPoint",
+    "Head",
+    "Stage",
     "TracedNet",
     "feature_map_size",
+    "find_activation_sites",
     "find_downsampling_points",
+    "find_head",
+    "find_stages",
     "find_stem",
+    "get_family",
+    "last_stage",
+    "node_levels",
     "node_module_path",
     "shape_of",
     "trace",

@@ -17,6 +17,7 @@ Analysis only: nothing here edits the network (``plugins/activation.py`` does).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections import Counter
@@ -70,31 +71,38 @@ class ActivationFamily:
         return node.op == "call_method" and node.target in self.methods
 
 
-FAMILIES: dict[str, ActivationFamily] = {
-    "relu": ActivationFamily(
-        "relu",
-        (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU),
-        _functions((F, "relu"), (F, "relu_"), (torch, "relu"), (torch, "relu_"), (F, "relu6"), (_NN, "relu6"),
-                   (_NN, "relu6_"), (F, "leaky_relu"), (F, "leaky_relu_"), (_NN, "leaky_relu"),
-                   (_NN, "leaky_relu_"), (F, "rrelu"), (F, "rrelu_"), (torch, "rrelu"), (torch, "rrelu_"),
-                   (F, "prelu"), (torch, "prelu")),
-        frozenset({"relu", "relu_", "prelu"}),
-    ),
-    "gelu": ActivationFamily(
-        "gelu", (nn.GELU, *_timm_classes("GELU", "GELUTanh", "QuickGELU")), _functions((F, "gelu"), (_NN, "gelu"))),
-    "silu": ActivationFamily(
-        "silu", (nn.SiLU, *_timm_classes("Swish")), _functions((F, "silu"), (_NN, "silu"), (_NN, "silu_"))),
-    "elu": ActivationFamily("elu", (nn.ELU,), _functions((F, "elu"), (F, "elu_"), (_NN, "elu"), (_NN, "elu_"))),
-    "celu": ActivationFamily("celu", (nn.CELU,), _functions((F, "celu"), (F, "celu_"), (torch, "celu"),
-                                                            (torch, "celu_"))),
-    "selu": ActivationFamily("selu", (nn.SELU,), _functions((F, "selu"), (F, "selu_"), (torch, "selu"),
-                                                            (torch, "selu_"))),
-    "softplus": ActivationFamily("softplus", (nn.Softplus,), _functions((F, "softplus"), (_NN, "softplus"))),
-    "mish": ActivationFamily("mish", (nn.Mish, *_timm_classes("Mish")), _functions((F, "mish"), (_NN, "mish"),
-                                                                                    (_NN, "mish_"))),
-    "hardswish": ActivationFamily("hardswish", (nn.Hardswish, *_timm_classes("HardSwish")),
-                                  _functions((F, "hardswish"), (_NN, "hardswish"), (_NN, "hardswish_"))),
-}
+FAMILY_NAMES = ("relu", "gelu", "silu", "elu", "celu", "selu", "softplus", "mish", "hardswish")
+
+
+@functools.cache
+def families() -> dict[str, ActivationFamily]:
+    """All activation families by name (built on first use: timm is imported only then)."""
+    return {
+        "relu": ActivationFamily(
+            "relu",
+            (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU),
+            _functions((F, "relu"), (F, "relu_"), (torch, "relu"), (torch, "relu_"), (F, "relu6"),
+                       (_NN, "relu6"), (_NN, "relu6_"), (F, "leaky_relu"), (F, "leaky_relu_"), (_NN, "leaky_relu"),
+                       (_NN, "leaky_relu_"), (F, "rrelu"), (F, "rrelu_"), (torch, "rrelu"), (torch, "rrelu_"),
+                       (F, "prelu"), (torch, "prelu")),
+            frozenset({"relu", "relu_", "prelu"}),
+        ),
+        "gelu": ActivationFamily("gelu", (nn.GELU, *_timm_classes("GELU", "GELUTanh", "QuickGELU")),
+                                 _functions((F, "gelu"), (_NN, "gelu"))),
+        "silu": ActivationFamily("silu", (nn.SiLU, *_timm_classes("Swish")),
+                                 _functions((F, "silu"), (_NN, "silu"), (_NN, "silu_"))),
+        "elu": ActivationFamily("elu", (nn.ELU,), _functions((F, "elu"), (F, "elu_"), (_NN, "elu"), (_NN, "elu_"))),
+        "celu": ActivationFamily("celu", (nn.CELU,),
+                                 _functions((F, "celu"), (F, "celu_"), (torch, "celu"), (torch, "celu_"))),
+        "selu": ActivationFamily("selu", (nn.SELU,),
+                                 _functions((F, "selu"), (F, "selu_"), (torch, "selu"), (torch, "selu_"))),
+        "softplus": ActivationFamily("softplus", (nn.Softplus,), _functions((F, "softplus"), (_NN, "softplus"))),
+        "mish": ActivationFamily("mish", (nn.Mish, *_timm_classes("Mish")),
+                                 _functions((F, "mish"), (_NN, "mish"), (_NN, "mish_"))),
+        "hardswish": ActivationFamily("hardswish", (nn.Hardswish, *_timm_classes("HardSwish")),
+                                      _functions((F, "hardswish"), (_NN, "hardswish"), (_NN, "hardswish_"))),
+    }
+
 
 # Modules of these packages are activation functions; calls made inside one of another family
 # (timm's HardSigmoid computes relu6(x + 3) / 6) belong to that activation and are left alone.
@@ -102,14 +110,14 @@ _ACTIVATION_PACKAGES = ("torch.nn.modules.activation", "timm.layers.activations"
 _RELU6_FUNCTIONS = _functions((F, "relu6"), (_NN, "relu6"), (_NN, "relu6_"))
 
 
-def get_family(name: str) -> ActivationFamily:
-    """The activation family called ``name`` (KeyError if unknown)."""
-    return FAMILIES[name]
+def get_family(family: str | ActivationFamily) -> ActivationFamily:
+    """The activation family called ``family`` (one of :data:`FAMILY_NAMES`; KeyError if unknown)."""
+    return family if isinstance(family, ActivationFamily) else families()[family]
 
 
 def is_activation_class(cls: type) -> bool:
-    """Whether ``cls`` (or a base class) is an activation of torch.nn, timm or one of :data:`FAMILIES`."""
-    if any(issubclass(cls, fam.modules) for fam in FAMILIES.values()):
+    """Whether ``cls`` (or a base class) is an activation of torch.nn, timm or one of the families."""
+    if any(issubclass(cls, fam.modules) for fam in families().values()):
         return True
     return any(getattr(c, "__module__", "") in _ACTIVATION_PACKAGES for c in cls.__mro__[:-1]
                if c is not nn.Module)
@@ -148,12 +156,17 @@ def is_inplace(node: fx.Node, module: nn.Module | None = None) -> bool:
     return False
 
 
-def relies_on_mutation(node: fx.Node) -> bool:
+def node_order(graph: fx.Graph) -> dict[fx.Node, int]:
+    """The position of every node of ``graph`` in execution order."""
+    return {n: i for i, n in enumerate(graph.nodes)}
+
+
+def relies_on_mutation(node: fx.Node, order: dict[fx.Node, int] | None = None) -> bool:
     """Whether the input of in-place ``node`` is read again after it (so the forward sees the mutation)."""
     src = input_of(node)
     if src is None:
         return False
-    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    order = order if order is not None else node_order(node.graph)
     return any(order[user] > order[node] for user in src.users if user is not node)
 
 
@@ -322,6 +335,7 @@ class _Scanner:
     def _visit_graph(self, gm: fx.GraphModule, prefix: str, leaves: dict[str, nn.Module]
                      ) -> tuple[Counter[tuple[str, str, str, bool]], Counter[str]]:
         modules = dict(gm.named_modules())
+        order = node_order(gm.graph)
         calls: Counter[tuple[str, str, str, bool]] = Counter()
         gates: Counter[str] = Counter()
         for node in gm.graph.nodes:
@@ -332,7 +346,7 @@ class _Scanner:
                 if self.family.matches_module(mod):
                     if is_hard_gate(node, modules):
                         self.gate_modules.add(id(mod))
-                    elif is_inplace(node, mod) and relies_on_mutation(node):
+                    elif is_inplace(node, mod) and relies_on_mutation(node, order):
                         owner = _join(prefix, _caller_path(node))
                         if owner not in self.sites.mutation_owners:
                             self.sites.mutation_owners.append(owner)
@@ -370,7 +384,7 @@ def find_activation_sites(net: nn.Module, family: str | ActivationFamily = "relu
     The network is traced in train and in eval mode so that calls in mode-dependent branches are
     found too; leaves fx does not look into (timm's untraceable layers) are traced on their own.
     """
-    fam = FAMILIES[family] if isinstance(family, str) else family
+    fam = get_family(family)
     scanner = _Scanner(net, fam)
     scanner.scan(net, "")
     sites = scanner.sites
@@ -405,14 +419,15 @@ def activation_nodes(gm: fx.GraphModule, family: str | ActivationFamily) -> list
     Functional calls of the family (except ``relu6(x + 3)`` gates), and calls of modules of the family
     that work in place on an input read again later (their replacement must take over those reads).
     """
-    fam = FAMILIES[family] if isinstance(family, str) else family
+    fam = get_family(family)
     modules = dict(gm.named_modules())
+    order = node_order(gm.graph)
     out = []
     for node in gm.graph.nodes:
         if node.op == "call_module":
             mod = modules.get(str(node.target))
             if (mod is not None and fam.matches_module(mod) and not is_hard_gate(node, modules)
-                    and is_inplace(node, mod) and relies_on_mutation(node)):
+                    and is_inplace(node, mod) and relies_on_mutation(node, order)):
                 out.append(node)
         elif fam.matches_call(node) and not is_hard_gate(node, modules):
             out.append(node)

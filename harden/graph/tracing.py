@@ -52,6 +52,27 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+@contextlib.contextmanager
+def preserve_state(module: nn.Module) -> Iterator[None]:
+    """Restore every submodule's plain attributes and buffers afterwards.
+
+    Tracing (proxies) and fake-tensor runs (fake tensors) would otherwise leave their stand-ins in
+    modules whose ``forward`` stores a tensor on ``self``.
+    """
+    saved = [(m, dict(m.__dict__), dict(m._buffers)) for m in module.modules()]
+    try:
+        yield
+    finally:
+        for m, attrs, buffers in saved:
+            for key in [k for k in m.__dict__ if k not in attrs]:
+                del m.__dict__[k]
+            for key, value in attrs.items():
+                if key not in ("_buffers", "_parameters", "_modules") and m.__dict__.get(key) is not value:
+                    m.__dict__[key] = value
+            m._buffers.clear()
+            m._buffers.update(buffers)
+
+
 def trace(module: nn.Module, *, leaf_paths: Sequence[str] = (), shallow: bool = False) -> fx.GraphModule:
     """Trace ``module`` into a GraphModule sharing its submodules.
 
@@ -61,7 +82,8 @@ def trace(module: nn.Module, *, leaf_paths: Sequence[str] = (), shallow: bool = 
         leaf_paths = [*leaf_paths, *(name for name, _ in module.named_children())]
     tracer = HardenTracer(leaf_paths=leaf_paths)
     try:
-        graph = tracer.trace(module)
+        with preserve_state(module):
+            graph = tracer.trace(module)
     except Exception as exc:
         raise HardenError(
             f"torch.fx cannot trace {type(module).__name__} ({type(exc).__name__}: "
@@ -86,7 +108,7 @@ def trace_with_shapes(net: nn.Module, input_size: Sequence[int]) -> TracedNet:
     gm = trace(net)
     dev = next((p.device for p in net.parameters()), torch.device("cpu"))
     x = torch.zeros(1, *input_size, device=dev)
-    with eval_mode(net), torch.no_grad():
+    with eval_mode(net), torch.no_grad(), preserve_state(net):
         try:
             try:  # fake tensors: shapes without computing anything
                 mode = FakeTensorMode(allow_non_fake_inputs=True)

@@ -1,0 +1,139 @@
+"""YAML recipes: schema checks with line numbers, --set overrides, and `harden run` end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from harden.cli import main
+from harden.errors import UsageError
+from harden.recipes import load_recipe, parse_recipe
+from harden.serialization import read_recipe, read_reports
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD = """\
+name: tiny
+model:
+  spec: tests.tiny_models:tiny_cnn
+  num_classes: 10
+  input_size: 32
+data:
+  train: sample
+transforms:
+  - activation:name=silu
+finetune:
+  method: fgsm-rs
+  eps: 8/255
+  epochs: 1
+  lr: 0.05
+  train_n: 128
+  batch_size: 64
+  val_n: 64
+  val_steps: 2
+evaluate:
+  attacks: [pgd]
+  steps: 2
+  n: 64
+"""
+
+
+def _error(text: str, **kw) -> str:
+    with pytest.raises(UsageError) as info:
+        parse_recipe(text, source="r.yaml", **kw)
+    return str(info.value)
+
+
+def test_shipped_recipes_are_valid() -> None:
+    names = {p.name for p in (ROOT / "recipes").glob("*.yaml")}
+    assert {"quickstart.yaml", "rcm-resnet18-cifar10.yaml", "trades-silu-resnet18.yaml"} <= names
+    quick = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    assert quick.values["data"]["train"] == "sample" and quick.values["transforms"]
+    rcm = load_recipe(ROOT / "recipes" / "rcm-resnet18-cifar10.yaml")
+    assert rcm.values["finetune"]["method"] == "pgd" and "autoattack" in rcm.values["evaluate"]["attacks"]
+    assert sorted(rcm.values["variants"].values()) == [["strides:pattern=1122"], ["upsample:factor=2"]]
+    trades = load_recipe(ROOT / "recipes" / "trades-silu-resnet18.yaml")
+    assert trades.values["finetune"]["method"] == "trades" and trades.values["transforms"] == ["activation:name=silu"]
+    assert quick.values["finetune"]["eps"] == pytest.approx(8 / 255)  # "8/255" becomes a number
+
+
+def test_unknown_keys_and_wrong_types_name_the_key_and_line() -> None:
+    assert _error(GOOD.replace("finetune:", "finetun:")) == (
+        "r.yaml, line 10: unknown key 'finetun' in the recipe; did you mean: finetune? "
+        "(known: name, description, model, data, pretrain, transforms, variants, baseline, finetune, evaluate)")
+    msg = _error(GOOD.replace("  epochs: 1", "  epochs: ten"))
+    assert msg == "r.yaml, line 13: finetune.epochs must be an integer, got 'ten'"
+    assert _error(GOOD.replace("  lr: 0.05", "  lrate: 0.05")).startswith(
+        "r.yaml, line 14: unknown key 'lrate' in finetune")
+    assert _error(GOOD.replace("  num_classes: 10", "  num_classes: [10]")) == (
+        "r.yaml, line 4: model.num_classes must be an integer, got a list")
+    assert "line 11: finetune.method must be one of pgd, trades, fgsm-rs, clean" in _error(
+        GOOD.replace("method: fgsm-rs", "method: fgsm"))
+    assert _error(GOOD.replace("  spec: tests.tiny_models:tiny_cnn\n", "")) == "r.yaml, line 3: model needs 'spec' " \
+        "(model spec: timm name, tv:NAME, cifar:NAME, package.module:factory)"
+    assert "line 12: finetune: --eps must be in (0, 1]" in _error(GOOD.replace("eps: 8/255", "eps: 8"))
+    assert "line 9: unknown transform" in _error(GOOD.replace("activation:name=silu", "activaton:name=silu"))
+    assert "line 20: evaluate.attacks[0] must be one of" in _error(GOOD.replace("[pgd]", "[pdg]"))
+    assert "line 13: 'eps' is given twice in finetune (first at line 12)" in _error(
+        GOOD.replace("  eps: 8/255", "  eps: 8/255\n  eps: 4/255"))
+    assert "r.yaml, line 4: not valid YAML" in _error("name: x\nmodel: [\n  spec: 1\n: :")
+
+
+def test_set_overrides_are_checked_like_the_file() -> None:
+    r = parse_recipe(GOOD, source="r.yaml", overrides=[("finetune.epochs", "3"), ("evaluate.n", "16"),
+                                                       ("finetune.eps", "4/255"), ("finetune.lr", "")])
+    assert r.values["finetune"]["epochs"] == 3 and r.values["evaluate"]["n"] == 16
+    assert r.values["finetune"]["eps"] == pytest.approx(4 / 255) and "lr" not in r.values["finetune"]
+    assert _error(GOOD, overrides=[("finetune.epochs", "three")]) == (
+        "--set finetune.epochs: finetune.epochs must be an integer, got 'three'")
+    assert _error(GOOD, overrides=[("finetun.epochs", "3")]).startswith(
+        "--set finetun.epochs: unknown key 'finetun' in the recipe; did you mean: finetune?")
+    assert "--set finetune.batch_size: finetune: --batch-size must be at least 1" in _error(
+        GOOD, overrides=[("finetune.batch_size", "0")])
+
+
+def test_cli_run_reports_a_bad_recipe_in_one_line(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("  batch_size: 64", "  batch_size: 0"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(bad), "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output == f"error: {bad}, line 16: finetune: --batch-size must be at least 1, got 0\n"
+    assert not out.exists()
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / "quickstart.yaml"), "--set", "epochs"])
+    assert result.exit_code == 2 and "--set takes key=value" in result.output
+
+
+def test_run_writes_models_reports_and_the_comparison(tmp_path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(GOOD + "pretrain:\n  epochs: 1\n  lr: 0.1\n  train_n: 128\n  batch_size: 64\n"
+                      "  val_n: 64\n  val_steps: 1\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {"start.safetensors", "baseline.safetensors", "hardened.safetensors", "start.report.json",
+            "baseline.report.json", "hardened.report.json", "comparison.md", "comparison.json",
+            "recipe.yaml", "baseline.curves.png", "hardened.curves.png"} <= names
+    assert not any(n.endswith((".tmp", ".ckpt.pt")) for n in names)
+    table = json.loads((out / "comparison.json").read_text())
+    rows = {r["model"]: r for r in table["rows"]}
+    assert list(rows) == ["start", "baseline", "hardened"]
+    assert rows["hardened"]["transforms"] == ["activation:name=silu"] and rows["baseline"]["transforms"] == []
+    assert table["attack_columns"] == ["PGD-2"]
+    for r in rows.values():
+        assert 0 <= r["clean_acc"] <= 100 and 0 <= r["robust"]["PGD-2"] <= r["clean_acc"]
+    hardened = read_recipe(out / "hardened.safetensors")
+    assert hardened["transforms"][0]["name"] == "activation"
+    assert hardened["finetune"]["method"] == "fgsm-rs" and hardened["finetune"]["previous"]["method"] == "clean"
+    assert read_recipe(out / "baseline.safetensors")["transforms"] == []
+    assert [r["attack"] for r in read_reports(out / "hardened.safetensors")] == ["pgd"]
+    md = (out / "comparison.md").read_text()
+    assert "| baseline | none |" in md and "| hardened | activation:name=silu |" in md and "PGD-2 %" in md
+    assert "same weights" in md and "pretrain stage" in md
+    assert md.strip() in result.output  # the table is printed too

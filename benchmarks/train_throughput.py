@@ -153,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
         lambda x, y: reference_step(ref, opt, x, y, args.steps), dev_batches(), warmup, args.iters, device,
         args.batch_size)
     print(f"reference with the data on the device (fp32): {results['reference-gpu-data']:.1f} img/s", flush=True)
-    del x_dev
 
     # -- harden's loop
     u8 = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)

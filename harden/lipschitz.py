@@ -221,6 +221,21 @@ def conv_spectral_norm(conv: nn.Module, input_size: Sequence[int], *, n_iter: in
         return _power_iteration(lambda t: op.forward(t, w), lambda t: op.adjoint(t, w), x, n_iter, tol)
 
 
+#: Matrices up to this size on their short side get an exact SVD; larger ones Lanczos.
+EXACT_SVD_LIMIT = 1024
+
+
+def matrix_spectral_norm(weight: torch.Tensor, *, n_iter: int = DEFAULT_ITERATIONS,
+                         tol: float = DEFAULT_TOLERANCE) -> float:
+    """Largest singular value of a matrix: exact SVD when small, Lanczos on ``W^T W`` when large."""
+    w = weight.detach()
+    if min(w.shape) <= EXACT_SVD_LIMIT:
+        return float(torch.linalg.svdvals(w.double())[0])
+    x = torch.randn(w.shape[1], generator=torch.Generator().manual_seed(0)).to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        return _power_iteration(lambda v: w @ v, lambda u: w.t() @ u, x, 2 * n_iter, tol)
+
+
 def linear_operator_norm(fn: Callable[[torch.Tensor], torch.Tensor], input_shape: Sequence[int], *,
                          device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                          n_iter: int = DEFAULT_ITERATIONS, tol: float = DEFAULT_TOLERANCE, seed: int = 0) -> float:
@@ -369,7 +384,7 @@ class _Analyzer:
             norm = conv_spectral_norm(mod, in_shape, n_iter=self.n_iter, tol=self.tol)
             return norm, "spectral norm on input"
         if isinstance(mod, nn.Linear):
-            return float(torch.linalg.matrix_norm(mod.weight.detach().double(), ord=2)), "largest singular value"
+            return self.matrix_norm(mod.weight), "largest singular value"
         if isinstance(mod, nn.modules.batchnorm._BatchNorm):
             if mod.running_var is None:
                 raise _Unsupported("batch norm without running statistics (uses batch statistics)")
@@ -401,6 +416,9 @@ class _Analyzer:
         if isinstance(mod, _NOT_LIPSCHITZ):
             raise _Unsupported(f"{type(mod).__name__} is not globally Lipschitz")
         raise _Unsupported(f"no Lipschitz rule for {type(mod).__name__}")
+
+    def matrix_norm(self, weight: torch.Tensor) -> float:
+        return matrix_spectral_norm(weight, n_iter=self.n_iter, tol=self.tol)
 
     def linear_norm(self, fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]) -> float:
         dtype = next((p.dtype for p in self.gm.parameters()), torch.float32)
@@ -451,6 +469,17 @@ _LINEAR_FUNCS = {
     F.interpolate, F.upsample, F.pad, torch.mean, torch.sum, F.pixel_shuffle, F.pixel_unshuffle,
 }
 _LINEAR_METHODS = {"mean", "sum"}
+_NORM_MESSAGE = "normalizing by the input's own statistics is not globally Lipschitz"
+_NOT_LIPSCHITZ_FUNCS: dict[Any, str] = {
+    F.layer_norm: "layer norm: " + _NORM_MESSAGE,
+    F.group_norm: "group norm: " + _NORM_MESSAGE,
+    F.instance_norm: "instance norm: " + _NORM_MESSAGE,
+    F.normalize: "l2 normalization: " + _NORM_MESSAGE,
+    F.scaled_dot_product_attention: "attention (products of input-dependent tensors) has no global bound",
+    torch.matmul: "a product of input-dependent tensors has no global bound",
+    torch.bmm: "a product of input-dependent tensors has no global bound",
+    operator.matmul: "a product of input-dependent tensors has no global bound",
+}
 _MAX_POOL_FUNCS = {F.max_pool1d: 1, F.max_pool2d: 2, F.max_pool3d: 3}
 
 
@@ -608,7 +637,7 @@ def _node_bound(an: _Analyzer, node: fx.Node, L: Callable[[Any], float], is_dep:
         return factor * L(first)
     if target in (F.linear,):
         w = an.const(node.args[1] if len(node.args) > 1 else node.kwargs["weight"])
-        norm = float(torch.linalg.matrix_norm(w.double(), ord=2))
+        norm = an.matrix_norm(w)
         row(name, norm, "largest singular value")
         return norm * L(first)
     if target in _LINEAR_FUNCS or (is_method and target in _LINEAR_METHODS) or target in (
@@ -626,6 +655,16 @@ def _node_bound(an: _Analyzer, node: fx.Node, L: Callable[[Any], float], is_dep:
         norm = an.linear_norm(fn, (1, *src[1:]))
         row(name, norm, "linear operator norm")
         return norm * L(first)
+    if target in (torch.matmul, operator.matmul) or (is_method and target == "matmul"):
+        a, b = node.args[0], node.args[1]
+        if not (is_dep(a) and is_dep(b)):
+            const = an.const(b if is_dep(a) else a)
+            if isinstance(const, torch.Tensor) and const.dim() == 2:
+                norm = an.matrix_norm(const)
+                row(name, norm, "largest singular value")
+                return norm * L(a if is_dep(a) else b)
+    if target in _NOT_LIPSCHITZ_FUNCS:
+        raise _Unsupported(_NOT_LIPSCHITZ_FUNCS[target])
     raise _Unsupported(f"no Lipschitz rule for {name}")
 
 

@@ -97,6 +97,7 @@ SCHEMA: dict[str, Key] = {
         "batch_size": Key("int"),
         "fast": Key("bool", help="AutoAttack's fast version (APGD-CE + APGD-T)"),
         "start": Key("bool", help="also evaluate the starting model (default true)"),
+        "random_subset": Key("bool", help="a seeded random subset of n test images (default true; false: the first n)"),
     }),
 }
 
@@ -491,7 +492,8 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
                     model, test_ds, attack=attack, eps=eps, norm=ev.get("norm", "Linf"), n=ev.get("n", 1000),
                     seed=ev.get("seed", 0), fast=bool(ev.get("fast")) and attack == "autoattack",
                     steps=ev.get("steps") if attack in ("pgd", "cw") else None,
-                    batch_size=ev.get("batch_size", "auto"), progress=progress, into=file))
+                    batch_size=ev.get("batch_size", "auto"), random_subset=bool(ev.get("random_subset", True)),
+                    progress=progress, into=file))
             if main:
                 with atomic_path(out / f"{label}.report.json") as tmp:
                     tmp.write_text(json.dumps(reports, indent=2) + "\n")
@@ -543,8 +545,11 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
             labels += [a for a in r["robust"] if a not in labels]
         n_eval = ev.get("n", 1000)
         notes = [
-            f"data: fine-tuned on the train split of `{data['train']}`, evaluated on the first {n_eval} images of "
-            f"the test split of `{test_ds.spec}`; accuracies in %, eps {eps * 255:.3g}/255 ({ev.get('norm', 'Linf')})",
+            f"data: fine-tuned on the train split of `{data['train']}`, evaluated on "
+            + (f"a random subset (seed {ev.get('seed', 0)}) of {n_eval}" if ev.get("random_subset", True)
+               else f"the first {n_eval}")
+            + f" images of the test split of `{test_ds.spec}`; accuracies in %, eps {eps * 255:.3g}/255 "
+            f"({ev.get('norm', 'Linf')})",
             "baseline and hardened models start from the same weights and get the same fine-tuning",
         ]
         if pre:

@@ -951,8 +951,11 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                 if dist.all_sum(flag).item() > 0:
                     bar.close()
                     raise NonFiniteLoss(_nonfinite_message(epoch, i, ckpt_path, start_epoch, history))
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}%",
-                                lr=f"{lr:.3g}", eps=f"{eps_now * 255:.2f}/255", refresh=False)
+                shown = {"loss": f"{loss_sum.item() / seen:.3f}", "acc": f"{100 * correct.item() / seen:.1f}%",
+                         "lr": f"{lr:.3g}"}
+                if cfg.method != "clean":
+                    shown["eps"] = f"{eps_now * 255:.2f}/255"
+                bar.set_postfix(shown, refresh=False)
             bar.update(1)
         totals = dist.all_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64,
                                                                            device=device)]))

@@ -279,8 +279,8 @@ class Activation(Transform):
                 functional[owner_path] = calls
         changes += _rewrite_lines([(p, *rewritten[p]) for p in owners if p in rewritten], label)
         redirected_total = sum(r for _, _, r in rewritten.values())
-        outside = [p or "<root>" for p in sites.mutation_owners if not rewritten.get(p, ("", [], 0))[2]]
-        if outside:
+        if sites.mutation_outside:
+            outside = [p or "<root>" for p in sites.mutation_outside]
             changes.append(f"note: in {_listing(outside)}, an in-place activation overwrites a tensor that is read "
                            "again outside that module; the new out-of-place activation leaves it unchanged")
         replaced: dict[int, nn.Module] = {}

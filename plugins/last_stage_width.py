@@ -156,6 +156,58 @@ def _keep_count(ratio: float, n: int) -> int:
     return max(1, min(n, math.floor(ratio * n + 0.5)))
 
 
+@dataclass
+class GroupScan:
+    """The layers of one coupled group that output its channels, with their L1 filter norms."""
+
+    producers: list[str]            # module paths of the conv/linear layers that output the channels
+    modules: list[nn.Module]        # those layers
+    l1: list[torch.Tensor]          # per producer: L1 norm of its filters, indexed by root channel
+    channel_groups: int = 1         # the channels split into this many equal groups (grouped convs, norms)
+
+    def importance(self, include: set[str] | None = None) -> torch.Tensor:
+        """Summed L1 importance per root channel, over the producers (or those in ``include``)."""
+        total = torch.zeros_like(self.l1[0]) if self.l1 else torch.zeros(0)
+        for name, l1 in zip(self.producers, self.l1):
+            if include is None or name in include:
+                total = total + l1
+        return total
+
+
+def scan_group(dg: Any, group: Any, channels: int, paths: dict[nn.Module, str]) -> GroupScan:
+    """Find the producers of a torch-pruning group rooted at ``channels`` output channels.
+
+    ``paths`` maps the network's modules to their names (``{m: n for n, m in net.named_modules()}``).
+    """
+    scan = GroupScan([], [], [])
+    for item in group:
+        target = item.dep.target.module
+        if not isinstance(target, nn.Module):
+            continue
+        out = dg.is_out_channel_pruning_fn(item.dep.handler)
+        scan.channel_groups = max(scan.channel_groups, _channel_groups(dg, target, out))
+        if not (out and isinstance(target, _MIXING)):
+            continue
+        importance = torch.zeros(channels)
+        l1 = _filter_l1(target, list(item.idxs))
+        roots = [(i, r) for i, r in enumerate(item.root_idxs) if r is not None]
+        if l1 is not None and roots:
+            importance.index_add_(0, torch.tensor([r for _, r in roots]), l1[[i for i, _ in roots]])
+        scan.producers.append(paths.get(target, "?"))
+        scan.modules.append(target)
+        scan.l1.append(importance)
+    return scan
+
+
+def choose_removed(importance: torch.Tensor, channel_groups: int, keep: int) -> list[int]:
+    """The channels to remove so that each of ``channel_groups`` equal groups keeps its ``keep``
+    largest-importance offsets (the same offsets in every group), sorted."""
+    per_group = importance.numel() // channel_groups
+    order = torch.argsort(importance.view(channel_groups, per_group).sum(0), descending=True, stable=True)
+    removed_offsets = sorted(order[keep:].tolist())
+    return [g * per_group + o for g in range(channel_groups) for o in removed_offsets]
+
+
 def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[list[_Plan], list[str]]:
     """Group the last stage's channel-mixing layers by coupling and choose the channels to remove."""
     paths = {m: name for name, m in net.named_modules()}
@@ -170,59 +222,41 @@ def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[l
         pruner = dg.get_pruner_of_module(layer)
         channels = int(pruner.get_out_channels(layer))
         group = dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels)))
-        importance = torch.zeros(channels)
-        producers: list[str] = []
-        outside: list[str] = []
-        ch_groups = 1
-        for item in group:
-            target = item.dep.target.module
-            if not isinstance(target, nn.Module):
-                continue
-            out = dg.is_out_channel_pruning_fn(item.dep.handler)
-            ch_groups = max(ch_groups, _channel_groups(dg, target, out))
-            if not (out and isinstance(target, _MIXING)):
-                continue
-            done.add(target)
-            name = paths.get(target, "?")
-            if name not in inside:
-                outside.append(name)
-                continue
-            producers.append(name)
-            l1 = _filter_l1(target, list(item.idxs))
-            roots = [(i, r) for i, r in enumerate(item.root_idxs) if r is not None]
-            if l1 is not None and roots:
-                importance.index_add_(0, torch.tensor([r for _, r in roots]), l1[[i for i, _ in roots]])
+        scan = scan_group(dg, group, channels, paths)
+        done.update(scan.modules)
+        outside = [name for name in scan.producers if name not in inside]
         if outside:
             skipped.append(f"{path} ({channels} channels, coupled to {outside[0]} outside the last stage)")
             continue
+        ch_groups = scan.channel_groups
         if channels % ch_groups:
             raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
         per_group = channels // ch_groups
         keep = _keep_count(ratio, per_group)
         if keep == per_group:
             continue
-        order = torch.argsort(importance.view(ch_groups, per_group).sum(0), descending=True, stable=True)
-        removed_offsets = sorted(order[keep:].tolist())
-        removed = [g * per_group + o for g in range(ch_groups) for o in removed_offsets]
-        producers.sort(key=stage.layers.index)
+        removed = choose_removed(scan.importance(), ch_groups, keep)
+        producers = sorted(scan.producers, key=stage.layers.index)
         plans.append(_Plan(path, channels, producers, removed, ch_groups))
     return plans, skipped
 
 
-def _prune(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int]) -> None:
-    """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it."""
+def _prune(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int],
+           who: str = "last-stage-width") -> None:
+    """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it
+    (``who`` names the transform in error messages)."""
     try:
         layer = net.get_submodule(root)
     except AttributeError:
-        raise HardenError(f"last-stage-width: layer '{root}' is missing; the recorded state does not fit "
+        raise HardenError(f"{who}: layer '{root}' is missing; the recorded state does not fit "
                           "this model") from None
     pruner = dg.get_pruner_of_module(layer) if layer in dg.module2node else None
     if pruner is None or pruner.get_out_channels(layer) != channels or (removed and max(removed) >= channels):
-        raise HardenError(f"last-stage-width: layer '{root}' does not have the {channels} output channels "
+        raise HardenError(f"{who}: layer '{root}' does not have the {channels} output channels "
                           "the recorded state expects; the state does not fit this model")
     group = dg.get_pruning_group(layer, pruner.prune_out_channels, removed)
     if not dg.check_pruning_group(group):
-        raise HardenError(f"last-stage-width: removing {len(removed)} of {channels} channels of '{root}' would "
+        raise HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
                           "leave a coupled layer without channels")
     group.prune(record_history=False)
 

@@ -64,6 +64,13 @@ def silu_model(spec: str) -> harden.HardenedModel:
     return harden.apply(base_model(spec), "activation:name=silu").eval()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_models():
+    yield
+    silu_model.cache_clear()
+    base_model.cache_clear()
+
+
 def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool((a - b).abs().max() > 1e-3 * a.abs().max())
 
@@ -231,6 +238,40 @@ def test_in_place_reliance():
         pre = net.c(x)
         # MutatesInput's own read of x is redirected to the activation's output; the parent's is not
         assert torch.allclose(out.net(x), (pre + 2 * F.silu(pre)).mean((2, 3)), atol=1e-6)
+
+
+class MethodChild(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.relu().mean((2, 3))
+
+
+class Untraceable(nn.Module):
+    """fx cannot trace the root (a branch on a shape); its modules and traceable children still change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 10, 3)
+        self.act = nn.ReLU()
+        self.inner = MethodChild()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.c(x))
+        if x.shape[-1] > 4:
+            x = torch.relu(x)
+        return self.inner(x)
+
+
+def test_untraceable_parts():
+    net = Untraceable().eval()
+    out = harden.apply(net, "activation:name=silu", input_size=32)
+    text = "\n".join(changes(out))
+    assert "1 module (ReLU) -> SiLU: act" in text
+    assert "1 functional call in inner (MethodChild): relu -> SiLU" in text
+    assert "not inspected for functional calls (untraceable forward): <root> (Untraceable)" in text
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = F.silu(F.relu(F.silu(net.c(x)))).mean((2, 3))  # the root's own torch.relu stays
+        assert torch.allclose(out.net(x), expected, atol=1e-6)
 
 
 class Branchy(nn.Module):

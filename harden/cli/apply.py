@@ -17,7 +17,8 @@ from harden.summary import before_after_table, human, model_facts
 
 
 def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, strides: str | None,
-                    activation: str | None, last_stage_width: str | None, extra: tuple[str, ...]) -> list[str]:
+                    activation: str | None, last_stage_width: str | None, extra: tuple[str, ...],
+                    stage_widths: str | None = None) -> list[str]:
     """The shorthand options as transform strings, in a fixed order, then each ``-t`` in order."""
     specs = []
     if stride_mod and strides:
@@ -28,6 +29,8 @@ def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, 
         specs.append(f"strides:pattern={strides}")
     if last_stage_width is not None:
         specs.append(f"last-stage-width:ratio={last_stage_width}")
+    if stage_widths is not None:  # the factors' commas would split the transform's arguments
+        specs.append(f"stage-widths:widths={stage_widths.replace(',', '/')}")
     if activation:
         specs.append(f"activation:name={activation}")
     if upsample is not None:
@@ -44,15 +47,18 @@ def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, 
 @click.option("--strides", default=None, metavar="PATTERN", help="Stride per downsampling point, e.g. 1122.")
 @click.option("--activation", default=None, metavar="NAME", help="Replace ReLU-family activations (silu, gelu, ...).")
 @click.option("--last-stage-width", default=None, metavar="R", help="Keep a fraction R of the last stage's channels.")
+@click.option("--stage-widths", default=None, metavar="F1,F2,...",
+              help="Multiply each stage's width (stem excluded), e.g. 2,2,0.8: WRN-34-10 -> WRN-34-R.")
 @click.option("-t", "--transform", "extra", multiple=True, metavar="NAME[:k=v,...]",
               help="Any registered transform; repeatable, applied in order after the options above.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write a harden safetensors file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra,
-                  output, force, as_json, **model_opts) -> None:
+                  output, force, as_json, stage_widths=None, **model_opts) -> None:
     """Apply robustness transforms to MODEL (a model spec or a harden file)."""
-    specs = transform_specs(upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra)
+    specs = transform_specs(upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra,
+                            stage_widths=stage_widths)
     if output and not force:
         from pathlib import Path
 

@@ -119,6 +119,8 @@ def is_activation_class(cls: type) -> bool:
     """Whether ``cls`` (or a base class) is an activation of torch.nn, timm or one of the families."""
     if any(issubclass(cls, fam.modules) for fam in families().values()):
         return True
+    if issubclass(cls, nn.MultiheadAttention):  # lives in torch.nn.modules.activation too
+        return False
     return any(getattr(c, "__module__", "") in _ACTIVATION_PACKAGES for c in cls.__mro__[:-1]
                if c is not nn.Module)
 
@@ -220,6 +222,7 @@ class ActivationSites:
     modules: list[ModuleSite] = field(default_factory=list)
     functional: list[FunctionalSite] = field(default_factory=list)
     mutation_owners: list[str] = field(default_factory=list)
+    mutation_outside: list[str] = field(default_factory=list)
     kept_gates: list[str] = field(default_factory=list)
     other_activations: Counter[str] = field(default_factory=Counter)
     untraced: list[str] = field(default_factory=list)
@@ -322,6 +325,23 @@ class _Scanner:
         for path, leaf in leaves.items():
             self.scan(leaf, path)
 
+    def _note_mutation(self, node: fx.Node, order: dict[fx.Node, int], prefix: str, caller: str) -> None:
+        """Record who reads the input of an in-place activation after it overwrote it.
+
+        Reads inside ``caller`` (the module whose forward makes the call) can be redirected by rewriting
+        that forward; reads outside it cannot and are reported.
+        """
+        owner = _join(prefix, caller)
+        src = input_of(node)
+        for user in (src.users if src is not None else ()):
+            if user is node or order[user] < order[node]:
+                continue
+            path = node_module_path(user) or ""
+            inside = not caller or path == caller or path.startswith(caller + ".")
+            found = self.sites.mutation_owners if inside else self.sites.mutation_outside
+            if owner not in found:
+                found.append(owner)
+
     def _may_call(self, module: nn.Module) -> bool:
         """Whether the source of ``module``'s forward may make a call of the family (for reporting)."""
         names = {getattr(f, "__name__", "") for f in self.family.functions} | set(self.family.methods)
@@ -347,9 +367,7 @@ class _Scanner:
                     if is_hard_gate(node, modules):
                         self.gate_modules.add(id(mod))
                     elif is_inplace(node, mod) and relies_on_mutation(node, order):
-                        owner = _join(prefix, _caller_path(node))
-                        if owner not in self.sites.mutation_owners:
-                            self.sites.mutation_owners.append(owner)
+                        self._note_mutation(node, order, prefix, _caller_path(node))
                 elif _needs_own_scan(mod):
                     leaves.setdefault(_join(prefix, str(node.target)), mod)  # a leaf fx did not look into
                 continue
@@ -365,7 +383,10 @@ class _Scanner:
                 gates[f"{call_name(node)}(x + 3) in {owner or '<root>'}"] += 1
                 continue
             owner_type = owner_types[-1].__name__ if owner_types else type(self.net.get_submodule(owner)).__name__
-            calls[(owner, owner_type, call_name(node), is_inplace(node))] += 1
+            inplace = is_inplace(node)
+            calls[(owner, owner_type, call_name(node), inplace)] += 1
+            if inplace and relies_on_mutation(node, order):
+                self._note_mutation(node, order, prefix, node_module_path(node) or "")
         return calls, gates
 
 

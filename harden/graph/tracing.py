@@ -65,7 +65,7 @@ def preserve_state(module: nn.Module) -> Iterator[None]:
     finally:
         for m, attrs, buffers in saved:
             for key in [k for k in m.__dict__ if k not in attrs]:
-                del m.__dict__[k]
+                del m.__dict__[key]
             for key, value in attrs.items():
                 if key not in ("_buffers", "_parameters", "_modules") and m.__dict__.get(key) is not value:
                     m.__dict__[key] = value

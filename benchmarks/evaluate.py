@@ -34,26 +34,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _direct(model, x, y, *, attacks, eps, batch_size, device, seed) -> tuple[float, list[bool]]:
+def _direct(model, x, y, *, attacks, eps, batch_size, device, seed) -> tuple[float, float, list[bool]]:
     from pyautoattack import AutoAttack
 
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     aa = AutoAttack(model, norm="Linf", eps=eps, version="standard", device=device, seed=seed)
     aa.attacks_to_run = list(attacks)
     with torch.no_grad():
         _, y_adv = aa.run_standard_evaluation(x, y, batch_size=batch_size)
     _sync(device)
-    return time.perf_counter() - t0, (y_adv.cpu() == y.cpu()).tolist()
+    return time.perf_counter() - t0, time.process_time() - c0, (y_adv.cpu() == y.cpu()).tolist()
 
 
-def _harden(model, x, y, *, fast, eps, batch_size, device, seed, workdir) -> tuple[float, dict]:
+def _harden(model, x, y, *, fast, eps, batch_size, device, seed, workdir) -> tuple[float, float, dict]:
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     report = evaluation.evaluate(model, (x, y), attack="autoattack", fast=fast, eps=eps, batch_size=batch_size,
                                  device=str(device), seed=seed, n=None, report=Path(workdir) / "report.json")
     _sync(device)
-    return time.perf_counter() - t0, report
+    return time.perf_counter() - t0, time.process_time() - c0, report
 
 
 def main() -> None:
@@ -93,16 +93,19 @@ def main() -> None:
     for version in [v.strip() for v in args.versions.split(",") if v.strip()]:
         fast = version == "fast"
         attacks = evaluation.FAST_ATTACKS if fast else evaluation.STANDARD_ATTACKS
-        direct_s, direct_flags = _direct(model, x, y, attacks=attacks, eps=eps, batch_size=bs, device=device,
-                                         seed=args.seed)
+        direct_s, direct_cpu, direct_flags = _direct(model, x, y, attacks=attacks, eps=eps, batch_size=bs,
+                                                     device=device, seed=args.seed)
         with tempfile.TemporaryDirectory() as tmp:
-            harden_s, report = _harden(model, x, y, fast=fast, eps=eps, batch_size=bs, device=device,
+            harden_s, harden_cpu, report = _harden(model, x, y, fast=fast, eps=eps, batch_size=bs, device=device,
                                        seed=args.seed, workdir=tmp)
         flags = [o == "robust" for o in report["examples"]["outcome"]]
         row = {
             "version": version, "n": n, "batch_size": bs, "eps": eps_text,
             "direct_seconds": round(direct_s, 2), "harden_seconds": round(harden_s, 2),
             "ratio": round(harden_s / direct_s, 4), "overhead_pct": round(100 * (harden_s / direct_s - 1), 2),
+            # CPU time of this process: steadier than wall time on a shared machine
+            "direct_cpu_seconds": round(direct_cpu, 2), "harden_cpu_seconds": round(harden_cpu, 2),
+            "cpu_ratio": round(harden_cpu / max(direct_cpu, 1e-9), 4),
             "harden_images_per_second": round(n / harden_s, 2), "direct_images_per_second": round(n / direct_s, 2),
             "clean_acc": report["clean_acc"], "robust_acc": report["robust_acc"],
             "same_result": flags == direct_flags,
@@ -111,7 +114,8 @@ def main() -> None:
         }
         rows.append(row)
         print(f"{version:<9} n={n} bs={bs}  direct {direct_s:8.1f}s  harden {harden_s:8.1f}s  "
-              f"ratio {row['ratio']:.3f} ({row['overhead_pct']:+.1f}%)  {row['harden_images_per_second']:.1f} img/s  "
+              f"ratio {row['ratio']:.3f} ({row['overhead_pct']:+.1f}%, cpu time {row['cpu_ratio']:.3f})  "
+              f"{row['harden_images_per_second']:.1f} img/s  "
               f"clean {row['clean_acc']:.1f}% robust {row['robust_acc']:.1f}%  same result: {row['same_result']}",
               flush=True)
     result = {"device": device_name, "model": args.model, "data": args.data, "torch": torch.__version__,

@@ -458,7 +458,15 @@ def _preflight(model: nn.Module, examples: Examples, plan: AttackPlan, *, batch_
     logger = logging.getLogger(chk.AUTOATTACK_LOGGER)
     aa_checks.check_randomized(model, x, y, bs=batch_size, logger=logger)
     n_cls = aa_checks.check_range_output(model, x, logger=logger)
-    aa_checks.check_dynamic(model, x, False, logger=logger)
+    # check_dynamic counts calls in a module-level dict it never resets, and clears any tracer (a
+    # debugger, coverage): start each check from zero and put the tracer back afterwards
+    for key in aa_checks.funcs:
+        aa_checks.funcs[key] = 0
+    tracer = sys.gettrace()
+    try:
+        aa_checks.check_dynamic(model, x, False, logger=logger)
+    finally:
+        sys.settrace(tracer)
     if any(s in AUTOATTACK_STAGES for s in plan.stages):
         aa_checks.check_n_classes(n_cls, list(plan.stages), 9, 9, logger=logger)  # standard: 9 targets each
     if check_examples > 0:
@@ -732,8 +740,8 @@ def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[
         with chk.capture_autoattack(log):
             aa_checks.check_square_sr(acc, logger=logging.getLogger(chk.AUTOATTACK_LOGGER))
 
-    x_lo, x_hi = prog.x_range
-    if math.isfinite(x_lo):
+    x_lo, x_hi = prog.x_range  # already reduced over the ranks: checked once, on rank 0
+    if math.isfinite(x_lo) and hd.is_main():
         log.extend(chk.check_inputs(x_lo, x_hi))
     strength: dict[str, Any] | None = None
     if hd.is_main() and check_examples > 0 and plan.stages:
@@ -752,11 +760,11 @@ def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[
     if sweep is not None:
         sweep_rows = _sweep(model, examples, plan, sweep, status, bs, device, log)
 
-    log.extend(chk.check_buffers_unchanged(model, buffers))
+    if hd.is_main():
+        log.extend(chk.check_buffers_unchanged(model, buffers))
+    # every rank saw its own batches: the same warning from several ranks adds up its counts
     gathered = hd.all_gather_objects(log.as_dicts())
-    merged = chk.WarningLog()
-    for part in gathered:
-        merged.merge_max(part)
+    merged = chk.WarningLog([w for part in gathered for w in part])
     return _build_report(model, plan, examples, selection, status, prog, merged, device=device,
                          run_seconds=run_seconds, started=started,
                          total_seconds=time.perf_counter() - t_start + (prog.elapsed if prog.resumed else 0.0),

@@ -612,8 +612,24 @@ def _node_bound(an: _Analyzer, node: fx.Node, L: Callable[[Any], float], is_dep:
     if target in _CAT or (is_method and target == "cat"):
         items = node.args[0] if node.args else node.kwargs.get("tensors", ())
         return math.sqrt(sum(L(t) ** 2 for t in items if is_dep(t)))
+    if target is operator.getitem and shape_of(first) is not None and _advanced_index(node.args[1]):
+        raise _Unsupported("indexing with a list or tensor can repeat elements")
     if target in _PASS_FUNCS or (is_method and target in _PASS_METHODS):
         return L(first)
+    if target in (torch.amax, F.adaptive_max_pool1d, F.adaptive_max_pool2d) or (is_method and target == "amax"):
+        if target in (F.adaptive_max_pool1d, F.adaptive_max_pool2d):
+            src = shape_of(first)
+            out = shape_of(node)
+            if src is None or out is None:
+                raise _Unsupported(f"{name} with unknown shapes")
+            count = 1
+            for size, o in zip(src[2:], out[2:]):
+                count *= _adaptive_overlap(size, o)
+            factor = math.sqrt(count)
+        else:
+            factor = 1.0  # a max over disjoint groups of elements
+        row(name, factor, "window overlap")
+        return factor * L(first)
     if is_method and target in _REPEAT_METHODS:
         out, src = shape_of(node), shape_of(first)
         if out is None or src is None:
@@ -666,6 +682,11 @@ def _node_bound(an: _Analyzer, node: fx.Node, L: Callable[[Any], float], is_dep:
     if target in _NOT_LIPSCHITZ_FUNCS:
         raise _Unsupported(_NOT_LIPSCHITZ_FUNCS[target])
     raise _Unsupported(f"no Lipschitz rule for {name}")
+
+
+def _advanced_index(index: Any) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, (list, torch.Tensor, fx.Node)) for i in items)
 
 
 def _max_abs(value: Any) -> float:

@@ -420,6 +420,8 @@ def comparison_markdown(result: dict[str, Any]) -> str:
 def _finetune_text(entry: dict[str, Any] | None) -> str:
     if not entry:
         return "none"
+    if entry["method"] == "clean":
+        return f"{entry['epochs_run']} ep (kept {entry['kept_epoch']})"
     eps = f"{entry['eps'] * 255:.3g}/255" if entry.get("norm", "Linf") == "Linf" else f"{entry['eps']:g}"
     steps = f"-{entry['steps']}" if entry["method"] in ("pgd", "trades") else ""
     return f"{entry['method']}{steps} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"

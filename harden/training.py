@@ -610,8 +610,11 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, nesterov=False)
+                                         weight_decay=cfg.weight_decay, nesterov=False, fused=True if cuda else None)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.lipschitz = lipschitz
         self.pad = max(1, round(model.input_size[-1] / 8))

@@ -225,6 +225,27 @@ def test_interrupted_run_resumes_to_the_same_result(tiny, fast_ref, tmp_path):
     assert not progress.exists()
 
 
+def test_cli_resume(tiny_file, tmp_path):
+    report = tmp_path / "r.json"
+    args = ["evaluate", str(tiny_file), "--trust-code", "--data", "sample", "-n", "12", "--random-subset",
+            "--attack", "pgd", "--steps", "3", "--batch-size", "4", "--report", str(report), "-q"]
+    whole = _cli(args[:-3] + ["--json", "-q"])
+    expected = json.loads(whole.stdout)
+
+    def stop(info):
+        if info["stage"] == "pgd-3":
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        evaluation.evaluate(harden.load(tiny_file, trust_code=True), "sample", n=12, random_subset=True,
+                            attack="pgd", steps=3, batch_size=4, eps="8/255", device="cpu", report=report,
+                            on_batch=stop)
+    res = _cli(args + ["--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resumed from" in res.output
+    assert json.loads(report.read_text())["examples"] == expected["examples"]
+
+
 # ---------------------------------------------------------------------------------- two ranks
 
 

@@ -86,7 +86,9 @@ def main() -> None:
             xw = x[:bs].to(device).requires_grad_(True)
             model(xw).sum().backward()
         model.zero_grad(set_to_none=True)
+        # identical outcomes on a GPU need deterministic kernels on both sides
         torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
     device_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
     rows = []

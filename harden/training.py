@@ -75,7 +75,7 @@ class FinetuneConfig:
     ema: bool = False
     ema_decay: float = 0.999
     label_smoothing: float = 0.0
-    eps_warmup: float = 0.0
+    eps_warmup: float = 1.0
     val_n: int = 512
     val_steps: int = 10
     attack_mode: str = "eval"
@@ -404,6 +404,8 @@ def _init_dist(device: torch.device | str | None) -> tuple[_Dist, torch.device]:
     dev = hd.resolve_device(device if device is not None else "auto")
     owns = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(dev)
     hd.init_from_env(dev)
     return _Dist(hd.rank(), hd.world_size(), owns and hd.world_size() > 1), dev

@@ -108,10 +108,13 @@ def _ancestors(node: fx.Node, features: set[fx.Node]) -> set[fx.Node]:
 
 
 def stem_layers(traced: TracedNet, stages: Sequence[Stage]) -> set[str]:
-    """Layers whose width is the stem's: those of stem stages, and the layers before the first
-    residual block (up to where its shortcut and its residual branch part, e.g. WRN's first conv and
-    the pre-activation norm of its first block)."""
+    """Layers whose width is the stem's: those of the stem stages or, when the stem works at the first
+    stage's resolution (no stem stage: CIFAR ResNets and WRNs), the layers before the first residual
+    block, up to where its shortcut and its residual branch part (WRN's first conv and the
+    pre-activation norm of its first block)."""
     found = {p for s in stages if s.stem for p in s.layers}
+    if found or not stages:
+        return found
     features = _feature_nodes(traced.gm)
     nodes = list(traced.gm.graph.nodes)
     first = next((n for n in nodes if n in features and _is_residual(n, features)), None)
@@ -123,8 +126,8 @@ def stem_layers(traced: TracedNet, stages: Sequence[Stage]) -> set[str]:
         return found
     order = {n: i for i, n in enumerate(nodes)}
     split = max(common, key=order.__getitem__)
-    found |= {str(n.target) for n in _ancestors(split, features) if n.op == "call_module"}
-    return found
+    before = {str(n.target) for n in _ancestors(split, features) if n.op == "call_module"}
+    return before & set(stages[0].layers)
 
 
 def find_body_stages(model: HardenedModel) -> tuple[list[Stage], set[str]]:
@@ -152,7 +155,6 @@ class _Plan:
     root: str
     channels: int
     new: int
-    stage: int
     kept: list[int] | None = None  # shrinking: the channels kept
 
 
@@ -183,14 +185,13 @@ def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str],
             factor = factors[owners[0]]
             if factor == 1:
                 continue
-            plan = _plan_group(path, channels, factor, owners[0], scan, group, dg)
+            plan = _plan_group(path, channels, factor, scan, group, dg)
             if plan is not None:
                 plans.append(plan)
     return plans
 
 
-def _plan_group(path: str, channels: int, factor: float, stage: int, scan: Any, group: Any,
-                dg: Any) -> _Plan | None:
+def _plan_group(path: str, channels: int, factor: float, scan: Any, group: Any, dg: Any) -> _Plan | None:
     """Shrinking: keep the largest-L1 channels (the same in every channel group); growing: the new width."""
     ch_groups, unit = (scan.channel_groups, 1) if factor < 1 else _growth_layout(dg, group, path)
     if channels % ch_groups:
@@ -202,11 +203,11 @@ def _plan_group(path: str, channels: int, factor: float, stage: int, scan: Any, 
             return None
         removed = set(choose_removed(scan.importance(), ch_groups, keep))
         kept = [i for i in range(channels) if i not in removed]
-        return _Plan(path, channels, keep * ch_groups, stage, kept)
+        return _Plan(path, channels, keep * ch_groups, kept)
     new_per_group = max(per_group, math.floor(factor * per_group / unit + 0.5) * unit)
     if new_per_group == per_group:
         return None
-    return _Plan(path, channels, new_per_group * ch_groups, stage)
+    return _Plan(path, channels, new_per_group * ch_groups)
 
 
 def _is_depthwise(layer: nn.Module) -> bool:
@@ -304,8 +305,7 @@ def _block(name: str, idxs: list[int], roots: list[int | None], plan: _Plan, lay
     if k * n != len(idxs) or [i for i, _ in order] != list(range(start, start + k * n)) or any(
             r != (i - start) // k for i, r in order):
         raise HardenError(f"{NAME} cannot widen {name}: it takes the channels of {plan.root} in a layout "
-                          "other "
-                          "than a plain range (a split, slice or repeat of the feature map)")
+                          "other than a plain range (a split, slice or repeat of the feature map)")
     return _Block(start, n, k, plan.new, layout)
 
 
@@ -629,4 +629,4 @@ class StageWidths(Transform):
             kept = {int(i) for i in entry["kept"]}
             removed = [i for i in range(channels) if i not in kept]
             _prune(dg, net, str(entry["root"]), channels, removed, who=NAME)
-        _grow(dg, net, [_Plan(str(e["root"]), int(e["channels"]), int(e["new"]), -1) for e in state["grow"]])
+        _grow(dg, net, [_Plan(str(e["root"]), int(e["channels"]), int(e["new"])) for e in state["grow"]])

@@ -61,8 +61,8 @@ def test_pgd_at_raises_robust_accuracy_well_above_the_start() -> None:
     eps = 8 / 255
     clean0, robust0 = accuracy(start, x, y), accuracy(start, x, y, eps)
     assert clean0 > 0.25  # the clean model learned something
-    hardened = finetune(start, "sample", method="pgd", eps=eps, steps=2, epochs=4, lr=0.1, val_n=128,
-                        val_steps=3, progress=False)
+    hardened = finetune(start, "sample", method="pgd", eps=eps, steps=2, epochs=4, lr=0.1, eps_warmup=0,
+                        val_n=128, val_steps=3, progress=False)
     clean1, robust1 = accuracy(hardened, x, y), accuracy(hardened, x, y, eps)
     # PGD-10 at 8/255 on 500 random test images (measured 7.6% -> 17.2% on one thread, 8.6% -> 16.8% on
     # two): robust accuracy nearly doubles, at a small cost in clean accuracy
@@ -209,6 +209,15 @@ def test_other_methods_train_and_record_their_settings(method, tmp_path) -> None
     assert entry["steps"] == (2 if method == "trades" else 1)
     assert entry["bn_recalibrated_on"] == 256 and entry["precision"] == "fp32"
     assert model.recipe["finetune"]["data"] == "sample"
+
+
+def test_lipschitz_regularizer_enters_the_loss() -> None:
+    opts = dict(method="fgsm-rs", epochs=1, train_n=128, batch_size=64, val_n=0, progress=False)
+    plain = finetune(tiny(), "sample", **opts)
+    reg = finetune(tiny(), "sample", lipschitz_reg=0.05, **opts)
+    assert reg.recipe["finetune"]["lipschitz_reg"] == 0.05 and plain.recipe["finetune"]["lipschitz_reg"] is None
+    assert reg.recipe["finetune"]["history"][0]["loss"] != plain.recipe["finetune"]["history"][0]["loss"]
+    assert reg.recipe["finetune"]["kept"] == "last"  # no validation slice: the last epoch is kept
 
 
 # ---------------------------------------------------------------------------------------------- CLI

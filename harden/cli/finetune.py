@@ -43,7 +43,8 @@ def _pct(v: float | None) -> str:
 @click.option("--ema", is_flag=True, help="Validate and keep an exponential moving average of the weights.")
 @click.option("--ema-decay", default="0.999", show_default=True)
 @click.option("--label-smoothing", default="0", show_default=True)
-@click.option("--eps-warmup", default="0", show_default=True, metavar="EPOCHS", help="Ramp eps up over EPOCHS.")
+@click.option("--eps-warmup", default="1", show_default=True, metavar="EPOCHS",
+              help="Ramp eps linearly from 0 over the first EPOCHS epochs (0: full eps from the start).")
 @click.option("--val-n", type=int, default=512, show_default=True,
               help="Training examples held out for per-epoch validation (0: none, keep the last epoch).")
 @click.option("--val-steps", type=int, default=10, show_default=True, help="PGD steps of the validation attack.")

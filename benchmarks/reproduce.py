@@ -1,0 +1,139 @@
+"""Reproduce the seed papers' architecture claims on CIFAR-10 with harden itself.
+
+    python benchmarks/reproduce.py                         # full: GPU, PGD-AT, AutoAttack on 1000 images
+    python benchmarks/reproduce.py --quick --out /tmp/r.md # reduced CPU version (tested in the suite)
+
+Each row starts from the same randomly initialised `cifar:resnet18` (seed 0), applies one
+architecture change, adversarially trains it with the same PGD-AT budget, and is evaluated on the
+same fixed test images (a seeded random subset). The table gives clean and robust accuracy (with
+the attack named), parameters, MACs at 32x32 and wall time, and the device.
+
+Data: an ImageFolder tree of CIFAR-10; by default the JPEG copy in ../shared/data/cifar10-jpeg is
+unpacked once into data/cifar10-jpeg (git-ignored). The JPEG re-encoding costs accuracy, so absolute
+numbers sit below the papers'; the comparison between rows is what counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import tarfile
+import time
+from pathlib import Path
+
+import torch
+
+import harden
+from harden.serialization import atomic_path
+from harden.summary import human, model_facts
+
+ROWS = [
+    ("baseline", []),
+    ("upsample x2 (Xu et al., rcm)", ["upsample:factor=2"]),
+    ("strides 1122 (Xu et al., rcm)", ["strides:pattern=1122"]),
+    ("SiLU activations (Huang et al. 2023)", ["activation:name=silu"]),
+    ("last stage width 0.5 (Huang et al. 2021)", ["last-stage-width:ratio=0.5"]),
+]
+
+FULL = {"epochs": 30, "train_n": None, "steps": 10, "n": 1000, "attack": "autoattack", "batch_size": 128,
+        "lr": 0.1, "schedule": "multistep", "val_n": 512, "val_steps": 10}
+QUICK = {"epochs": 1, "train_n": 32, "steps": 1, "n": 8, "attack": "pgd", "batch_size": 32,
+         "lr": 0.05, "schedule": "cosine", "val_n": 16, "val_steps": 1}
+
+
+def cifar_folder(shared: Path, cache: Path) -> str:
+    """An ImageFolder spec for CIFAR-10, unpacking the shared JPEG tarballs once if needed."""
+    if not (cache / "test").is_dir() or not (cache / "train").is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "test"):
+            with tarfile.open(shared / f"{split}.tar.gz") as tar:
+                tar.extractall(cache, filter="data")
+    return f"imagefolder:{cache}"
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny epochs and n, PGD instead of AutoAttack (CPU)")
+    ap.add_argument("--data", default=None, help="data spec (default: the shared CIFAR-10 JPEG copy)")
+    ap.add_argument("--shared", default="../shared/data/cifar10-jpeg")
+    ap.add_argument("--cache", default="data/cifar10-jpeg")
+    ap.add_argument("--model", default="cifar:resnet18")
+    ap.add_argument("--rows", default=None, help="comma-separated row numbers to run (default: all)")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--work", default="runs/reproduce", help="folder for the trained models")
+    ap.add_argument("--out", default=None, help="markdown table (default: benchmarks/results/reproduce-DATE.md)")
+    args = ap.parse_args()
+    settings = dict(QUICK if args.quick else FULL)
+    if args.epochs is not None:
+        settings["epochs"] = args.epochs
+    if args.n is not None:
+        settings["n"] = args.n
+    data = args.data or cifar_folder(Path(args.shared), Path(args.cache))
+    rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    device = device_name()
+    results = []
+    for label, transforms in rows:
+        torch.manual_seed(0)
+        base = harden.load_model(args.model, num_classes=10, input_size=32)
+        model = harden.apply(base, transforms) if transforms else base
+        facts = model_facts(model)
+        start = time.perf_counter()
+        slug = "-".join(t.replace(":", "_").replace("=", "") for t in transforms) or "baseline"
+        trained = harden.finetune(
+            model, data, output=work / f"{slug}.safetensors", force=True, progress=not args.quick,
+            method="pgd", eps=8 / 255, steps=settings["steps"], epochs=settings["epochs"], lr=settings["lr"],
+            schedule=settings["schedule"], batch_size=settings["batch_size"], train_n=settings["train_n"],
+            val_n=settings["val_n"], val_steps=settings["val_steps"], bn_recalib=False, seed=0)
+        train_seconds = time.perf_counter() - start
+        report = harden.evaluate(trained, data, attack=settings["attack"], eps=8 / 255, n=settings["n"],
+                                 random_subset=True, seed=0, steps=None if settings["attack"] == "autoattack"
+                                 else settings["steps"])
+        results.append({"row": label, "transforms": transforms, "params": facts.params, "macs": facts.macs,
+                        "feature_map": facts.feature_map_text(), "clean_acc": report["clean_acc"],
+                        "robust_acc": report["robust_acc"], "attack": report["attack"],
+                        "warnings": report.get("warnings", []), "train_seconds": round(train_seconds, 1),
+                        "eval_seconds": round(report["seconds"], 1)})
+        print(json.dumps(results[-1]), flush=True)
+    attack = results[0]["attack"] if results else settings["attack"]
+    attack_text = "AutoAttack (standard)" if attack == "autoattack" else f"{attack.upper()}-{settings['steps']}"
+    lines = [
+        f"# Architecture changes on CIFAR-10 ({'reduced CPU check' if args.quick else 'full run'})",
+        "",
+        f"device: {device}; date: {datetime.date.today().isoformat()}; harden {harden.__version__}, "
+        f"torch {torch.__version__}",
+        f"command: `python benchmarks/reproduce.py {' '.join(a for a in __import__('sys').argv[1:])}`",
+        f"model: {args.model} at 32x32, trained from the same random init with PGD-AT (eps 8/255, "
+        f"{settings['steps']} steps, {settings['epochs']} epochs, train_n {settings['train_n'] or 'all'}); "
+        f"data: {data}",
+        f"robust accuracy: {attack_text}, Linf eps 8/255, n={settings['n']} (seeded random test subset, seed 0)",
+        "",
+        f"| change | clean % | robust % ({attack_text}) | params | MACs | feature map | train s | eval s | warnings |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(f"| {r['row']} | {r['clean_acc']:.1f} | {r['robust_acc']:.1f} | {human(r['params'])} | "
+                     f"{human(r['macs'])} | {r['feature_map']} | {r['train_seconds']} | {r['eval_seconds']} | "
+                     f"{len(r['warnings'])} |")
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out or f"benchmarks/results/reproduce-{datetime.date.today().isoformat()}.md")
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"device": device, "settings": settings, "rows": results}, indent=2))
+    print(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

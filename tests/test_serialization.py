@@ -20,6 +20,10 @@ COMBOS = [
     ["stride-mod"],
     ["strides:pattern=21212"],
     ["stride-mod", "upsample:factor=2,mode=bilinear"],
+    ["activation:name=silu"],
+    ["last-stage-width:ratio=0.5"],
+    ["stage-widths:widths=1/0.5/2/0.5"],
+    ["stride-mod", "last-stage-width:ratio=0.5", "activation:name=gelu", "upsample:factor=2"],
 ]
 
 
@@ -38,6 +42,7 @@ def test_round_trip_gives_identical_logits(tmp_path, base, transforms) -> None:
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert [t["name"] for t in loaded.recipe["transforms"]] == [t.split(":")[0] for t in transforms]
+    assert loaded.state_dict().keys() == model.state_dict().keys()
 
 
 def test_recipe_is_self_describing(tmp_path, base) -> None:

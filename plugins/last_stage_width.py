@@ -17,6 +17,7 @@ recomputing importance.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,14 +209,12 @@ def choose_removed(importance: torch.Tensor, channel_groups: int, keep: int) -> 
     return [g * per_group + o for g in range(channel_groups) for o in removed_offsets]
 
 
-def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[list[_Plan], list[str]]:
-    """Group the last stage's channel-mixing layers by coupling and choose the channels to remove."""
+def coupled_groups(dg: Any, net: nn.Module, layer_paths: Sequence[str]) -> Iterator[tuple[str, int, Any, GroupScan]]:
+    """Each coupled channel group of the conv/linear layers in ``layer_paths``, once, in their order:
+    ``(root path, output channels, torch-pruning group, scan)``."""
     paths = {m: name for name, m in net.named_modules()}
-    inside = set(stage.layers)
     done: set[nn.Module] = set()
-    plans: list[_Plan] = []
-    skipped: list[str] = []
-    for path in stage.layers:
+    for path in layer_paths:
         layer = net.get_submodule(path)
         if not isinstance(layer, (_CONV, nn.Linear)) or layer in done or layer not in dg.module2node:
             continue
@@ -224,6 +223,15 @@ def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[l
         group = dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels)))
         scan = scan_group(dg, group, channels, paths)
         done.update(scan.modules)
+        yield path, channels, group, scan
+
+
+def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[list[_Plan], list[str]]:
+    """Group the last stage's channel-mixing layers by coupling and choose the channels to remove."""
+    inside = set(stage.layers)
+    plans: list[_Plan] = []
+    skipped: list[str] = []
+    for path, channels, _group, scan in coupled_groups(dg, net, stage.layers):
         outside = [name for name in scan.producers if name not in inside]
         if outside:
             skipped.append(f"{path} ({channels} channels, coupled to {outside[0]} outside the last stage)")

@@ -42,7 +42,7 @@ from harden_plugins.last_stage_width import (
     _params,
     _prune,
     choose_removed,
-    scan_group,
+    coupled_groups,
 )
 from torch import fx, nn
 
@@ -161,33 +161,22 @@ class _Plan:
 def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str],
           factors: Sequence[float]) -> list[_Plan]:
     """One plan per coupled group whose width changes, in stage order."""
-    paths = {m: n for n, m in net.named_modules()}
     owner = {p: i for i, s in enumerate(body) for p in s.layers if p not in stem}
-    done: set[nn.Module] = set()
     plans: list[_Plan] = []
-    for stage in body:
-        for path in stage.layers:
-            layer = net.get_submodule(path)
-            if not isinstance(layer, (_CONV, nn.Linear)) or layer in done or layer not in dg.module2node:
-                continue
-            pruner = dg.get_pruner_of_module(layer)
-            channels = int(pruner.get_out_channels(layer))
-            group = dg.get_pruning_group(layer, pruner.prune_out_channels, list(range(channels)))
-            scan = scan_group(dg, group, channels, paths)
-            done.update(scan.modules)
-            owners = sorted({owner[p] for p in scan.producers if p in owner})
-            if not owners:
-                continue  # the stem's channels (or a group of the head)
-            if len({factors[i] for i in owners}) > 1:
-                named = ", ".join(f"stage {body[i].index} (x{_format_factor(factors[i])})" for i in owners)
-                raise UsageError(f"{NAME}: the channels of {path} are shared by {named} through residual "
-                                 "adds or concatenations; give these stages the same factor")
-            factor = factors[owners[0]]
-            if factor == 1:
-                continue
-            plan = _plan_group(path, channels, factor, scan, group, dg)
-            if plan is not None:
-                plans.append(plan)
+    for path, channels, group, scan in coupled_groups(dg, net, [p for stage in body for p in stage.layers]):
+        owners = sorted({owner[p] for p in scan.producers if p in owner})
+        if not owners:
+            continue  # the stem's channels (or a group of the head)
+        if len({factors[i] for i in owners}) > 1:
+            named = ", ".join(f"stage {body[i].index} (x{_format_factor(factors[i])})" for i in owners)
+            raise UsageError(f"{NAME}: the channels of {path} are shared by {named} through residual "
+                             "adds or concatenations; give these stages the same factor")
+        factor = factors[owners[0]]
+        if factor == 1:
+            continue
+        plan = _plan_group(path, channels, factor, scan, group, dg)
+        if plan is not None:
+            plans.append(plan)
     return plans
 
 

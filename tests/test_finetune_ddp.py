@@ -22,7 +22,7 @@ def test_two_process_ddp_finetune_writes_one_output(tmp_path) -> None:
            "-m", "harden.cli", "finetune", "tests.tiny_models:tiny_cnn", "--num-classes", "10", "--input-size", "32",
            "--data", "sample", "-o", str(out), "--method", "pgd", "--steps", "2", "--epochs", "2",
            "--train-n", "256", "--batch-size", "32", "--val-n", "64", "--val-steps", "2", "--json"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HARDEN_PROGRESS": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # rank 0 alone writes: the model and its curves, no temporary or checkpoint files left behind

@@ -58,3 +58,11 @@ def resolve_model(model: str, *, num_classes: int | None = None, input_size: int
         return harden.load(model, trust_code=trust_code)
     return harden.load_model(model, num_classes=num_classes, pretrained=pretrained, weights=weights,
                              input_size=input_size, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars go to stderr when it is a terminal (``HARDEN_PROGRESS=1`` forces them, e.g. in logs)."""
+    import os
+    import sys
+
+    return not quiet and (sys.stderr.isatty() or os.environ.get("HARDEN_PROGRESS") == "1")

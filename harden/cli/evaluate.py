@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from harden import distributed as hd
 from harden.cli import main
-from harden.cli._options import model_options, resolve_model
+from harden.cli._options import model_options, resolve_model, show_progress
 from harden.errors import UsageError
 
 
@@ -91,7 +90,7 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
                    err=True)
 
     net = resolve_model(model, **model_opts)
-    show_bar = not quiet and sys.stderr.isatty() and first_rank
+    show_bar = show_progress(quiet) and first_rank
     try:
         result = evaluation.evaluate(
             net, data, attack=plan.attack, eps=eps, norm=plan.norm, fast=fast,

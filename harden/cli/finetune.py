@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from harden.cli import main
-from harden.cli._options import model_options, resolve_model
+from harden.cli._options import model_options, resolve_model, show_progress
 from harden.errors import UsageError
 
 
@@ -80,7 +80,7 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
     base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
                          pretrained=pretrained, mean=mean, std=std, trust_code=trust_code)
     result = finetune(base, data, output=output, resume=resume, force=force, download=download,
-                      progress=not quiet, **settings)
+                      progress=show_progress(quiet), **settings)
     if not _is_main_process():
         return
     entry = result.recipe["finetune"]
@@ -128,7 +128,7 @@ def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: 
         click.echo(yaml.safe_dump(spec.values, sort_keys=False).rstrip())
         return
     say = click.echo if _is_main_process() else None
-    result = run_recipe(spec, out_dir=out_dir, progress=not quiet, echo=say)
+    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say)
     if _is_main_process():
         click.echo("")
         click.echo(result["markdown"].rstrip())

@@ -34,21 +34,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from harden_plugins.last_stage_width import (
-    _CONV,
-    _dependency_graph,
-    _keep_count,
-    _model_name,
-    _params,
-    _prune,
-    choose_removed,
-    coupled_groups,
-)
+from harden_plugins.last_stage_width import _model_name
 from torch import fx, nn
 
+from harden.channels import (
+    CONV,
+    choose_removed,
+    coupled_groups,
+    dependency_graph,
+    keep_count,
+    param_count,
+    remove_channels,
+)
 from harden.errors import HardenError, UsageError
 from harden.graph import trace_with_shapes
-from harden.graph.stages import Stage, _feature_nodes, _is_residual, find_head, find_stages
+from harden.graph.stages import Stage, feature_nodes, find_head, find_stages, is_residual
 from harden.graph.tracing import TracedNet
 from harden.model import HardenedModel
 from harden.transforms import Applied, Param, Transform
@@ -115,9 +115,9 @@ def stem_layers(traced: TracedNet, stages: Sequence[Stage]) -> set[str]:
     found = {p for s in stages if s.stem for p in s.layers}
     if found or not stages:
         return found
-    features = _feature_nodes(traced.gm)
+    features = feature_nodes(traced.gm)
     nodes = list(traced.gm.graph.nodes)
-    first = next((n for n in nodes if n in features and _is_residual(n, features)), None)
+    first = next((n for n in nodes if n in features and is_residual(n, features)), None)
     if first is None:
         return found
     branches = [_ancestors(i, features) for i in first.all_input_nodes if i in features]
@@ -187,7 +187,7 @@ def _plan_group(path: str, channels: int, factor: float, scan: Any, group: Any, 
         raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
     per_group = channels // ch_groups
     if factor < 1:
-        keep = _keep_count(factor, per_group)
+        keep = keep_count(factor, per_group)
         if keep == per_group:
             return None
         removed = set(choose_removed(scan.importance(), ch_groups, keep))
@@ -200,7 +200,7 @@ def _plan_group(path: str, channels: int, factor: float, scan: Any, group: Any, 
 
 
 def _is_depthwise(layer: nn.Module) -> bool:
-    return (isinstance(layer, _CONV) and layer.groups > 1
+    return (isinstance(layer, CONV) and layer.groups > 1
             and layer.groups == layer.in_channels == layer.out_channels)
 
 
@@ -211,7 +211,7 @@ def _growth_layout(dg: Any, group: Any, path: str) -> tuple[int, int]:
     ch_groups, unit = 1, 1
     for item in group:
         target = item.dep.target.module
-        if isinstance(target, _CONV) and target.groups > 1 and not _is_depthwise(target):
+        if isinstance(target, CONV) and target.groups > 1 and not _is_depthwise(target):
             ch_groups = max(ch_groups, int(target.groups))
         elif isinstance(target, nn.GroupNorm):
             per = target.num_channels // target.num_groups
@@ -257,7 +257,7 @@ def _layout(channels: int, new: int, ch_groups: int) -> torch.Tensor:
 
 def _dims(layer: nn.Module, out: bool, name: str) -> str:
     """Which dimension of ``layer`` a group item resizes; HardenError for unsupported layers."""
-    if isinstance(layer, _CONV) and not layer.transposed:
+    if isinstance(layer, CONV) and not layer.transposed:
         return "out" if out or _is_depthwise(layer) else "in"
     if isinstance(layer, nn.Linear):
         return "out" if out else "in"
@@ -276,9 +276,9 @@ def _is_channel_norm(layer: nn.Module) -> bool:
 
 def _dim_size(layer: nn.Module, dim: str) -> int:
     if dim == "out":
-        return int(layer.out_channels if isinstance(layer, _CONV) else layer.out_features)
+        return int(layer.out_channels if isinstance(layer, CONV) else layer.out_features)
     if dim == "in":
-        return int(layer.in_channels if isinstance(layer, _CONV) else layer.in_features)
+        return int(layer.in_channels if isinstance(layer, CONV) else layer.in_features)
     if isinstance(layer, nn.GroupNorm):
         return int(layer.num_channels)
     if isinstance(layer, nn.LayerNorm):
@@ -387,7 +387,7 @@ def _grow_vector(old: torch.Tensor, positions: torch.Tensor, size: int, fill: fl
 def _grow_mixing(layer: nn.Module, name: str, maps: dict[str, tuple[torch.Tensor, int]],
                  gen: torch.Generator) -> None:
     """Resize a conv/linear layer: old weights in their new places, new filters small, new inputs zero."""
-    conv = isinstance(layer, _CONV)
+    conv = isinstance(layer, CONV)
     w = layer.weight
     out_old, in_old = _dim_size(layer, "out"), _dim_size(layer, "in")
     out_pos, out_new = maps.get("out", (torch.arange(out_old), out_old))
@@ -496,7 +496,7 @@ def _widths(net: nn.Module) -> dict[str, tuple[int | None, int | None]]:
     """(in, out) widths of the conv/linear layers and the channel count of the norms."""
     found: dict[str, tuple[int | None, int | None]] = {}
     for name, m in net.named_modules():
-        if isinstance(m, _CONV):
+        if isinstance(m, CONV):
             found[name] = (int(m.in_channels), int(m.out_channels))
         elif isinstance(m, nn.Linear):
             found[name] = (int(m.in_features), int(m.out_features))
@@ -536,7 +536,7 @@ def _output_layer(net: nn.Module, stage: Stage) -> str | None:
     """The last layer of ``stage`` whose width is the stage's output width (to report it after)."""
     for path in reversed(stage.layers):
         layer = net.get_submodule(path)
-        if isinstance(layer, (_CONV, nn.Linear)):
+        if isinstance(layer, (CONV, nn.Linear)):
             width = _dim_size(layer, "out")
         elif _is_channel_norm(layer):
             width = _dim_size(layer, "chan")
@@ -574,15 +574,15 @@ class StageWidths(Transform):
         if all(f == 1 for f in factors):
             lines = [f"{s.describe()}: x1" for s in body]
             return Applied([*lines, "every factor is 1: nothing to do"], {"shrink": [], "grow": []})
-        before, params_before = _widths(net), _params(net)
+        before, params_before = _widths(net), param_count(net)
         outputs = [_output_layer(net, s) for s in body]
-        dg = _dependency_graph(net, model.net_input_size())
+        dg = dependency_graph(net, model.net_input_size())
         plans = _plan(dg, net, body, stem, factors)
         shrink = [p for p in plans if p.kept is not None]
         grow = [p for p in plans if p.kept is None]
         for p in shrink:
             kept = set(p.kept or [])
-            _prune(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME)
+            remove_channels(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME)
         _grow(dg, net, grow)
         after = _widths(net)
         changes = []
@@ -597,7 +597,7 @@ class StageWidths(Transform):
         if norms:
             changes.append(f"note: {_layer_names(norms)} normalise over the new channels too, so the outputs "
                            "change (fine-tune after widening)")
-        params_after = _params(net)
+        params_after = param_count(net)
         changes.append(f"parameters {params_before:,} -> {params_after:,} "
                        f"({100 * (params_after - params_before) / max(params_before, 1):+.1f}%)")
         state = {
@@ -612,10 +612,10 @@ class StageWidths(Transform):
         if not state["shrink"] and not state["grow"]:
             return
         net = model.net
-        dg = _dependency_graph(net, model.net_input_size())
+        dg = dependency_graph(net, model.net_input_size())
         for entry in state["shrink"]:
             channels = int(entry["channels"])
             kept = {int(i) for i in entry["kept"]}
             removed = [i for i in range(channels) if i not in kept]
-            _prune(dg, net, str(entry["root"]), channels, removed, who=NAME)
+            remove_channels(dg, net, str(entry["root"]), channels, removed, who=NAME)
         _grow(dg, net, [_Plan(str(e["root"]), int(e["channels"]), int(e["new"])) for e in state["grow"]])

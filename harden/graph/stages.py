@@ -68,7 +68,7 @@ class Stage:
                 f"{first} .. {last})")
 
 
-def _feature_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+def feature_nodes(gm: fx.GraphModule) -> set[fx.Node]:
     """Nodes that depend on the network input (not only on parameters and constants)."""
     found: set[fx.Node] = set()
     for node in gm.graph.nodes:
@@ -165,7 +165,7 @@ def node_levels(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = 
     if points is None:
         points = find_downsampling_points(traced)
     modules = traced.modules()
-    features = _feature_nodes(traced.gm)
+    features = feature_nodes(traced.gm)
     levels: dict[fx.Node, int] = {}
     for node in traced.gm.graph.nodes:
         level = max((levels[i] for i in node.all_input_nodes), default=0)
@@ -191,7 +191,7 @@ def find_head(traced: TracedNet) -> Head:
     """
     modules = traced.modules()
     nodes = list(traced.gm.graph.nodes)
-    features = _feature_nodes(traced.gm)
+    features = feature_nodes(traced.gm)
     classifier = None
     for node in reversed(nodes):
         if node in features and _is_mixing(node, modules):
@@ -223,7 +223,7 @@ def find_head(traced: TracedNet) -> Head:
     return Head(None, [classifier] if classifier else [], classifier)
 
 
-def _is_residual(node: fx.Node, features: set[fx.Node]) -> bool:
+def is_residual(node: fx.Node, features: set[fx.Node]) -> bool:
     merge = (node.op == "call_function" and node.target in _RESIDUAL_FUNCTIONS) or (
         node.op == "call_method" and node.target in ("add", "add_"))
     if not merge:
@@ -243,7 +243,7 @@ def find_stages(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = 
     if head is None:
         head = find_head(traced)
     modules = traced.modules()
-    features = _feature_nodes(traced.gm)
+    features = feature_nodes(traced.gm)
     levels = node_levels(traced, points)
     head_paths = set(head.layers)
     after_pool: set[fx.Node] = set()
@@ -263,7 +263,7 @@ def find_stages(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = 
             size = sizes[level] if level < len(sizes) else sizes[-1]
             stage = by_level[level] = Stage(-1, level, (int(size[0]), int(size[1])),
                                             points[level - 1] if level > 0 else None)
-        if _is_residual(node, features):
+        if is_residual(node, features):
             residual_levels.add(level)
         shape = shape_of(node)
         if shape is not None and len(shape) == 4 and node.op != "output":

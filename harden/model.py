@@ -52,6 +52,12 @@ class HardenedModel(nn.Module):
         return tuple(self.recipe["model"]["input_size"])  # type: ignore[return-value]
 
     @property
+    def spec(self) -> str:
+        """The model spec it was built from (``timm:resnet18``, ``cifar:wrn-34-10``, ...)."""
+        model = self.recipe["model"]
+        return str(model.get("spec") or model.get("name"))
+
+    @property
     def num_classes(self) -> int:
         return int(self.recipe["model"]["num_classes"])
 

@@ -45,16 +45,12 @@ def _ratio_problem(value: float) -> str | None:
     return None
 
 
-def _model_name(model: HardenedModel) -> str:
-    return str(model.recipe["model"].get("spec") or model.recipe["model"].get("name"))
-
-
 def find_last_stage(model: HardenedModel) -> tuple[Stage, Head]:
     """The stage whose width this transform changes, and the model's head; HardenError if none."""
     traced = trace_with_shapes(model.net, model.net_input_size())
     head = find_head(traced)
     stages = find_stages(traced, head=head)
-    name = _model_name(model)
+    name = model.spec
     if not stages:
         raise HardenError(f"{name} has no convolutional stages; last-stage-width applies to CNNs")
     stage = stages[-1]

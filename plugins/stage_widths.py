@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from harden_plugins.last_stage_width import _model_name
 from torch import fx, nn
 
 from harden.channels import (
@@ -134,7 +133,7 @@ def find_body_stages(model: HardenedModel) -> tuple[list[Stage], set[str]]:
     """The stages whose width this transform sets (the stem excluded) and the stem's layers."""
     traced = trace_with_shapes(model.net, model.net_input_size())
     stages = find_stages(traced, head=find_head(traced))
-    name = _model_name(model)
+    name = model.spec
     if not stages:
         raise HardenError(f"{name} has no convolutional stages; {NAME} applies to CNNs")
     tokens = next((s for s in stages if s.tokens), None)
@@ -567,7 +566,7 @@ class StageWidths(Transform):
             listed = "; ".join(s.describe() for s in body)
             raise UsageError(
                 f"{NAME}: {len(factors)} factor{'s' if len(factors) != 1 else ''} given but "
-                f"{_model_name(model)} has {len(body)} stage{'s' if len(body) != 1 else ''} "
+                f"{model.spec} has {len(body)} stage{'s' if len(body) != 1 else ''} "
                 f"(the stem excluded): {listed}; "
                 f"give one factor per stage, e.g. widths={'/'.join(['1'] * len(body))}")
         net = model.net

@@ -21,10 +21,6 @@ def _points(model: HardenedModel) -> tuple[list[DownsamplingPoint], list[Downsam
     return points, find_stem(traced, points)
 
 
-def _model_name(model: HardenedModel) -> str:
-    return str(model.recipe["model"].get("spec") or model.recipe["model"].get("name"))
-
-
 def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, attr = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
@@ -80,7 +76,7 @@ class StrideMod(Transform):
         rest = [p for p in points if p not in stem and p.stride % 2 == 0]
         if not rest:
             raise HardenError(
-                f"{_model_name(model)} has no downsampling point after the stem to change "
+                f"{model.spec} has no downsampling point after the stem to change "
                 f"(points found: {_listing(points)}); stride changes apply to CNNs with stages")
         target = rest[0]
         changes = [f"points: {_listing(points)}",
@@ -115,7 +111,7 @@ class Strides(Transform):
         if len(pattern) != len(points):
             raise UsageError(
                 f"strides pattern '{self.config['pattern']}' has {len(self.config['pattern'])} digits but "
-                f"{_model_name(model)} has {len(points)} downsampling points (current pattern {current or 'none'}: "
+                f"{model.spec} has {len(points)} downsampling points (current pattern {current or 'none'}: "
                 f"{_listing(points)})")
         changes = [f"points: {_listing(points)}", f"pattern {current} -> {pattern}"]
         for point, digit in zip(points, pattern):

@@ -30,7 +30,8 @@ def _loss(name: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown attack loss '{name}'")
 
 
-def _l2_normalize(g: torch.Tensor) -> torch.Tensor:
+def l2_normalize(g: torch.Tensor) -> torch.Tensor:
+    """Scale each example of ``g`` to unit L2 norm."""
     norm = g.flatten(1).norm(dim=1).clamp_min(1e-12)
     return g / norm.view(-1, *([1] * (g.dim() - 1)))
 
@@ -49,7 +50,7 @@ def _random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Gener
         r = torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
         return (2 * r - 1) * eps
     r = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
-    r = _l2_normalize(r)
+    r = l2_normalize(r)
     radius = torch.rand(x.shape[0], generator=generator, device="cpu").to(x.device)
     return r * (eps * radius).view(-1, *([1] * (x.dim() - 1)))
 
@@ -69,7 +70,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps
         value = _loss(loss, model(x + delta), y)
         (grad,) = torch.autograd.grad(value, delta)
         with torch.no_grad():
-            delta = delta + step * (grad.sign() if norm == "Linf" else _l2_normalize(grad))
+            delta = delta + step * (grad.sign() if norm == "Linf" else l2_normalize(grad))
             delta = project(delta, eps, norm)
             delta = (x + delta).clamp(0, 1) - x
         delta = delta.detach()

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harden import distributed as hd
+from harden.attacks import l2_normalize, project
 from harden.data import ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
@@ -227,21 +228,10 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _l2_unit(g: torch.Tensor) -> torch.Tensor:
-    return g / _bcast(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
-
-
-def _project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    if norm == "Linf":
-        return delta.clamp(-eps, eps)
-    n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return delta * _bcast((eps / n).clamp(max=1.0), delta)
-
-
 def _random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
     if norm == "Linf":
         return (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * eps
-    d = _l2_unit(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
+    d = l2_normalize(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
     return d * _bcast(eps * torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype), x)
 
 
@@ -286,8 +276,8 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str, ep
             loss = F.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
-            delta = delta + step * (grad.sign() if norm == "Linf" else _l2_unit(grad))
-            delta = _project(delta, eps, norm)
+            delta = delta + step * (grad.sign() if norm == "Linf" else l2_normalize(grad))
+            delta = project(delta, eps, norm)
             delta = (x + delta).clamp(0, 1) - x
     return (x + delta).detach()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from harden.errors import HardenError
+from harden.graph.tracing import fake_mode, preserve_state
 from harden.model import HardenedModel
 from harden.transforms import Applied, Param, Transform
 
@@ -34,4 +37,12 @@ class Upsample(Transform):
         layer = nn.Upsample(scale_factor=factor, mode=mode, **({"align_corners": False} if mode != "nearest" else {}))
         model.input_transforms.append(layer)
         after = model.net_input_size()
+        try:
+            with torch.no_grad(), preserve_state(model.net), fake_mode():
+                model.net(torch.zeros(1, *after))
+        except Exception as exc:
+            del model.input_transforms[-1]
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise HardenError(f"{model.spec} does not take {after[1]}x{after[2]} inputs ({reason}); upsample needs a "
+                              "network that accepts any input size") from exc
         return Applied([f"input {before[1]}x{before[2]} -> {after[1]}x{after[2]} by {mode} upsampling x{factor}"])

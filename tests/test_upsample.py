@@ -39,3 +39,13 @@ def test_nearest_upsampling_is_pixel_repetition() -> None:
 def test_bad_values(spec: str) -> None:
     with pytest.raises(UsageError):
         harden.apply(harden.load_model("tests.user_models:tiny_resnet", input_size=16), [spec])
+
+
+def test_fixed_size_model_gets_one_clear_line() -> None:
+    from harden.errors import HardenError
+
+    vit = harden.load_model("timm:vit_tiny_patch16_224", num_classes=10, input_size=32)
+    with pytest.raises(HardenError, match="does not take 64x64 inputs") as info:
+        harden.apply(vit, ["upsample:factor=2"])
+    assert "\n" not in str(info.value)
+    assert len(vit.input_transforms) == 0

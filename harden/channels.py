@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError
-from harden.graph.tracing import eval_mode
+from harden.graph.tracing import eval_mode, prefer_fake, preserve_state
 
 # layers whose output channels mix their inputs: the filters that define a channel's importance
 _MIXING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
@@ -24,20 +24,12 @@ _MIXING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttenti
 CONV = nn.modules.conv._ConvNd
 
 
-def _fake_leftovers(net: nn.Module) -> list[nn.Module]:
-    """Modules that kept a fake tensor from a traced forward (a cache written during forward)."""
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return [m for m in net.modules()
-            if any(isinstance(v, FakeTensor) for d in (m.__dict__, m._buffers, m._parameters) for v in d.values())]
-
-
 def dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
     """torch-pruning's dependency graph of ``net`` (traced in eval mode; train/eval modes are kept).
 
-    The graph only needs the autograd structure of one forward pass, so it is first traced on fake
-    tensors (no computation); a model whose forward fails on them, or writes a fake tensor into a
-    module, is restored and traced again on real zeros.
+    The graph only needs the autograd structure of one forward pass on zeros; for large inputs it is
+    traced on fake tensors (see :func:`harden.graph.tracing.prefer_fake`), falling back to real zeros
+    when an op has no fake kernel. Module attributes a forward writes are restored afterwards.
     """
     import torch_pruning as tp
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -54,23 +46,12 @@ def dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
             return tp.DependencyGraph().build_dependency(net, example_inputs=[mode.from_tensor(example)],
                                                          verbose=False)
 
-    saved = {m: (dict(m.__dict__), dict(m._buffers), dict(m._parameters)) for m in net.modules()}
-    with eval_mode(net), torch.enable_grad():
-        try:
-            dg = build(fake=True)
-            if not _fake_leftovers(net):
-                return dg
-        except Exception:
-            pass
-        for m in _fake_leftovers(net):
-            attrs, buffers, parameters = saved[m]
-            for key in [k for k in m.__dict__ if k not in attrs]:
-                del m.__dict__[key]
-            m.__dict__.update(attrs)
-            m._buffers.clear()
-            m._buffers.update(buffers)
-            m._parameters.clear()
-            m._parameters.update(parameters)
+    with preserve_state(net), eval_mode(net), torch.enable_grad():
+        if prefer_fake(input_size, net):
+            try:
+                return build(fake=True)
+            except Exception:  # an op without a fake kernel: trace on real zeros
+                pass
         try:
             return build(fake=False)
         except Exception as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError, UsageError
-from harden.graph.tracing import fake_mode, preserve_state
+from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
 from harden.sources import build_net
 from harden.transforms import Transform, make_transform, parse_transform
@@ -48,10 +47,7 @@ def _check_runs(model: HardenedModel, what: str) -> None:
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        # fake tensors cost a fixed time per op, real ones grow with pixels: fake only for large inputs
-        size = model.net_input_size()
-        fake = fake_mode() if size[-1] * size[-2] > 128 * 128 else contextlib.nullcontext()
-        with torch.no_grad(), preserve_state(model), fake:
+        with torch.no_grad(), preserve_state(model), shape_run(model.net_input_size(), model):
             dev = next((p.device for p in model.parameters()), torch.device("cpu"))
             out = model(torch.zeros(1, *model.input_size, device=dev))
     except Exception as exc:

@@ -8,7 +8,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from harden.graph import feature_map_size, trace_with_shapes
-from harden.graph.tracing import eval_mode, fake_mode, preserve_state
+from harden.graph.tracing import eval_mode, preserve_state, shape_run
 from harden.model import HardenedModel
 
 
@@ -30,11 +30,11 @@ def count_macs(model: torch.nn.Module, input_size: tuple[int, ...]) -> int:
     with eval_mode(model), torch.no_grad():
         counter = FlopCounterMode(display=False)
         try:
-            with preserve_state(model), fake_mode(), counter:
+            with preserve_state(model), shape_run(model.net_input_size(), model), counter:
                 model(x)
         except Exception:  # an op without a fake kernel: count on a real forward
             counter = FlopCounterMode(display=False)
-            with counter:
+            with preserve_state(model), counter:
                 model(x)
     return int(counter.get_total_flops() // 2)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError
-from harden.graph.tracing import fake_mode, preserve_state
+from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
 from harden.transforms import Applied, Param, Transform
 
@@ -38,7 +38,7 @@ class Upsample(Transform):
         model.input_transforms.append(layer)
         after = model.net_input_size()
         try:
-            with torch.no_grad(), preserve_state(model.net), fake_mode():
+            with torch.no_grad(), preserve_state(model.net), shape_run(after, model.net):
                 model.net(torch.zeros(1, *after))
         except Exception as exc:
             del model.input_transforms[-1]

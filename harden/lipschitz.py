@@ -432,9 +432,9 @@ def _is_tensorish(node: Any) -> bool:
     meta = node.meta.get("tensor_meta", node.meta.get("val"))
 
     def has_tensor(m: Any) -> bool:
-        if isinstance(m, (list, tuple)):
-            return any(has_tensor(x) for x in m)
-        return hasattr(m, "shape") and hasattr(m, "dtype")
+        if hasattr(m, "shape") and hasattr(m, "dtype"):  # a tensor, a fake tensor or ShapeProp's TensorMetadata
+            return True
+        return isinstance(m, (list, tuple)) and any(has_tensor(x) for x in m)
 
     return meta is not None and has_tensor(meta)
 

@@ -154,10 +154,7 @@ def _build_tv(name: str, num_classes: int | None, pretrained: bool, kwargs: dict
         if num_classes is not None:
             kwargs["num_classes"] = num_classes
         net = torchvision.models.get_model(name, weights=None, **kwargs)
-    size = None
-    if weights is not None and "min_size" in weights.meta:
-        size = None
-    return BuiltNet(net, input_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    return BuiltNet(net, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                     kwargs={k: v for k, v in kwargs.items() if k != "num_classes"})
 
 

@@ -169,15 +169,9 @@ def check_spec(spec: str, split: str = "test", *, download: bool = False) -> Non
 def load_dataset(spec: str, split: str = "test", *, download: bool = False,
                  image_size: int | None = None) -> ImageDataset:
     """Open the dataset a spec names. ``image_size`` resizes (short side + centre crop) when needed."""
-    if split not in SPLITS:
-        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
-    kind, sep, root = spec.partition(":")
-    if kind not in DATA_SOURCES:
-        raise UsageError(f"unknown data source '{kind}'{close_matches(kind, DATA_SOURCES)} "
-                         "(use sample, imagefolder:ROOT, cifar10:ROOT or cifar100:ROOT)")
+    check_spec(spec, split, download=download)
+    kind, _, root = spec.partition(":")
     source = DATA_SOURCES[kind]
-    if source.needs_root and not root:
-        raise UsageError(f"data spec '{spec}' needs a root folder: {kind}:ROOT")
     ds = source.build(root, split, download, image_size)
     if len(ds) == 0:
         raise UsageError(f"the {split} split of '{spec}' is empty")

@@ -16,6 +16,7 @@ from harden.errors import HardenError, UsageError
 from harden.graph import trace_with_shapes
 from harden.graph.stages import find_head, find_stages
 from harden.transforms import parse_transform
+from tests.helpers import logits, shapes
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import tiny_cnn  # noqa: E402
@@ -32,14 +33,6 @@ def stages_of(model: harden.HardenedModel):
     return find_stages(traced, head=head), head
 
 
-def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(x)
-
-
-def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 # ------------------------------------------------------------------------------------------ stages

@@ -37,17 +37,23 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A minimal installed distribution `harden-toy` declaring one entry point, as pip would leave it."""
-    (tmp_path / "harden_toy.py").write_text(PLUGIN)
-    info = tmp_path / "harden_toy-1.0.dist-info"
+def install_distribution(site: Path, name: str, entry_point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lay out an installed distribution `name` declaring one harden.transforms entry point, as pip would,
+    put it on sys.path and make harden read the entry points again."""
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: harden-toy\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[harden.transforms]\ninput-scale = harden_toy:InputScale\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[harden.transforms]\n{entry_point}\n")
+    monkeypatch.syspath_prepend(str(site))
     monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
     monkeypatch.setattr(registry, "_REGISTRY", {})
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A minimal installed distribution `harden-toy` providing the `input-scale` transform."""
+    (tmp_path / "harden_toy.py").write_text(PLUGIN)
+    install_distribution(tmp_path, "harden-toy", "input-scale = harden_toy:InputScale", monkeypatch)
     return tmp_path
 
 
@@ -80,6 +86,7 @@ def test_entry_point_plugin_from_the_command_line(installed_plugin: Path, tmp_pa
 
 def test_register_transform_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", registry._ENTRY_POINTS_LOADED)
 
     @harden.register_transform
     class Negate(harden.Transform):
@@ -98,13 +105,7 @@ def test_register_transform_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_broken_plugin_warns_instead_of_breaking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    info = tmp_path / "harden_broken-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: harden-broken\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[harden.transforms]\nbroken = no_such_module:Thing\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setattr(registry, "_REGISTRY", {})
+    install_distribution(tmp_path, "harden-broken", "broken = no_such_module:Thing", monkeypatch)
     with pytest.warns(UserWarning, match="broken"):
         names = harden.list_transforms()
     assert "upsample" in names and "broken" not in names

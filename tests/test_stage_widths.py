@@ -13,16 +13,7 @@ import harden
 from harden.cli import main
 from harden.errors import HardenError, UsageError
 from harden.transforms import parse_transform
-
-
-def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model(x)
-
-
-def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+from tests.helpers import logits, shapes
 
 
 def calibrated(spec: str) -> harden.HardenedModel:

@@ -61,6 +61,17 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
+def _add_stages(net: nn.Module, block: type[nn.Module], layers: Sequence[int]) -> None:
+    """Add ``layer1`` .. ``layer4`` of 64-128-256-512 channels, strides 1-2-2-2, to a CIFAR ResNet."""
+    in_planes = 64
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        stage = []
+        for j in range(blocks):
+            stage.append(block(in_planes, planes, (1 if i == 0 else 2) if j == 0 else 1))
+            in_planes = planes
+        net.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+
+
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs: 3x3 stem, four stages of 64-128-256-512 channels, strides 1-2-2-2."""
 
@@ -69,13 +80,7 @@ class CifarResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        in_planes = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
-            stage = []
-            for j in range(blocks):
-                stage.append(BasicBlock(in_planes, planes, (1 if i == 0 else 2) if j == 0 else 1))
-                in_planes = planes
-            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+        _add_stages(self, BasicBlock, layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
         _init_conv_bn(self)
@@ -128,13 +133,7 @@ class PreActResNet(nn.Module):
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), num_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
-        in_planes = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
-            stage = []
-            for j in range(blocks):
-                stage.append(PreActBlock(in_planes, planes, (1 if i == 0 else 2) if j == 0 else 1))
-                in_planes = planes
-            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+        _add_stages(self, PreActBlock, layers)
         self.bn = nn.BatchNorm2d(512)
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)

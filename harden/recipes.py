@@ -75,6 +75,8 @@ SCHEMA: dict[str, Key] = {
         "pretrained": Key("bool"),
         "mean": Key("list[number]"),
         "std": Key("list[number]"),
+        "seed": Key("int", help="seed of the base model's random initialisation (default 0), so that runs and "
+                                "resumed runs start from the same weights"),
     }),
     "data": Key("map", required=True, children={
         "train": Key("str", required=True, help="data spec for fine-tuning (its train split)"),
@@ -427,20 +429,84 @@ def _finetune_text(entry: dict[str, Any] | None) -> str:
     return f"{entry['method']}{steps} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"
 
 
+def _dotted_diffs(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys at which two JSON-like values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in list(old) + [k for k in new if k not in old]:
+            out += _dotted_diffs(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if old == new else [prefix or "(the whole recipe)"]
+
+
+class RunState:
+    """Which stages of a ``harden run`` have finished, kept in ``OUT/run-state.json``.
+
+    A fresh run starts an empty state; ``resume=True`` reads it back, refuses a folder that holds a
+    run of a different recipe, and lets finished stages be skipped. Stages are marked only after
+    their outputs are written, so a stage listed here is complete.
+    """
+
+    FILE = "run-state.json"
+
+    def __init__(self, out: Path, values: dict[str, Any], *, resume: bool, writer: bool) -> None:
+        self.path = out / self.FILE
+        self.values = json.loads(json.dumps(values))
+        self.writer = writer
+        self.done: dict[str, dict[str, Any]] = {}
+        if resume:
+            if not self.path.is_file():
+                raise UsageError(f"nothing to resume in '{out}': it holds no {self.FILE} from an earlier "
+                                 "`harden run`; run without --resume")
+            try:
+                saved = json.loads(self.path.read_text())
+                old, done = saved["recipe"], dict(saved["done"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise HardenError(f"'{self.path}' is damaged ({exc}); run without --resume to start over") from None
+            diffs = _dotted_diffs(old, self.values)
+            if diffs:
+                raise UsageError(f"'{out}' holds a run of a different recipe (it differs at {', '.join(diffs[:5])}); "
+                                 "resume with the same recipe and --set values, or choose another --out")
+            self.done = done
+        elif writer:
+            out.mkdir(parents=True, exist_ok=True)
+            self._write()
+
+    def finished(self, stage: str) -> dict[str, Any] | None:
+        """What was recorded when ``stage`` finished, or None if it has not."""
+        return self.done.get(stage)
+
+    def mark(self, stage: str, **info: Any) -> None:
+        """Record that ``stage`` finished (after its outputs are written)."""
+        self.done[stage] = info
+        if self.writer:
+            self._write()
+
+    def _write(self) -> None:
+        from harden.serialization import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(json.dumps({"recipe": self.values, "done": self.done}, indent=2) + "\n")
+
+
 def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-               echo: Callable[[str], Any] | None = None) -> dict[str, Any]:
+               echo: Callable[[str], Any] | None = None, resume: bool = False) -> dict[str, Any]:
     """apply -> finetune -> evaluate for the baseline and the hardened model(s); write models, reports, table.
 
     Returns the comparison (``rows``, ``notes``, ``markdown``, ``out_dir``). Under torchrun every rank
-    trains and evaluates its share; only rank 0 writes.
+    trains and evaluates its share; only rank 0 writes. ``resume=True`` continues an interrupted run
+    in the same ``out_dir``: finished stages are read back, an interrupted fine-tuning continues from
+    its checkpoint and an interrupted evaluation from its saved batches.
     """
+    import torch
+
     import harden
     from harden import distributed as hd
     from harden.data import load_dataset
     from harden.evaluation import evaluate
     from harden.serialization import atomic_path
     from harden.summary import count_macs
-    from harden.training import _resolve_data, finetune
+    from harden.training import _resolve_data, checkpoint_path_for, finetune
 
     say = echo or (lambda _s: None)
     v = copy.deepcopy(recipe.values)
@@ -463,9 +529,12 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
     main = hd.is_main()
     t_run = time.perf_counter()
     try:
-        base = harden.load_model(m["spec"], num_classes=m.get("num_classes"), pretrained=bool(m.get("pretrained")),
-                                 weights=_weights_path(recipe, m.get("weights")), input_size=m.get("input_size"),
-                                 mean=m.get("mean"), std=m.get("std"))
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's generator
+            torch.manual_seed(m.get("seed", 0))
+            base = harden.load_model(m["spec"], num_classes=m.get("num_classes"),
+                                     pretrained=bool(m.get("pretrained")),
+                                     weights=_weights_path(recipe, m.get("weights")), input_size=m.get("input_size"),
+                                     mean=m.get("mean"), std=m.get("std"))
         size = base.input_size[-1]
         train_ds = _resolve_data(load_dataset(data["train"], "train", download=bool(data.get("download")),
                                               image_size=size), base, False)
@@ -481,25 +550,46 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
                 except HardenError as exc:
                     key = "transforms" if vname == "hardened" else f"variants.{vname}"
                     raise type(exc)(f"{recipe.location(key)}: {exc}") from None
+        state = RunState(out, v, resume=resume, writer=main)
         if main:
-            out.mkdir(parents=True, exist_ok=True)
             with atomic_path(out / "recipe.yaml") as tmp:
                 tmp.write_text(f"# resolved from {recipe.path}\n" + yaml.safe_dump(v, sort_keys=False))
 
         def run_eval(model: Any, label: str, file: Path | None) -> list[dict[str, Any]]:
             reports = []
             for attack in attacks:
+                stage, path = f"evaluate:{label}:{attack}", out / f"{label}.eval-{attack}.json"
+                if state.finished(stage) is not None:
+                    say(f"[{label}] {attack}: finished earlier, read from {path.name}")
+                    reports.append(json.loads(path.read_text()))
+                    continue
                 say(f"[{label}] evaluating: {attack} at eps {eps * 255:.3g}/255 on {ev.get('n', 1000)} test images")
                 reports.append(evaluate(
                     model, test_ds, attack=attack, eps=eps, norm=ev.get("norm", "Linf"), n=ev.get("n", 1000),
                     seed=ev.get("seed", 0), fast=bool(ev.get("fast")) and attack == "autoattack",
                     steps=ev.get("steps") if attack in ("pgd", "cw") else None,
                     batch_size=ev.get("batch_size", "auto"), random_subset=bool(ev.get("random_subset", True)),
-                    progress=progress, into=file))
+                    progress=progress, into=file, report=path, resume=resume))
+                state.mark(stage)
             if main:
                 with atomic_path(out / f"{label}.report.json") as tmp:
                     tmp.write_text(json.dumps(reports, indent=2) + "\n")
             return reports
+
+        def run_finetune(model: Any, label: str, **settings: Any) -> tuple[Any, float]:
+            stage, path = f"finetune:{label}", out / f"{label}.safetensors"
+            done = state.finished(stage)
+            if done is not None:
+                say(f"[{label}] fine-tuning finished earlier, read from {path.name}")
+                return harden.load(path, trust_code=True), done["seconds"]  # code the recipe runs anyway
+            t0 = time.perf_counter()
+            again = resume and checkpoint_path_for(path).exists()
+            if again:
+                say(f"[{label}] continuing the interrupted fine-tuning from {checkpoint_path_for(path).name}")
+            tuned = finetune(model, train_ds, output=path, force=True, resume=again, progress=progress, **settings)
+            seconds = round(time.perf_counter() - t0, 1)
+            state.mark(stage, seconds=seconds)
+            return tuned, seconds
 
         def row(label: str, model: Any, transforms: list[str], reports: list[dict[str, Any]],
                 seconds: float | None) -> dict[str, Any]:
@@ -527,19 +617,14 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
         start = base
         if pre:
             say(f"[start] clean pre-training of {m['spec']} on {data['train']}")
-            t0 = time.perf_counter()
-            start = finetune(base, train_ds, output=out / "start.safetensors", force=True, progress=progress,
-                             **{"method": "clean", **pre})
-            pre_seconds = round(time.perf_counter() - t0, 1)
+            start, pre_seconds = run_finetune(base, "start", **{"method": "clean", **pre})
         if ev.get("start", True):
             reports = run_eval(start, "start", out / "start.safetensors" if pre else None)
             rows.append(row("start", start, [], reports, pre_seconds if pre else None))
         for vname, transforms in variants:
             model = harden.apply(start, transforms) if transforms else start
             say(f"[{vname}] fine-tuning" + (f" with {', '.join(transforms)}" if transforms else " (no transform)"))
-            t0 = time.perf_counter()
-            tuned = finetune(model, train_ds, output=out / f"{vname}.safetensors", force=True, progress=progress, **ft)
-            seconds = round(time.perf_counter() - t0, 1)
+            tuned, seconds = run_finetune(model, vname, **ft)
             reports = run_eval(tuned, vname, out / f"{vname}.safetensors")
             rows.append(row(vname, tuned, transforms, reports, seconds))
         labels: list[str] = []

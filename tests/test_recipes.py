@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from harden.cli import main
@@ -137,3 +138,93 @@ def test_run_writes_models_reports_and_the_comparison(tmp_path) -> None:
     assert "| baseline | none |" in md and "| hardened | activation:name=silu |" in md and "PGD-2 %" in md
     assert "same weights" in md and "pretrain stage" in md
     assert md.strip() in result.output  # the table is printed too
+
+
+class _Interrupt(Exception):
+    """Stands for a run killed part-way (pre-emption, Ctrl-C)."""
+
+
+def _untimed(value):
+    """``value`` without its wall-clock fields, which differ between any two runs."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value
+
+
+def _table(out: Path) -> list[dict]:
+    return _untimed(json.loads((out / "comparison.json").read_text())["rows"])
+
+
+def test_run_resume_continues_an_interrupted_run_to_the_same_result(tmp_path, monkeypatch) -> None:
+    from safetensors.torch import load_file
+
+    import harden.evaluation
+    import harden.training
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(GOOD.replace("  epochs: 1\n", "  epochs: 2\n") + "  batch_size: 16\n")
+    args = ["run", str(recipe), "--quiet", "--out"]
+    whole = tmp_path / "whole"
+    assert CliRunner().invoke(main, [*args, str(whole)], catch_exceptions=False).exit_code == 0
+
+    # first attempt: killed after the hardened model's first epoch
+    real_finetune, real_evaluate = harden.training.finetune, harden.evaluation.evaluate
+
+    def stop_after_epoch_1(model, data, **kw):
+        def callback(entry):
+            if entry["epoch"] == 1:
+                raise _Interrupt
+        return real_finetune(model, data, **kw, callback=callback if "hardened" in str(kw["output"]) else None)
+
+    monkeypatch.setattr(harden.training, "finetune", stop_after_epoch_1)
+    part = tmp_path / "part"
+    with pytest.raises(_Interrupt):
+        CliRunner().invoke(main, [*args, str(part)], catch_exceptions=False)
+    assert (part / "hardened.ckpt.pt").exists() and not (part / "hardened.safetensors").exists()
+    assert set(json.loads((part / "run-state.json").read_text())["done"]) == {
+        "evaluate:start:pgd", "finetune:baseline", "evaluate:baseline:pgd"}
+
+    # second attempt: the hardened model's evaluation is killed after its second batch
+    monkeypatch.setattr(harden.training, "finetune", real_finetune)
+
+    def stop_after_batch_2(model, data, **kw):
+        seen = []
+
+        def on_batch(_info):
+            seen.append(1)
+            if len(seen) == 2:
+                raise _Interrupt
+        return real_evaluate(model, data, **kw, on_batch=on_batch if "hardened" in str(kw["report"]) else None)
+
+    monkeypatch.setattr(harden.evaluation, "evaluate", stop_after_batch_2)
+    with pytest.raises(_Interrupt):
+        CliRunner().invoke(main, [*args, str(part), "--resume"], catch_exceptions=False)
+    assert (part / "hardened.safetensors").exists() and (part / "hardened.eval-pgd.json.progress").exists()
+
+    monkeypatch.setattr(harden.evaluation, "evaluate", real_evaluate)
+    result = CliRunner().invoke(main, [*args, str(part), "--resume"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "[baseline] fine-tuning finished earlier" in result.output
+    assert "[hardened] pgd: finished earlier" not in result.output
+    assert json.loads((part / "hardened.eval-pgd.json").read_text())["resumed"] is True
+    assert _table(part) == _table(whole)
+    for name in ("baseline", "hardened"):
+        a, b = load_file(str(whole / f"{name}.safetensors")), load_file(str(part / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert len(read_reports(part / f"{name}.safetensors")) == 1
+
+
+def test_run_resume_refuses_a_missing_or_different_run(tmp_path) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(GOOD)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--resume"])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"error: nothing to resume in '{out}': it holds no run-state.json from an earlier `harden run`; "
+        "run without --resume"]
+    out.mkdir()
+    (out / "run-state.json").write_text(json.dumps({"recipe": load_recipe(recipe).values, "done": {}}))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--resume", "--set", "evaluate.n=32",
+                                       "--set", "finetune.lr=0.1"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "holds a run of a different recipe (it differs at finetune.lr, evaluate.n)" in result.output

@@ -35,8 +35,8 @@ def _int(text: str | None, what: str, *, allow: tuple[str, ...] = ()) -> int | s
 @click.option("--norm", default="Linf", show_default=True, help="Threat model: Linf or L2.")
 @click.option("--attack", default="autoattack", show_default=True, help="autoattack, apgd-ce, pgd, fgsm or cw.")
 @click.option("--fast", is_flag=True, help="AutoAttack's APGD-CE then APGD-T only (about a third of the cost).")
-@click.option("-n", "--n", "n", default="1000", show_default=True,
-              help="Number of examples (or all); under torchrun write -n.")
+@click.option("-n", "--num-examples", "n", default="1000", show_default=True,
+              help="Number of examples (or all).")
 @click.option("--random-subset", is_flag=True, help="A random subset of n (seeded by --seed), not the first n.")
 @click.option("--batch-size", default="auto", show_default=True, help="Batch size, or auto (largest that fits).")
 @click.option("--seed", default="0", show_default=True, help="Seed of the attacks (and of --random-subset).")
@@ -70,9 +70,9 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
     plan = evaluation.plan_attack(attack, eps=eps, norm=norm, fast=fast, seed=int(_int(seed, "--seed") or 0),
                                   steps=n_steps, step_size=step)  # type: ignore[arg-type]
     sweep = evaluation.parse_eps_list(eps_sweep, norm=norm) if eps_sweep is not None else None
-    count = _int(n, "--n", allow=("all",))
+    count = _int(n, "--num-examples", allow=("all",))
     if count != "all" and count is not None and int(count) <= 0:
-        raise UsageError(f"--n must be positive, got {n}")
+        raise UsageError(f"-n/--num-examples must be positive, got {n}")
     bs = _int(batch_size, "--batch-size", allow=("auto",))
     if isinstance(bs, int) and bs <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")

@@ -116,7 +116,10 @@ def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
               help="Override a recipe value, e.g. --set finetune.epochs=2 (repeatable).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--check", is_flag=True, help="Only validate the recipe and print it resolved.")
-def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: bool, check: bool) -> None:
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in the same --out folder: finished stages are kept.")
+def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: bool, check: bool,
+                resume: bool) -> None:
     """Run a YAML recipe: apply -> finetune -> evaluate for the baseline and the hardened model."""
     from harden.recipes import load_recipe, run_recipe
 
@@ -128,7 +131,7 @@ def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: 
         click.echo(yaml.safe_dump(spec.values, sort_keys=False).rstrip())
         return
     say = click.echo if _is_main_process() else None
-    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say)
+    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say, resume=resume)
     if _is_main_process():
         click.echo("")
         click.echo(result["markdown"].rstrip())

@@ -220,6 +220,48 @@ def test_lipschitz_regularizer_enters_the_loss() -> None:
     assert reg.recipe["finetune"]["kept"] == "last"  # no validation slice: the last epoch is kept
 
 
+# --------------------------------------------------- the GPU settings, run on the CPU for their logic
+
+
+def _three_steps(model: harden.HardenedModel, **settings) -> tuple[list[float], Trainer]:
+    cfg = make_config(method="pgd", steps=2, augment=False, **settings)
+    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=_Dist())
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 10, (16,), generator=gen)
+    return [float(trainer.train_step(x, y, eps=8 / 255, lr=0.05)[0]) / 16 for _ in range(3)], trainer
+
+
+def test_bf16_autocast_and_channels_last_follow_fp32() -> None:
+    fp32, _ = _three_steps(tiny())
+    bf16, trainer = _three_steps(tiny(), precision="bf16", channels_last=True)
+    assert trainer.bf16 and trainer.model.net[0].weight.dtype == torch.float32  # master weights stay fp32
+    assert trainer.model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=0.01)  # bf16 rounding, not another computation
+    assert bf16[-1] < bf16[0]
+
+
+def test_torch_compile_gives_the_eager_steps() -> None:
+    eager, _ = _three_steps(tiny())
+    compiled, trainer = _three_steps(tiny(), compile=True)
+    assert trainer.objective is not trainer.model and trainer.attack_model is not trainer.model
+    assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_finetune_with_gpu_settings_writes_a_plain_fp32_model(tmp_path) -> None:
+    out = tmp_path / "m.safetensors"
+    model = finetune(tiny(), "sample", output=out, method="trades", steps=2, epochs=1, precision="bf16",
+                     channels_last=True, compile=True, **QUICK)
+    entry = read_recipe(out)["finetune"]
+    assert entry["precision"] == "bf16" and math.isfinite(entry["history"][0]["loss"])
+    weights = model.state_dict()
+    assert not any("_orig_mod" in k for k in weights)
+    assert all(v.dtype in (torch.float32, torch.int64) and v.is_contiguous() for v in weights.values())
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(harden.load(out, base=tiny_cnn()).eval()(x), model.eval()(x))
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 

@@ -2,6 +2,12 @@
 
     python benchmarks/reproduce.py                         # full: GPU, PGD-AT, AutoAttack on 1000 images
     python benchmarks/reproduce.py --quick --out /tmp/r.md # reduced CPU version (tested in the suite)
+    python benchmarks/reproduce.py --rows 0,1 --epochs 10  # some rows now ...
+    python benchmarks/reproduce.py --rows 2,3,4 --epochs 10 --merge   # ... the rest later, one table
+
+``--merge`` keeps the rows of an earlier command that wrote the same table with the same settings
+(model, data, budget, attack, n), so the table can be measured in pieces (one command per row under
+a per-command time limit, say); rows run again replace their earlier figures.
 
 Each row starts from the same randomly initialised `cifar:resnet18` (seed 0), applies one
 architecture change, adversarially trains it with the same PGD-AT budget, and is evaluated on the
@@ -19,6 +25,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -53,6 +60,22 @@ def cifar_folder(shared: Path, cache: Path) -> str:
     return f"imagefolder:{cache}"
 
 
+def command_line() -> str:
+    return "python benchmarks/reproduce.py " + " ".join(sys.argv[1:])
+
+
+def earlier_rows(path: Path, identity: dict) -> dict[str, dict]:
+    """Rows of an earlier run written to ``path`` with the same model, data, settings and device."""
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    differ = [k for k in identity if saved.get(k) != identity[k]]
+    if differ:
+        sys.exit(f"error: --merge: '{path}' was measured with other {', '.join(differ)}; "
+                 "use the same settings or another --out")
+    return {r["row"]: r for r in saved["rows"]}
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -67,21 +90,29 @@ def main() -> None:
     ap.add_argument("--cache", default="data/cifar10-jpeg")
     ap.add_argument("--model", default="cifar:resnet18")
     ap.add_argument("--rows", default=None, help="comma-separated row numbers to run (default: all)")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None, help="PGD-AT epochs of every row (full: 30)")
+    ap.add_argument("--train-n", type=int, default=None, help="training images (full: all 50,000)")
+    ap.add_argument("--steps", type=int, default=None, help="PGD steps in training (full: 10)")
+    ap.add_argument("--n", type=int, default=None, help="test images attacked (full: 1000)")
+    ap.add_argument("--merge", action="store_true", help="keep the rows of an earlier run with the same settings")
     ap.add_argument("--work", default="runs/reproduce", help="folder for the trained models")
     ap.add_argument("--out", default=None, help="markdown table (default: benchmarks/results/reproduce-DATE.md)")
     args = ap.parse_args()
     settings = dict(QUICK if args.quick else FULL)
-    if args.epochs is not None:
-        settings["epochs"] = args.epochs
-    if args.n is not None:
-        settings["n"] = args.n
+    for key in ("epochs", "train_n", "steps", "n"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    try:
+        rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
+    except (ValueError, IndexError):
+        sys.exit(f"error: --rows takes numbers from 0 to {len(ROWS) - 1} separated by commas, got '{args.rows}'")
+    out = Path(args.out or f"benchmarks/results/reproduce-{datetime.date.today().isoformat()}.md")
     data = args.data or cifar_folder(Path(args.shared), Path(args.cache))
-    rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
+    device = device_name()
+    identity = {"model": args.model, "data": data, "settings": settings, "device": device}
+    earlier = earlier_rows(out.with_suffix(".json"), identity) if args.merge else {}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    device = device_name()
     results = []
     for label, transforms in rows:
         torch.manual_seed(0)
@@ -99,12 +130,15 @@ def main() -> None:
         report = harden.evaluate(trained, data, attack=settings["attack"], eps=8 / 255, n=settings["n"],
                                  random_subset=True, seed=0, steps=None if settings["attack"] == "autoattack"
                                  else settings["steps"])
-        results.append({"row": label, "transforms": transforms, "params": facts.params, "macs": facts.macs,
+        results.append({"row": label, "command": command_line(), "transforms": transforms, "params": facts.params,
+                        "macs": facts.macs,
                         "feature_map": facts.feature_map_text(), "clean_acc": report["clean_acc"],
                         "robust_acc": report["robust_acc"], "attack": report["attack"],
                         "warnings": report.get("warnings", []), "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(report["seconds"], 1)})
         print(json.dumps(results[-1]), flush=True)
+    fresh = {r["row"]: r for r in results}
+    results = [fresh.get(label) or earlier[label] for label, _ in ROWS if label in fresh or label in earlier]
     attack = results[0]["attack"] if results else settings["attack"]
     attack_text = "AutoAttack (standard)" if attack == "autoattack" else f"{attack.upper()}-{settings['steps']}"
     lines = [
@@ -112,7 +146,7 @@ def main() -> None:
         "",
         f"device: {device}; date: {datetime.date.today().isoformat()}; harden {harden.__version__}, "
         f"torch {torch.__version__}",
-        f"command: `python benchmarks/reproduce.py {' '.join(a for a in __import__('sys').argv[1:])}`",
+        "command: " + ", ".join(sorted({f"`{r['command']}`" for r in results})),
         f"model: {args.model} at 32x32, trained from the same random init with PGD-AT (eps 8/255, "
         f"{settings['steps']} steps, {settings['epochs']} epochs, train_n {settings['train_n'] or 'all'}); "
         f"data: {data}",
@@ -126,11 +160,10 @@ def main() -> None:
                      f"{human(r['macs'])} | {r['feature_map']} | {r['train_seconds']} | {r['eval_seconds']} | "
                      f"{len(r['warnings'])} |")
     text = "\n".join(lines) + "\n"
-    out = Path(args.out or f"benchmarks/results/reproduce-{datetime.date.today().isoformat()}.md")
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     with atomic_path(out.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps({"device": device, "settings": settings, "rows": results}, indent=2))
+        tmp.write_text(json.dumps({**identity, "rows": results}, indent=2))
     print(text)
     print(f"wrote {out}")
 

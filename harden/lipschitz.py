@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import operator
 import weakref
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -751,11 +752,26 @@ class SpectralPenalty:
     """
 
     def __init__(self, model: nn.Module, input_size: Sequence[int] | None = None, *,
-                 n_power_iterations: int = 1) -> None:
+                 n_power_iterations: int = 1, seed: int | None = None) -> None:
         self.model = weakref.ref(model)
         self.n_power_iterations = max(1, int(n_power_iterations))
+        self.seed = seed
         self.vectors: dict[str, torch.Tensor] = {}
         self.layers = self._find_layers(model, input_size)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The power-iteration vectors (on the CPU), for a checkpoint."""
+        return {name: v.detach().cpu().clone() for name, v in self.vectors.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from the vectors of :meth:`state_dict` (a resumed run then repeats the same penalties)."""
+        self.vectors = {name: v.clone() for name, v in state.items()}
+
+    def _start_vector(self, name: str, shape: Sequence[int], device: torch.device) -> torch.Tensor:
+        gen = None
+        if self.seed is not None:  # a seeded start per layer: the same run gives the same penalties
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+        return _unit(torch.randn(tuple(shape), generator=gen, dtype=torch.float32).to(device))
 
     @staticmethod
     def _find_layers(model: nn.Module, input_size: Sequence[int] | None) -> list[tuple[str, nn.Module, Any]]:
@@ -798,8 +814,10 @@ class SpectralPenalty:
             else:
                 fwd, adj, shape = op.forward, op.adjoint, op.in_shape
             v = self.vectors.get(name)
-            if v is None or tuple(v.shape) != tuple(shape) or v.device != w.device:
-                v = _unit(torch.randn(shape, device=w.device, dtype=torch.float32))
+            if v is None or tuple(v.shape) != tuple(shape):
+                v = self._start_vector(name, shape, w.device)
+            elif v.device != w.device:
+                v = v.to(w.device)
             with torch.no_grad():
                 wd = w.detach().float()
                 for _ in range(self.n_power_iterations):

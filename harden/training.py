@@ -590,8 +590,7 @@ class Trainer:
     :func:`finetune` drives it; ``benchmarks/train_throughput.py`` calls :meth:`train_step` directly.
     """
 
-    def __init__(self, model: HardenedModel, cfg: FinetuneConfig, *, device: torch.device, dist: _Dist,
-                 lipschitz: Callable[[nn.Module], torch.Tensor] | None = None) -> None:
+    def __init__(self, model: HardenedModel, cfg: FinetuneConfig, *, device: torch.device, dist: _Dist) -> None:
         self.cfg = cfg
         self.device = device
         self.dist = dist
@@ -608,7 +607,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay, nesterov=False, fused=True if cuda else None)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
-        self.lipschitz = lipschitz
+        self.penalty = _lipschitz_penalty(self.model, cfg.seed) if cfg.lipschitz_reg > 0 else None
         self.pad = max(1, round(model.input_size[-1] / 8))
         gen_device = device if device.type == "cuda" else torch.device("cpu")
         self.generator = torch.Generator(device=gen_device)
@@ -667,8 +666,8 @@ class Trainer:
             else:
                 logits = self.objective(x_adv).float()
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if self.lipschitz is not None and cfg.lipschitz_reg > 0:
-                loss = loss + cfg.lipschitz_reg * self.lipschitz(self.model)
+            if self.penalty is not None:
+                loss = loss + cfg.lipschitz_reg * self.penalty()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -808,12 +807,11 @@ def _resolve_data(data: str | ImageDataset, model: HardenedModel, download: bool
     return ds
 
 
-def _lipschitz_penalty() -> Callable[[nn.Module], torch.Tensor]:
-    try:
-        from harden.lipschitz import spectral_penalty
-    except ImportError:
-        raise UsageError("--lipschitz-reg needs harden.lipschitz, which this installation lacks") from None
-    return spectral_penalty
+def _lipschitz_penalty(model: nn.Module, seed: int) -> Any:
+    """The ``--lipschitz-reg`` term: a seeded :class:`harden.lipschitz.SpectralPenalty` of ``model``."""
+    from harden.lipschitz import SpectralPenalty
+
+    return SpectralPenalty(model, seed=seed)
 
 
 def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os.PathLike[str] | None = None,
@@ -845,14 +843,13 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     if ckpt_path is not None and ckpt_path.exists() and not resume and not force:
         raise UsageError(f"a checkpoint of an unfinished run exists at '{ckpt_path}'; pass --resume to continue it "
                          "or --force to start over")
-    lipschitz = _lipschitz_penalty() if cfg.lipschitz_reg > 0 else None
     dataset = _resolve_data(data, model, download)
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
     dist, dev = _init_dist(device)
     try:
         return _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
-                    device=dev, dist=dist, callback=callback, curves=curves, lipschitz=lipschitz)
+                    device=dev, dist=dist, callback=callback, curves=curves)
     finally:
         dist.close()
 
@@ -868,8 +865,7 @@ def _split(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
 
 def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, output: Path | None,
          ckpt_path: Path | None, resume: bool, progress: bool, device: torch.device, dist: _Dist,
-         callback: Callable[[dict[str, Any]], None] | None, curves: bool,
-         lipschitz: Callable[[nn.Module], torch.Tensor] | None) -> HardenedModel:
+         callback: Callable[[dict[str, Any]], None] | None, curves: bool) -> HardenedModel:
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
@@ -898,7 +894,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
     if val_idx:
         xv, yv = _decode(dataset, val_idx, workers)
         x_val, y_val = xv.to(device), yv.to(device)
-    trainer = Trainer(work, cfg, device=device, dist=dist, lipschitz=lipschitz)
+    trainer = Trainer(work, cfg, device=device, dist=dist)
     iters = len(data)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": None, "score": -1.0, "clean": None, "robust": None, "state": None}
@@ -908,6 +904,8 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         if trainer.ema is not None and ckpt.get("ema") is not None:
             trainer.ema.load_state_dict(ckpt["ema"])
+        if trainer.penalty is not None and ckpt.get("lipschitz") is not None:
+            trainer.penalty.load_state_dict(ckpt["lipschitz"])
         history = list(json.loads(ckpt["history"]))
         best = dict(ckpt["best"])
         if best.get("state") is not None:
@@ -981,6 +979,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                 "model": trainer.model.state_dict(),
                 "optimizer": trainer.optimizer.state_dict(),
                 "ema": trainer.ema.state_dict() if trainer.ema is not None else None,
+                "lipschitz": trainer.penalty.state_dict() if trainer.penalty is not None else None,
                 "best": {**best, "state": ({k: v.cpu() for k, v in best["state"].items()}
                                            if best.get("state") is not None else None)},
                 "history": json.dumps(history),

@@ -113,6 +113,26 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path) -> None:
     assert torch.equal(harden.load(part, base=tiny_cnn()).state_dict()["net.0.weight"], b["net.0.weight"])
 
 
+def test_resume_with_the_lipschitz_penalty_is_bit_exact(tmp_path) -> None:
+    """The penalty's power-iteration vectors start seeded and travel in the checkpoint."""
+    opts = dict(method="fgsm-rs", epochs=2, lr=0.05, lipschitz_reg=0.05, train_n=128, batch_size=64, val_n=0,
+                progress=False)
+    full = finetune(tiny(), "sample", output=tmp_path / "full.safetensors", **opts)
+
+    def interrupt(info: dict) -> None:
+        if info["epoch"] == 1:
+            raise Stop
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(Stop):
+        finetune(tiny(), "sample", output=part, callback=interrupt, **opts)
+    saved = torch.load(checkpoint_path_for(part), weights_only=True)["lipschitz"]
+    assert set(saved) == {"net.0", "net.3", "net.6", "net.11"}
+    resumed = finetune(tiny(), "sample", output=part, resume=True, **opts)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint(tmp_path, monkeypatch) -> None:
     out = tmp_path / "model.safetensors"
     out.write_bytes(b"previous output")

@@ -60,6 +60,14 @@ def cifar_folder(shared: Path, cache: Path) -> str:
     return f"imagefolder:{cache}"
 
 
+def kind_of_run(settings: dict, quick: bool) -> str:
+    """'full protocol', or what makes this run smaller than it."""
+    if quick:
+        return "reduced CPU check"
+    smaller = [f"{k} {settings[k]} instead of {FULL[k] or 'all'}" for k in FULL if settings[k] != FULL[k]]
+    return "full protocol" if not smaller else "reduced budget: " + ", ".join(smaller)
+
+
 def command_line() -> str:
     return "python benchmarks/reproduce.py " + " ".join(sys.argv[1:])
 
@@ -142,7 +150,7 @@ def main() -> None:
     attack = results[0]["attack"] if results else settings["attack"]
     attack_text = "AutoAttack (standard)" if attack == "autoattack" else f"{attack.upper()}-{settings['steps']}"
     lines = [
-        f"# Architecture changes on CIFAR-10 ({'reduced CPU check' if args.quick else 'full run'})",
+        f"# Architecture changes on CIFAR-10 ({kind_of_run(settings, args.quick)})",
         "",
         f"device: {device}; date: {datetime.date.today().isoformat()}; harden {harden.__version__}, "
         f"torch {torch.__version__}",
@@ -159,6 +167,10 @@ def main() -> None:
         lines.append(f"| {r['row']} | {r['clean_acc']:.1f} | {r['robust_acc']:.1f} | {human(r['params'])} | "
                      f"{human(r['macs'])} | {r['feature_map']} | {r['train_seconds']} | {r['eval_seconds']} | "
                      f"{len(r['warnings'])} |")
+    warned = [(r["row"], w) for r in results for w in r["warnings"]]
+    if warned:
+        lines += ["", "Warnings of the evaluation (harden's checks and AutoAttack's own):", ""]
+        lines += [f"- {row}: {w.get('message', w) if isinstance(w, dict) else w}" for row, w in warned]
     text = "\n".join(lines) + "\n"
     with atomic_path(out) as tmp:
         tmp.write_text(text)

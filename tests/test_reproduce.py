@@ -21,7 +21,7 @@ def test_reduced_reproduction_writes_the_table_in_pieces(tmp_path: Path) -> None
     res = _reproduce(tmp_path, "--rows", "0", "--merge")  # the second piece joins the first, in row order
     assert res.returncode == 0, res.stderr[-2000:]
     text = out.read_text()
-    assert "--rows 2`" in text and "--rows 0 --merge`" in text
+    assert "--rows 2`" in text and "--rows 0 --merge`" in text and "(reduced CPU check)" in text
     assert "| baseline |" in text and "| strides 1122 (Xu et al., rcm) |" in text
     assert "PGD-1" in text and "AutoAttack" not in text, "a reduced run must not call its number AutoAttack"
     assert "device:" in text and "n=8" in text
@@ -39,3 +39,15 @@ def test_merge_refuses_a_table_measured_with_other_settings(tmp_path: Path) -> N
         f"error: --merge: '{tmp_path / 'table.json'}' was measured with other settings, device;")
     res = _reproduce(tmp_path, "--rows", "7")
     assert res.returncode == 1 and "--rows takes numbers from 0 to 4" in res.stderr
+
+
+def test_a_smaller_budget_is_named_in_the_title() -> None:
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        from reproduce import FULL, kind_of_run
+    finally:
+        sys.path.remove(benchmarks)
+    assert kind_of_run(dict(FULL), quick=False) == "full protocol"
+    assert kind_of_run({**FULL, "epochs": 5, "train_n": 10000}, quick=False) == (
+        "reduced budget: epochs 5 instead of 30, train_n 10000 instead of all")

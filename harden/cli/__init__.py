@@ -16,7 +16,11 @@ COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetu
 
 
 class HardenGroup(click.Group):
-    """A click group that prints harden's errors as one line and maps them to exit statuses."""
+    """A click group that prints errors as one line and maps them to exit statuses.
+
+    harden's own errors exit 1 (failures) or 2 (usage); click's command-line errors (an unknown
+    option, a bad choice) exit 2 with the same one-line form, pointing at the command's --help.
+    """
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         debug = bool(ctx.params.get("debug")) or "--debug" in sys.argv
@@ -26,6 +30,12 @@ class HardenGroup(click.Group):
             if debug:
                 raise
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            if debug:
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             if debug:

@@ -666,8 +666,8 @@ class Trainer:
             else:
                 logits = self.objective(x_adv).float()
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if self.penalty is not None:
-                loss = loss + cfg.lipschitz_reg * self.penalty()
+        if self.penalty is not None:  # in fp32, outside autocast: power iteration needs the precision
+            loss = loss + cfg.lipschitz_reg * self.penalty()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

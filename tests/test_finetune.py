@@ -257,6 +257,8 @@ def test_bf16_autocast_and_channels_last_follow_fp32() -> None:
     assert trainer.model.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=0.01)  # bf16 rounding, not another computation
     assert bf16[-1] < bf16[0]
+    _, trainer = _three_steps(tiny(), precision="bf16", lipschitz_reg=0.01)
+    assert {v.dtype for v in trainer.penalty.vectors.values()} == {torch.float32}  # the penalty stays in fp32
 
 
 def test_torch_compile_gives_the_eager_steps() -> None:

@@ -34,6 +34,7 @@ import torch
 
 import harden
 from harden.serialization import atomic_path
+from harden.stats import paired_difference
 from harden.summary import human, model_facts
 
 ROWS = [
@@ -66,6 +67,18 @@ def kind_of_run(settings: dict, quick: bool) -> str:
         return "reduced CPU check"
     smaller = [f"{k} {settings[k]} instead of {FULL[k] or 'all'}" for k in FULL if settings[k] != FULL[k]]
     return "full protocol" if not smaller else "reduced budget: " + ", ".join(smaller)
+
+
+def ci(interval: list[float]) -> str:
+    return f"{interval[0]:.1f}-{interval[1]:.1f}"
+
+
+def versus(base: dict | None, row: dict) -> str:
+    """Robust accuracy of ``row`` against the baseline's, paired on the same test images."""
+    if base is None or row is base:
+        return "-"
+    d = paired_difference([o == "robust" for o in base["outcome"]], [o == "robust" for o in row["outcome"]])
+    return f"{d['difference']:+.1f} (p={d['p_value']:.2g})"
 
 
 def command_line() -> str:
@@ -141,10 +154,12 @@ def main() -> None:
         results.append({"row": label, "command": command_line(), "transforms": transforms, "params": facts.params,
                         "macs": facts.macs,
                         "feature_map": facts.feature_map_text(), "clean_acc": report["clean_acc"],
-                        "robust_acc": report["robust_acc"], "attack": report["attack"],
+                        "robust_acc": report["robust_acc"], "clean_ci95": report["clean_ci95"],
+                        "robust_ci95": report["robust_ci95"], "attack": report["attack"],
+                        "outcome": report["examples"]["outcome"],
                         "warnings": report.get("warnings", []), "train_seconds": round(train_seconds, 1),
                         "eval_seconds": round(report["seconds"], 1)})
-        print(json.dumps(results[-1]), flush=True)
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "outcome"}), flush=True)
     fresh = {r["row"]: r for r in results}
     results = [fresh.get(label) or earlier[label] for label, _ in ROWS if label in fresh or label in earlier]
     attack = results[0]["attack"] if results else settings["attack"]
@@ -160,13 +175,18 @@ def main() -> None:
         f"data: {data}",
         f"robust accuracy: {attack_text}, Linf eps 8/255, n={settings['n']} (seeded random test subset, seed 0)",
         "",
-        f"| change | clean % | robust % ({attack_text}) | params | MACs | feature map | train s | eval s | warnings |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| change | clean % (95% CI) | robust % ({attack_text}; 95% CI) | robust vs baseline (exact McNemar p) | "
+        "params | MACs | feature map | train s | eval s | warnings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base = next((r for r in results if r["row"] == "baseline"), None)
     for r in results:
-        lines.append(f"| {r['row']} | {r['clean_acc']:.1f} | {r['robust_acc']:.1f} | {human(r['params'])} | "
-                     f"{human(r['macs'])} | {r['feature_map']} | {r['train_seconds']} | {r['eval_seconds']} | "
-                     f"{len(r['warnings'])} |")
+        lines.append(f"| {r['row']} | {r['clean_acc']:.1f} ({ci(r['clean_ci95'])}) | {r['robust_acc']:.1f} "
+                     f"({ci(r['robust_ci95'])}) | {versus(base, r)} | {human(r['params'])} | {human(r['macs'])} | "
+                     f"{r['feature_map']} | {r['train_seconds']} | {r['eval_seconds']} | {len(r['warnings'])} |")
+    lines += ["", "CI: Wilson interval over the test images; p: exact McNemar test on the images that only one of "
+              "the two models withstands. Both cover the choice of test images, not training noise (one seed per "
+              "row)."]
     warned = [(r["row"], w) for r in results for w in r["warnings"]]
     if warned:
         lines += ["", "Warnings of the evaluation (harden's checks and AutoAttack's own):", ""]

@@ -35,6 +35,7 @@ from harden import distributed as hd
 from harden.attacks import ATTACKS, NORMS, fgsm, pgd
 from harden.data import ImageDataset, Selection, load_dataset, select
 from harden.errors import HardenError, UsageError, close_matches
+from harden.stats import wilson_interval
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 FAST_ATTACKS = ("apgd-ce", "apgd-t")
@@ -821,6 +822,8 @@ def _build_report(model: nn.Module, plan: AttackPlan, examples: Examples, select
         "robust_acc": 100 * robust / n,
         "clean_correct": clean,
         "robust_correct": robust,
+        "clean_ci95": [round(v, 3) for v in wilson_interval(clean, n)] if n else None,
+        "robust_ci95": [round(v, 3) for v in wilson_interval(robust, n)] if n else None,
         "per_attack": per_attack,
         "selection": selection,
         "examples": {"indices": examples.indices, "labels": examples.y.tolist(),
@@ -872,9 +875,14 @@ def summary_table(report: dict[str, Any]) -> str:
     for row in report["per_attack"]:
         lines.append(f"{row['attack']:<12} {row['acc']:>8.2f}% {row['correct']:>5}/{n:<5} {row['seconds']:>9.1f}")
     lines.append("")
-    lines.append(f"clean accuracy:  {report['clean_acc']:.2f}%")
-    lines.append(f"robust accuracy: {report['robust_acc']:.2f}%   ({report['seconds']:.1f} s)")
+    lines.append(f"clean accuracy:  {report['clean_acc']:.2f}%{_ci_text(report.get('clean_ci95'))}")
+    lines.append(f"robust accuracy: {report['robust_acc']:.2f}%{_ci_text(report.get('robust_ci95'))}   "
+                 f"({report['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def _ci_text(ci: Sequence[float] | None) -> str:
+    return f"   (95% interval {ci[0]:.1f} to {ci[1]:.1f})" if ci else ""
 
 
 def sweep_table(report: dict[str, Any]) -> str:

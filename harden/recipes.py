@@ -419,6 +419,30 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _uncertainty_notes(evaluations: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """How far the table's accuracies can be trusted: interval widths, and each variant paired with the baseline."""
+    from harden.stats import compare_reports
+
+    reports = [r for rs in evaluations.values() for r in rs]
+    widths = [(ci[1] - ci[0]) / 2 for r in reports for ci in (r.get("clean_ci95"), r.get("robust_ci95")) if ci]
+    notes = []
+    if widths:
+        notes.append(f"uncertainty: the 95% interval of each accuracy (Wilson, n={reports[0]['n']}) reaches up to "
+                     f"±{max(widths):.1f} points. These intervals and the paired p-values below cover the choice "
+                     "of test images only, not training noise: another training seed gives another model")
+    for name, rs in evaluations.items():
+        if name == "baseline" or "baseline" not in evaluations:
+            continue
+        for base_report, report in zip(evaluations["baseline"], rs):
+            c = compare_reports(base_report, report)
+            rob, cln = c["robust"], c["clean"]
+            notes.append(
+                f"{name} vs baseline, {_attack_label(report)}: robust {rob['difference']:+.1f} points, exact McNemar "
+                f"p = {rob['p_value']:.2g} ({rob['only_b']} images only {name} withstands, {rob['only_a']} only the "
+                f"baseline); clean {cln['difference']:+.1f} points, p = {cln['p_value']:.2g}")
+    return notes
+
+
 def _finetune_text(entry: dict[str, Any] | None) -> str:
     if not entry:
         return "none"
@@ -609,11 +633,14 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
                 "finetune_text": text,
                 "clean_acc": reports[0]["clean_acc"] if reports else None,
                 "robust": {_attack_label(r): r["robust_acc"] for r in reports},
+                "clean_ci95": reports[0].get("clean_ci95") if reports else None,
+                "robust_ci95": {_attack_label(r): r.get("robust_ci95") for r in reports},
                 "file": f"{label}.safetensors" if label != "start" or pre else None,
                 "finetune_seconds": seconds,
             }
 
         rows = []
+        evaluations: dict[str, list[dict[str, Any]]] = {}  # variant -> its reports, for the paired tests
         start = base
         if pre:
             say(f"[start] clean pre-training of {m['spec']} on {data['train']}")
@@ -627,6 +654,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
             tuned, seconds = run_finetune(model, vname, **ft)
             reports = run_eval(tuned, vname, out / f"{vname}.safetensors")
             rows.append(row(vname, tuned, transforms, reports, seconds))
+            evaluations[vname] = reports
         labels: list[str] = []
         for r in rows:
             labels += [a for a in r["robust"] if a not in labels]
@@ -651,6 +679,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
         if recipe.values.get("description"):
             notes.append(str(recipe.values["description"]).strip())
         device = (rows[-1].get("finetune") or {}).get("device", "cpu") if rows else "cpu"
+        notes += _uncertainty_notes(evaluations)
         notes.append(f"total time {time.perf_counter() - t_run:.0f}s on {device}")
         result = {"recipe": name, "source": str(recipe.path), "out_dir": str(out), "attack_columns": labels,
                   "rows": rows, "notes": notes}

@@ -137,6 +137,10 @@ def test_run_writes_models_reports_and_the_comparison(tmp_path) -> None:
     md = (out / "comparison.md").read_text()
     assert "| baseline | none |" in md and "| hardened | activation:name=silu |" in md and "PGD-2 %" in md
     assert "same weights" in md and "pretrain stage" in md
+    assert "the 95% interval of each accuracy (Wilson, n=64)" in md and "not training noise" in md
+    assert "hardened vs baseline, PGD-2: robust " in md and "exact McNemar p = " in md
+    assert all(r["robust_ci95"]["PGD-2"][0] <= r["robust"]["PGD-2"] <= r["robust_ci95"]["PGD-2"][1]
+               for r in rows.values())
     assert md.strip() in result.output  # the table is printed too
 
 

@@ -24,10 +24,11 @@ def test_reduced_reproduction_writes_the_table_in_pieces(tmp_path: Path) -> None
     assert "--rows 2`" in text and "--rows 0 --merge`" in text and "(reduced CPU check)" in text
     assert "| baseline |" in text and "| strides 1122 (Xu et al., rcm) |" in text
     assert "PGD-1" in text and "AutoAttack" not in text, "a reduced run must not call its number AutoAttack"
-    assert "device:" in text and "n=8" in text
+    assert "device:" in text and "n=8" in text and "exact McNemar" in text
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["feature_map"] for r in rows] == ["4x4", "8x8"]
     assert rows[1]["macs"] > rows[0]["macs"]
+    assert len(rows[0]["outcome"]) == 8 and "| - |" in text and "(p=" in text  # the strides row paired with baseline
     assert all(0 <= r["robust_acc"] <= r["clean_acc"] <= 100 for r in rows)
 
 

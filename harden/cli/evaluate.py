@@ -123,3 +123,39 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
         click.echo(f"wrote {report}", err=as_json)
     if into:
         click.echo(f"stored the report in {into}", err=as_json)
+
+
+def _read_report(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"no report at '{path}'; give the JSON that `harden evaluate --report` writes")
+    try:
+        report = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"'{path}' is not a JSON report; give the JSON that `harden evaluate --report` writes") \
+            from None
+    if isinstance(report, list) and len(report) == 1:  # a recipe's NAME.report.json holds a list
+        report = report[0]
+    return report
+
+
+@main.command("compare")
+@click.argument("report_a", metavar="A.json")
+@click.argument("report_b", metavar="B.json")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+def compare_command(report_a: str, report_b: str, as_json: bool) -> None:
+    """Compare two evaluation reports of the same test images: is B really more accurate or robust than A?
+
+    Counts the images only one model gets right (clean) or withstands (robust) and gives the exact
+    McNemar p-value, which tells a real difference from the noise of n images.
+    """
+    from harden.stats import compare_reports, comparison_table
+
+    a, b = _read_report(report_a), _read_report(report_b)
+    result = compare_reports(a, b)
+    if as_json:
+        click.echo(json.dumps({"a": report_a, "b": report_b, **result}, indent=2))
+        return
+    click.echo(f"A  {report_a}  ({a.get('model', {}).get('spec')})")
+    click.echo(f"B  {report_b}  ({b.get('model', {}).get('spec')})")
+    click.echo(comparison_table(result))

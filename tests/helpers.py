@@ -1,4 +1,4 @@
-"""Small helpers shared by the transform tests."""
+"""Small helpers shared by the tests."""
 
 from __future__ import annotations
 
@@ -16,3 +16,23 @@ def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
     """Every state-dict entry's shape, by key."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def train_on_sample(model: nn.Module, *, epochs: int, lr: float) -> nn.Module:
+    """Clean Adam training on the bundled sample's train split (shuffled, batches of 100); returns it in eval mode."""
+    from harden.data import load_dataset, load_tensors, select
+
+    ds = load_dataset("sample", "train")
+    x, y = load_tensors(ds, select(ds, None))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=gen)  # the sample is stored class by class
+        for i in range(0, len(y), 100):
+            idx = perm[i:i + 100]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()

@@ -20,6 +20,7 @@ from harden import evaluation
 from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
 from harden.serialization import read_reports
+from tests.helpers import train_on_sample
 
 REPO = Path(__file__).resolve().parents[1]
 AA_EXAMPLES = Path(__import__("pyautoattack").__file__).parent / "examples"
@@ -61,21 +62,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
 def tiny_file(tiny_dir: Path) -> Path:
     """A tiny CNN trained for a few epochs on the bundled sample (about 30% clean accuracy)."""
     torch.manual_seed(0)
-    model = harden.load_model(f"{TINY_MODULE}:TinyNet", num_classes=10, input_size=32)
-    ds = load_dataset("sample", "train")
-    x, y = load_tensors(ds, select(ds, None))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    model.train()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        perm = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), 100):
-            idx = perm[i:i + 100]
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model = train_on_sample(harden.load_model(f"{TINY_MODULE}:TinyNet", num_classes=10, input_size=32), epochs=5,
+                            lr=1e-2)
     path = tiny_dir / "tiny.safetensors"
     harden.save(model, path)
     return path

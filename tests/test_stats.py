@@ -9,14 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 import harden
 from harden import evaluation
 from harden.cli import main
-from harden.data import load_dataset, load_tensors, select
 from harden.errors import UsageError
 from harden.stats import compare_reports, mcnemar_exact_p, paired_difference, wilson_interval
+from tests.helpers import train_on_sample
 from tests.tiny_models import tiny_cnn
 
 
@@ -57,19 +56,7 @@ def reports(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     untrained = harden.wrap(tiny_cnn(), input_size=32, name="untrained")
     trained = harden.wrap(tiny_cnn(), input_size=32, name="trained")
-    ds = load_dataset("sample", "train")
-    x, y = load_tensors(ds, select(ds, None))
-    opt = torch.optim.Adam(trained.parameters(), lr=3e-3)
-    trained.train()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        perm = torch.randperm(len(y), generator=gen)  # the sample is stored class by class
-        for i in range(0, len(y), 100):
-            idx = perm[i:i + 100]
-            loss = nn.functional.cross_entropy(trained(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    train_on_sample(trained, epochs=5, lr=3e-3)
     paths = out / "a.json", out / "b.json"
     for model, path in zip((untrained, trained), paths):
         evaluation.evaluate(model.eval(), "sample", attack="pgd", steps=2, eps=2 / 255, n=64, random_subset=True,

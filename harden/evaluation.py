@@ -786,7 +786,8 @@ def _sweep(model: nn.Module, examples: Examples, plan: AttackPlan, sweep: list[t
                 _run_stages(model, examples, sub, prog, device=device, log=log, start_time=time.perf_counter())
             status = prog.status
         robust = int((status == ROBUST).sum())
-        rows.append({"eps": value, "eps_text": text, "robust_acc": 100 * robust / n, "robust_correct": robust})
+        rows.append({"eps": value, "eps_text": text, "robust_acc": 100 * robust / n, "robust_correct": robust,
+                     "robust_ci95": [round(v, 3) for v in wilson_interval(robust, n)]})
     log.extend(chk.check_sweep([(r["eps"], r["robust_correct"]) for r in rows], n))
     return rows
 
@@ -888,8 +889,10 @@ def _ci_text(ci: Sequence[float] | None) -> str:
 def sweep_table(report: dict[str, Any]) -> str:
     """Robust accuracy against eps as a small table."""
     rows = report.get("eps_sweep") or []
-    lines = [f"{'eps':<10} {'robust accuracy':>16}"]
-    lines += [f"{r['eps_text']:<10} {r['robust_acc']:>15.2f}%" for r in rows]
+    lines = [f"{'eps':<10} {'robust accuracy':>16}   95% interval"]
+    lines += [f"{r['eps_text']:<10} {r['robust_acc']:>15.2f}%   "
+              + (f"{r['robust_ci95'][0]:.1f} to {r['robust_ci95'][1]:.1f}" if r.get("robust_ci95") else "")
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -906,6 +909,10 @@ def plot_sweep(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     xs = [r["eps"] * (255 if report["norm"] == "Linf" else 1) for r in rows]
     ax.plot(xs, [r["robust_acc"] for r in rows], marker="o")
+    if rows and all(r.get("robust_ci95") for r in rows):
+        ax.fill_between(xs, [r["robust_ci95"][0] for r in rows], [r["robust_ci95"][1] for r in rows], alpha=0.2,
+                        label=f"95% interval (n={report['n']})")
+        ax.legend(fontsize=8)
     ax.set_xlabel("eps (x/255)" if report["norm"] == "Linf" else "eps (L2)")
     ax.set_ylabel("robust accuracy (%)")
     ax.set_ylim(0, 100)

@@ -453,6 +453,8 @@ def test_cli_eps_sweep_table_and_plot(tiny_file, tmp_path, monkeypatch):
     rows = json.loads(report.read_text())["eps_sweep"]
     assert [r["eps_text"] for r in rows] == ["0", "2/255", "8/255"]
     assert rows[0]["robust_acc"] >= rows[1]["robust_acc"] >= rows[2]["robust_acc"]
+    assert all(r["robust_ci95"][0] <= r["robust_acc"] <= r["robust_ci95"][1] for r in rows)
+    assert re.search(r"8/255\s+[\d.]+%\s+[\d.]+ to [\d.]+", res.output)  # the interval is printed too
     assert (tmp_path / "s.eps-sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -100,6 +100,10 @@ def test_compare_refuses_reports_that_are_not_paired(reports, tmp_path) -> None:
         res = CliRunner().invoke(main, ["compare", *args], prog_name="harden")
         assert res.exit_code == 2 and res.output.strip().startswith("error:") and message in res.output
         assert len(res.output.strip().splitlines()) == 1
+    both = tmp_path / "both.report.json"
+    both.write_text(json.dumps([a, b]))
+    res = CliRunner().invoke(main, ["compare", str(both), str(reports[1])], prog_name="harden")
+    assert res.exit_code == 2 and "holds 2 reports (pgd, pgd)" in res.output
     stripped = tmp_path / "stripped.json"
     stripped.write_text(json.dumps({k: v for k, v in a.items() if k != "examples"}))
     res = CliRunner().invoke(main, ["compare", str(stripped), str(reports[1])], prog_name="harden")

@@ -134,7 +134,11 @@ def _read_report(path: str) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise UsageError(f"'{path}' is not a JSON report; give the JSON that `harden evaluate --report` writes") \
             from None
-    if isinstance(report, list) and len(report) == 1:  # a recipe's NAME.report.json holds a list
+    if isinstance(report, list):  # a recipe's NAME.report.json holds one report per attack
+        if len(report) != 1:
+            attacks = ", ".join(str(r.get("attack")) for r in report if isinstance(r, dict))
+            raise UsageError(f"'{path}' holds {len(report)} reports ({attacks}); compare one attack's reports, "
+                             "e.g. the NAME.eval-ATTACK.json files that `harden run` writes")
         report = report[0]
     return report
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import operator
 import weakref
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -770,7 +769,9 @@ class SpectralPenalty:
     def _start_vector(self, name: str, shape: Sequence[int], device: torch.device) -> torch.Tensor:
         gen = None
         if self.seed is not None:  # a seeded start per layer: the same run gives the same penalties
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
+            from harden.training import derive_seed
+
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, "spectral-penalty", name))
         return _unit(torch.randn(tuple(shape), generator=gen, dtype=torch.float32).to(device))
 
     @staticmethod

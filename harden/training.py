@@ -548,8 +548,8 @@ class _Pair(nn.Module):
         return self.model(x), self.model(x_adv)
 
 
-def _mix(*values: object) -> int:
-    """A 63-bit seed from integers (epoch, rank, purpose)."""
+def derive_seed(*values: object) -> int:
+    """A 63-bit seed from a run's seed and what it is for (epoch, rank, a name): independent streams."""
     h = hashlib.sha256(",".join(str(v) for v in values).encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
@@ -687,7 +687,7 @@ class Trainer:
         model = self.eval_model()
         was = {m: m.training for m in model.modules()}
         model.eval()
-        gen = torch.Generator(device=self.generator.device).manual_seed(_mix(cfg.seed, "validation"))
+        gen = torch.Generator(device=self.generator.device).manual_seed(derive_seed(cfg.seed, "validation"))
         shard = torch.arange(self.dist.rank, x_val.shape[0], self.dist.world)
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
         params = list(model.parameters())
@@ -714,7 +714,7 @@ class Trainer:
 
     def reseed(self, epoch: int) -> None:
         """Seed every random draw of ``epoch`` (augmentation, attack starts, dropout) from (seed, epoch, rank)."""
-        s = _mix(self.cfg.seed, epoch, self.dist.rank)
+        s = derive_seed(self.cfg.seed, epoch, self.dist.rank)
         self.generator.manual_seed(s)
         torch.manual_seed(s)
 
@@ -856,7 +856,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
 
 def _split(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
     """Held-out validation indices and training indices of the training split (seeded, disjoint)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(cfg.seed, "split") % 2**31)).tolist()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split") % 2**31)).tolist()
     val, train = sorted(perm[: cfg.val_n]), perm[cfg.val_n:]
     if cfg.train_n is not None:
         train = train[: cfg.train_n]

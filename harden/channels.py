@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError
-from harden.graph.tracing import eval_mode, prefer_fake, preserve_state
+from harden.graph.channel_ops import find_channel_ops
+from harden.graph.tracing import eval_mode, prefer_fake, preserve_state, trace_with_shapes
 
 # layers whose output channels mix their inputs: the filters that define a channel's importance
 _MIXING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
@@ -24,7 +25,25 @@ _MIXING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttenti
 CONV = nn.modules.conv._ConvNd
 
 
-def dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
+def structure_error(net: nn.Module, input_size: tuple[int, ...], who: str, fallback: HardenError,
+                    near: str = "") -> HardenError:
+    """``fallback``, or a clearer error when ``net`` rearranges channels in a way channel removal cannot follow
+    (naming first such an operation inside the block of layer ``near``)."""
+    try:
+        ops = find_channel_ops(trace_with_shapes(net, input_size))
+    except Exception:  # a model fx cannot trace: keep the original message
+        return fallback
+    if not ops:
+        return fallback
+    block = near.rpartition(".")[0]
+    ops.sort(key=lambda op: not (block and op.where.strip("'").startswith(block)))
+    more = f" (and {len(ops) - 1} more)" if len(ops) > 1 else ""
+    return HardenError(f"{who} cannot change the widths of this model: it has {ops[0].describe()}{more}, which "
+                       "channel removal cannot keep consistent; use transforms that keep the widths instead "
+                       "(upsample, stride-mod, strides, activation)")
+
+
+def dependency_graph(net: nn.Module, input_size: tuple[int, ...], who: str = "a width transform") -> Any:
     """torch-pruning's dependency graph of ``net`` (traced in eval mode; train/eval modes are kept).
 
     The graph only needs the autograd structure of one forward pass on zeros; for large inputs it is
@@ -55,9 +74,10 @@ def dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
         try:
             return build(fake=False)
         except Exception as exc:
-            raise HardenError(
+            plain = HardenError(
                 f"torch-pruning cannot build the channel dependency graph of this model ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
+            raise structure_error(net, input_size, who, plain) from exc
 
 
 def filter_l1(layer: nn.Module, idxs: list[int]) -> torch.Tensor | None:
@@ -154,9 +174,9 @@ def coupled_groups(dg: Any, net: nn.Module, layer_paths: Sequence[str]) -> Itera
 
 
 def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int],
-           who: str = "last-stage-width") -> None:
+                    who: str = "last-stage-width", input_size: tuple[int, ...] | None = None) -> None:
     """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it
-    (``who`` names the transform in error messages)."""
+    (``who`` names the transform in error messages; ``input_size`` lets them name the structure at fault)."""
     try:
         layer = net.get_submodule(root)
     except AttributeError:
@@ -168,8 +188,9 @@ def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: 
                           "the recorded state expects; the state does not fit this model")
     group = dg.get_pruning_group(layer, pruner.prune_out_channels, removed)
     if not dg.check_pruning_group(group):
-        raise HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
-                          "leave a coupled layer without channels")
+        plain = HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
+                            "leave a coupled layer without channels")
+        raise plain if input_size is None else structure_error(net, input_size, who, plain, near=root)
     group.prune(record_history=False)
 
 

@@ -40,6 +40,13 @@ def _to_tensor(img: Image.Image, size: int | None) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
+class DamagedImage(UsageError):
+    """An image file that cannot be decoded (truncated, corrupt or not an image)."""
+
+
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
 class ImageDataset(Dataset):
     """Images in [0, 1] (C, H, W float tensors) with integer labels and class names."""
 
@@ -61,19 +68,42 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self._items)
 
+    def item_name(self, index: int) -> str:
+        """The file (or entry) behind example ``index``, for messages."""
+        return str(self._items[index])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        item = self._loader(self._items[index])
-        if isinstance(item, Image.Image):
-            x = _to_tensor(item, self.image_size)
-        else:
-            x = item
-            if self.image_size is not None and x.shape[-1] != self.image_size:
-                x = torch.nn.functional.interpolate(x[None], size=(self.image_size, self.image_size),
-                                                    mode="bilinear", align_corners=False)[0]
+        try:
+            x = self._as_tensor(self._loader(self._items[index]))
+        except _DECODE_ERRORS as exc:
+            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+            raise DamagedImage(f"cannot read image '{self.item_name(index)}' ({reason}); repair or remove it, "
+                               "or pass --skip-bad-images to go on without it") from exc
         return x, self.labels[index]
+
+    def _as_tensor(self, item: Image.Image | torch.Tensor) -> torch.Tensor:
+        if isinstance(item, Image.Image):
+            with item:
+                return _to_tensor(item, self.image_size)
+        if self.image_size is not None and item.shape[-1] != self.image_size:
+            item = torch.nn.functional.interpolate(item[None], size=(self.image_size, self.image_size),
+                                                   mode="bilinear", align_corners=False)[0]
+        return item
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "split": self.split, "size": len(self), "num_classes": self.num_classes}
+
+    def readable(self, indices: Sequence[int]) -> tuple[list[int], list[str]]:
+        """Split ``indices`` into those that decode and the names of the files that do not."""
+        good, bad = [], []
+        for i in indices:
+            try:
+                self[i]
+            except DamagedImage:
+                bad.append(self.item_name(i))
+            else:
+                good.append(i)
+        return good, bad
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -188,13 +218,27 @@ class Selection:
     mode: str                       # "first" | "random"
     seed: int | None
     indices: list[int] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)   # damaged images left out (--skip-bad-images)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"data": self.spec, "split": self.split, "n": self.n, "selection": self.mode}
         if self.mode == "random":
             out["selection_seed"] = self.seed
         out["indices_head"] = self.indices[:10]
+        if self.skipped:
+            out["skipped_images"] = len(self.skipped)
+            out["skipped_files"] = self.skipped[:20]
         return out
+
+
+def skip_unreadable(dataset: ImageDataset, selection: Selection) -> Selection:
+    """The selection without the examples whose images cannot be decoded; they are listed in ``skipped``."""
+    good, bad = dataset.readable(selection.indices)
+    if not good:
+        raise UsageError(f"none of the {selection.n} selected images of '{dataset.spec}' can be read "
+                         f"(first: '{bad[0]}')")
+    return Selection(selection.spec, selection.split, len(good), selection.mode, selection.seed, good,
+                     selection.skipped + bad)
 
 
 def select(dataset: ImageDataset, n: int | None, *, random_subset: bool = False,

@@ -33,7 +33,7 @@ from torch import nn
 from harden import checks as chk
 from harden import distributed as hd
 from harden.attacks import ATTACKS, NORMS, fgsm, pgd
-from harden.data import ImageDataset, Selection, load_dataset, select
+from harden.data import ImageDataset, Selection, load_dataset, select, skip_unreadable
 from harden.errors import HardenError, UsageError, close_matches
 from harden.stats import wilson_interval
 
@@ -550,7 +550,7 @@ def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def _select_examples(data: Any, model: nn.Module, *, n: int | None, split: str, random_subset: bool, seed: int,
-                     download: bool) -> tuple[Examples, dict[str, Any]]:
+                     download: bool, skip_bad_images: bool = False) -> tuple[Examples, dict[str, Any]]:
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
         if x.dim() != 4 or y.dim() != 1 or len(x) != len(y) or len(y) == 0:
@@ -585,6 +585,8 @@ def _select_examples(data: Any, model: nn.Module, *, n: int | None, split: str, 
         raise UsageError("data must be a data spec (sample, imagefolder:ROOT, cifar10:ROOT, cifar100:ROOT), "
                          "an ImageDataset or an (x, y) pair of tensors")
     selection: Selection = select(dataset, n, random_subset=random_subset, seed=seed)
+    if skip_bad_images:
+        selection = skip_unreadable(dataset, selection)
     examples = Examples(dataset=dataset, indices=selection.indices)
     probe = examples.get(torch.arange(min(2, examples.n)))[0].to(_device_of(model))
     ncls = _num_classes(model, probe)
@@ -601,7 +603,8 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
              step_size: float | None = None, report: str | os.PathLike[str] | None = None, resume: bool = False,
              into: str | os.PathLike[str] | None = None, eps_sweep: str | Sequence[str | float] | None = None,
              progress: bool = False, check_examples: int | None = None, trust_code: bool = False,
-             on_batch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+             on_batch: Callable[[dict[str, Any]], None] | None = None,
+             skip_bad_images: bool = False) -> dict[str, Any]:
     """Evaluate the robustness of ``model`` (images in [0, 1] -> logits) and return the report.
 
     ``data`` is a data spec, an :class:`~harden.data.ImageDataset` or ``(x, y)`` tensors; the first
@@ -610,7 +613,8 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     (and keeps per-batch progress beside it, as ``REPORT.progress``, for ``resume``); ``into`` adds
     the report to a harden model file. Under ``torchrun`` the batches are shared among the ranks.
     ``check_examples`` is the size of the subset harden's gradient and strength checks use (default
-    n/20, between 8 and 32; 0 turns them off).
+    n/20, between 8 and 32; 0 turns them off). ``skip_bad_images`` leaves out images that cannot be
+    decoded (the report's ``selection`` counts and names them) instead of stopping at the first one.
     """
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -649,7 +653,8 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
             result = _evaluate_loaded(model, data, plan, sweep, n=n, split=split, random_subset=random_subset,
                                       download=download, batch_size=batch_size, device=dev, report_path=report_path,
                                       resume=resume, progress=progress, check_examples=check_examples,
-                                      on_batch=on_batch, t_start=t_start, started=started)
+                                      on_batch=on_batch, t_start=t_start, started=started,
+                                      skip_bad_images=skip_bad_images)
         finally:
             for m, training in modes.items():
                 m.training = training
@@ -675,10 +680,10 @@ def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[
                      n: int | None, split: str, random_subset: bool, download: bool, batch_size: int | None,
                      device: torch.device, report_path: Path | None, resume: bool, progress: bool,
                      check_examples: int | None, on_batch: Callable[[dict[str, Any]], None] | None, t_start: float,
-                     started: _dt.datetime) -> dict[str, Any]:
+                     started: _dt.datetime, skip_bad_images: bool = False) -> dict[str, Any]:
     buffers = chk.snapshot_buffers(model)
     examples, selection = _select_examples(data, model, n=n, split=split, random_subset=random_subset,
-                                           seed=plan.seed, download=download)
+                                           seed=plan.seed, download=download, skip_bad_images=skip_bad_images)
     if check_examples is None:  # a small subset: the checks cost about 1% of a real evaluation
         check_examples = min(32, max(8, examples.n // 20))
     log = chk.WarningLog()
@@ -865,7 +870,8 @@ def summary_table(report: dict[str, Any]) -> str:
     how = sel.get("selection", "first")
     lines = [
         f"model    {report['model'].get('spec')}",
-        f"data     {sel.get('data')} ({sel.get('split') or 'tensors'}, {how} {n})",
+        f"data     {sel.get('data')} ({sel.get('split') or 'tensors'}, {how} {n})"
+        + (f"; skipped {sel['skipped_images']} damaged images" if sel.get("skipped_images") else ""),
         f"threat   {report['norm']} eps={report['eps_text']} ({report['eps']:.5g})",
         f"attack   {report['attack']}" + (f" {report['version']}" if report.get("version") else "")
         + f"  (seed {report['seed']}, batch {report['batch_size']}, {report['device']}"

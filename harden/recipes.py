@@ -100,12 +100,14 @@ SCHEMA: dict[str, Key] = {
         "fast": Key("bool", help="AutoAttack's fast version (APGD-CE + APGD-T)"),
         "start": Key("bool", help="also evaluate the starting model (default true)"),
         "random_subset": Key("bool", help="a seeded random subset of n test images (default true; false: the first n)"),
+        "skip_bad_images": Key("bool", help="leave out test images that cannot be decoded (the report counts them)"),
     }),
 }
 
 _KIND_TEXT = {"str": "a string", "int": "an integer", "number": "a number (e.g. 0.1 or 8/255)",
               "bool": "true or false", "list[str]": "a list of strings", "list[number]": "a list of numbers",
               "map": "a mapping of keys", "variants": "a mapping of name: [transforms]"}
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -155,9 +157,21 @@ class _Checker:
         return UsageError(f"{self.at(node)}: {message}")
 
     def scalar(self, node: yaml.Node) -> Any:
-        return self.loader.construct_object(node, deep=True)
+        self.plain(node)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise self.fail(node, f"not a plain value ({problem})") from None
+
+    def plain(self, node: yaml.Node) -> None:
+        """Refuse YAML tags that would build objects: a recipe holds plain values only."""
+        if node.tag not in _PLAIN_TAGS:
+            raise self.fail(node, f"the tag '{node.tag}' is not allowed; a recipe holds plain values only "
+                                  "(strings, numbers, booleans, lists, mappings)")
 
     def check(self, node: yaml.Node, key: Key, dotted: str) -> Any:
+        self.plain(node)
         self.where.setdefault(dotted, self.at(node))
         label = dotted or "the recipe"
         if key.kind in ("map", "variants"):
@@ -593,7 +607,8 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
                     seed=ev.get("seed", 0), fast=bool(ev.get("fast")) and attack == "autoattack",
                     steps=ev.get("steps") if attack in ("pgd", "cw") else None,
                     batch_size=ev.get("batch_size", "auto"), random_subset=bool(ev.get("random_subset", True)),
-                    progress=progress, into=file, report=path, resume=resume))
+                    progress=progress, into=file, report=path, resume=resume,
+                    skip_bad_images=bool(ev.get("skip_bad_images"))))
                 state.mark(stage)
             if main:
                 with atomic_path(out / f"{label}.report.json") as tmp:

@@ -50,8 +50,12 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
         raise UsageError(f"'{path}' exists; pass --force to overwrite it")
     if path.exists() and path.is_dir():
         raise UsageError(f"'{path}' is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write '{path}' ({exc.strerror or type(exc).__name__}); "
+                         "choose a path in a folder you can write to") from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -121,18 +125,49 @@ def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise UsageError(f"'{path}' is a plain safetensors file without a harden recipe; "
                          f"load it with --model SPEC --weights {path}")
     try:
-        return json.loads(meta[RECIPE_KEY])
-    except json.JSONDecodeError as exc:
-        raise HardenError(f"'{path}' has a damaged harden recipe ({exc})") from exc
+        rec = json.loads(meta[RECIPE_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise HardenError(f"'{path}' has a damaged harden recipe ({str(exc)[:120]})") from exc
+    if not isinstance(rec, dict) or not isinstance(rec.get("model"), dict):
+        raise HardenError(f"'{path}' has a damaged harden recipe (not a mapping with a 'model' entry)")
+    return rec
 
 
 def read_reports(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Evaluation reports stored in a harden safetensors file (possibly empty)."""
     meta = read_metadata(path)
     try:
-        return json.loads(meta.get(REPORTS_KEY, "[]"))
-    except json.JSONDecodeError as exc:
-        raise HardenError(f"'{path}' has damaged stored reports ({exc})") from exc
+        reports = json.loads(meta.get(REPORTS_KEY, "[]"))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise HardenError(f"'{path}' has damaged stored reports ({str(exc)[:120]})") from exc
+    if not isinstance(reports, list) or not all(isinstance(r, dict) for r in reports):
+        raise HardenError(f"'{path}' has damaged stored reports (not a list of reports)")
+    return reports
+
+
+def _rebuild_stored(path: str | os.PathLike[str], rec: Any, *, trust_code: bool,
+                    base: nn.Module | None) -> HardenedModel:
+    """The model a stored recipe describes; a recipe that cannot be replayed is a damaged file, not a crash."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("model"), dict):
+        raise HardenError(f"'{path}' has a damaged harden recipe (not a mapping with a 'model' entry)")
+    try:
+        return rebuild(rec, trust_code=trust_code, base=base)
+    except HardenError:
+        raise
+    except Exception as exc:  # a field of the wrong type or shape: the file was altered or damaged
+        detail = str(exc).splitlines()[0][:120] if str(exc) else ""
+        raise HardenError(f"'{path}' has a damaged harden recipe that cannot be rebuilt "
+                          f"({type(exc).__name__}: {detail}); write the file again with harden") from exc
+
+
+def _check_shapes(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    wrong = [k for k, t in state.items() if k in expected and tuple(t.shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise HardenError(f"'{path}' does not match its own recipe: {len(wrong)} tensors have the wrong shape "
+                          f"({k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model); "
+                          "the file was altered or comes from an incompatible harden version")
 
 
 def load(path: str | os.PathLike[str], *, trust_code: bool = False, base: nn.Module | None = None,
@@ -142,11 +177,12 @@ def load(path: str | os.PathLike[str], *, trust_code: bool = False, base: nn.Mod
     from safetensors.torch import load_file
 
     rec = read_recipe(path)
-    model = rebuild(rec, trust_code=trust_code, base=base)
+    model = _rebuild_stored(path, rec, trust_code=trust_code, base=base)
     try:
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise HardenError(f"'{path}' could not be read ({str(exc)[:120]}); it may be truncated") from exc
+    _check_shapes(path, model, state)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise HardenError(

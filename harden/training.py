@@ -36,7 +36,7 @@ from torch import nn
 
 from harden import distributed as hd
 from harden.attacks import l2_normalize, project
-from harden.data import ImageDataset, load_dataset
+from harden.data import DamagedImage, ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.serialization import atomic_path, save
@@ -94,6 +94,7 @@ class FinetuneConfig:
     workers: int | None = None
     log_every: int = 10
     cache_limit_gb: float = 8.0
+    skip_bad_images: bool = False
 
     def resolved_step_size(self) -> float:
         """The attack step: given, else 1.25 eps for FGSM-RS, else 2.5 eps / steps (2/255 for PGD-10 at 8/255)."""
@@ -800,11 +801,21 @@ def _resolve_data(data: str | ImageDataset, model: HardenedModel, download: bool
         raise UsageError(
             f"the data '{ds.spec}' has {ds.num_classes} classes but the model has {model.num_classes} outputs; "
             f"build the model with --num-classes {ds.num_classes} or use matching data")
-    first = ds[0][0]
+    first = _first_image(ds)
     if tuple(first.shape) != tuple(size):
         raise UsageError(f"the data '{ds.spec}' gives images of shape {tuple(first.shape)}, "
                          f"the model takes {tuple(size)}")
     return ds
+
+
+def _first_image(ds: ImageDataset) -> torch.Tensor:
+    """The first image of ``ds`` that decodes (a damaged one is reported later, or skipped)."""
+    for i in range(min(len(ds), 64)):
+        try:
+            return ds[i][0]
+        except DamagedImage:
+            continue
+    return ds[0][0]
 
 
 def _lipschitz_penalty(model: nn.Module, seed: int) -> Any:
@@ -887,6 +898,11 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                               "resume with the same model, data and settings, or start over with --force")
     work = copy.deepcopy(model)
     val_idx, train_idx = _split(len(dataset), cfg)
+    skipped: list[str] = []
+    if cfg.skip_bad_images:  # leave damaged images out of both sets, and count them in the entry
+        val_idx, bad_val = dataset.readable(val_idx)
+        train_idx, bad_train = dataset.readable(train_idx)
+        skipped = bad_val + bad_train
     data = TrainData(dataset, train_idx, batch_size=cfg.batch_size, device=device, dist=dist, seed=cfg.seed,
                      workers=workers, cache_limit_gb=cfg.cache_limit_gb)
     if len(data.order(0)) < 2:
@@ -1028,6 +1044,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         "seed": cfg.seed,
         "data": dataset.spec,
         "train_n": len(train_idx),
+        "skipped_images": len(skipped),
         "validation": {"n": len(val_idx), "attack": f"pgd-{cfg.val_steps}", "eps": cfg.eps, "norm": cfg.norm,
                        "clean_acc": kept.get("val_clean"), "robust_acc": kept.get("val_robust")},
         "history": history,

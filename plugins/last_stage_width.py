@@ -132,10 +132,11 @@ class LastStageWidth(Transform):
         following = [p for p in head.layers if p not in stage.layers]
         widths = {p: _in_width(net.get_submodule(p)) for p in following}
         params_before = param_count(model)
-        dg = dependency_graph(net, model.net_input_size())
+        dg = dependency_graph(net, model.net_input_size(), self.name)
         plans, skipped = _plan_groups(dg, net, stage, ratio)
         for plan in plans:
-            remove_channels(dg, net, plan.root, plan.channels, plan.removed)
+            remove_channels(dg, net, plan.root, plan.channels, plan.removed,
+                            input_size=model.net_input_size())
         for i, plan in enumerate(plans):
             if i == _MAX_GROUP_LINES and len(plans) > _MAX_GROUP_LINES + 1:
                 rest = plans[i:]

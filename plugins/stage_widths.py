@@ -575,13 +575,14 @@ class StageWidths(Transform):
             return Applied([*lines, "every factor is 1: nothing to do"], {"shrink": [], "grow": []})
         before, params_before = _widths(net), param_count(net)
         outputs = [_output_layer(net, s) for s in body]
-        dg = dependency_graph(net, model.net_input_size())
+        dg = dependency_graph(net, model.net_input_size(), NAME)
         plans = _plan(dg, net, body, stem, factors)
         shrink = [p for p in plans if p.kept is not None]
         grow = [p for p in plans if p.kept is None]
         for p in shrink:
             kept = set(p.kept or [])
-            remove_channels(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME)
+            remove_channels(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME,
+                            input_size=model.net_input_size())
         _grow(dg, net, grow)
         after = _widths(net)
         changes = []
@@ -611,7 +612,7 @@ class StageWidths(Transform):
         if not state["shrink"] and not state["grow"]:
             return
         net = model.net
-        dg = dependency_graph(net, model.net_input_size())
+        dg = dependency_graph(net, model.net_input_size(), NAME)
         for entry in state["shrink"]:
             channels = int(entry["channels"])
             kept = {int(i) for i in entry["kept"]}

@@ -38,6 +38,8 @@ def _int(text: str | None, what: str, *, allow: tuple[str, ...] = ()) -> int | s
 @click.option("-n", "--num-examples", "n", default="1000", show_default=True,
               help="Number of examples (or all).")
 @click.option("--random-subset", is_flag=True, help="A random subset of n (seeded by --seed), not the first n.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out images that cannot be decoded (the report counts them) instead of stopping.")
 @click.option("--batch-size", default="auto", show_default=True, help="Batch size, or auto (largest that fits).")
 @click.option("--seed", default="0", show_default=True, help="Seed of the attacks (and of --random-subset).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -55,7 +57,8 @@ def _int(text: str | None, what: str, *, allow: tuple[str, ...] = ()) -> int | s
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 def evaluate_command(model: str, data: str | None, split: str, download: bool, eps: str, norm: str, attack: str,
-                     fast: bool, n: str, random_subset: bool, batch_size: str, seed: str, device: str,
+                     fast: bool, n: str, random_subset: bool, skip_bad_images: bool, batch_size: str, seed: str,
+                     device: str,
                      steps: str | None, step_size: str | None, report: str | None, resume: bool, into: str | None,
                      eps_sweep: str | None, plot: str | None, quiet: bool, as_json: bool, **model_opts) -> None:
     """Evaluate MODEL (a harden file or a model spec) against adversarial attacks on --data."""
@@ -96,7 +99,8 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
             net, data, attack=plan.attack, eps=eps, norm=plan.norm, fast=fast,
             n=None if count == "all" else int(count or 1000), seed=plan.seed, batch_size=bs, device=device,
             split=split, random_subset=random_subset, download=download, steps=n_steps,  # type: ignore[arg-type]
-            step_size=step, report=report, resume=resume, into=into, eps_sweep=eps_sweep, progress=show_bar)
+            step_size=step, report=report, resume=resume, into=into, eps_sweep=eps_sweep, progress=show_bar,
+            skip_bad_images=skip_bad_images)
     except KeyboardInterrupt:
         if progress_file is not None and progress_file.exists():
             click.echo(f"progress saved in {progress_file}; continue with the same command and --resume", err=True)

@@ -65,6 +65,8 @@ def _pct(v: float | None) -> str:
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on GPU only]")
 @click.option("--compile", is_flag=True, help="torch.compile the model (GPU; first epoch pays the compile time).")
 @click.option("--workers", type=int, default=None, help="Data decoding processes.")
+@click.option("--skip-bad-images", is_flag=True,
+              help="Leave out images that cannot be decoded (the model file counts them) instead of stopping.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.ckpt.pt.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output or start over despite a checkpoint.")

@@ -15,6 +15,11 @@ from harden.errors import HardenError
 COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetune", "harden.cli.zoo")
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks and other control characters a user's value brought are escaped."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+
+
 class HardenGroup(click.Group):
     """A click group that prints errors as one line and maps them to exit statuses.
 
@@ -29,13 +34,13 @@ class HardenGroup(click.Group):
         except HardenError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except click.UsageError as exc:
             if debug:
                 raise
             where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
-            click.echo(f"error: {exc.format_message()} (see '{where} --help')", err=True)
+            click.echo(f"error: {one_line(exc.format_message())} (see '{where} --help')", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             if debug:

@@ -8,6 +8,7 @@ recipe whose base model is a user factory is refused unless the caller opts in w
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -64,6 +65,14 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` left by a writer that was killed (kill -9, power loss) before its rename."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
 
 
 def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:

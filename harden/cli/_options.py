@@ -47,8 +47,11 @@ def is_model_file(model: str) -> bool:
 
 def resolve_model(model: str, *, num_classes: int | None = None, input_size: int | None = None,
                   weights: str | None = None, pretrained: bool = False, mean: str | None = None,
-                  std: str | None = None, trust_code: bool = False, **_: Any) -> HardenedModel:
-    """A MODEL argument is a harden safetensors file or any model spec (``--weights`` for its state)."""
+                  std: str | None = None, trust_code: bool = False, init_seed: int = 0, **_: Any) -> HardenedModel:
+    """A MODEL argument is a harden safetensors file or any model spec (``--weights`` for its state).
+
+    A spec's random initialisation is seeded with ``init_seed``, so that two commands given the same
+    spec start from the same weights (and an interrupted fine-tuning can be resumed)."""
     if model.endswith((".pt", ".pth")):
         raise UsageError(f"'{model}' is a torch checkpoint, not a harden file; pass the architecture as MODEL "
                          f"and the file with --weights {model}")
@@ -56,6 +59,9 @@ def resolve_model(model: str, *, num_classes: int | None = None, input_size: int
         if weights or pretrained:
             raise UsageError("--weights/--pretrained apply to a model spec, not to a harden file")
         return harden.load(model, trust_code=trust_code)
+    import torch
+
+    torch.manual_seed(init_seed)
     return harden.load_model(model, num_classes=num_classes, pretrained=pretrained, weights=weights,
                              input_size=input_size, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
 

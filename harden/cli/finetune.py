@@ -67,7 +67,8 @@ def _pct(v: float | None) -> str:
 @click.option("--workers", type=int, default=None, help="Data decoding processes.")
 @click.option("--skip-bad-images", is_flag=True,
               help="Leave out images that cannot be decoded (the model file counts them) instead of stopping.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds the data order, the attacks and a model spec's random initialisation.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.ckpt.pt.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output or start over despite a checkpoint.")
 @click.option("--download", is_flag=True, help="Allow the data source to download its data.")
@@ -80,7 +81,8 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
     from harden.training import curves_path_for, finetune
 
     base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
-                         pretrained=pretrained, mean=mean, std=std, trust_code=trust_code)
+                         pretrained=pretrained, mean=mean, std=std, trust_code=trust_code,
+                         init_seed=settings["seed"])
     result = finetune(base, data, output=output, resume=resume, force=force, download=download,
                       progress=show_progress(quiet), **settings)
     if not _is_main_process():

@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +63,7 @@ def main() -> int:
             try:
                 run()
             except Exception as exc:  # hypothesis has printed the shrunk failing draw
+                traceback.print_exc()
                 print(f"{name}: FAILED after {time.perf_counter() - start:.0f} s: {exc}", file=sys.stderr)
                 return 1
             print(f"{name}: {args.examples} draws held the invariant ({time.perf_counter() - start:.0f} s)")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harden.errors import HardenError
+from harden.errors import HardenError, UsageError
 from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
 from harden.transforms import Applied, Param, Transform
+
+MAX_SIDE = 8192  # larger inputs exhaust memory in the first forward pass
 
 
 def _factor(text: str) -> int:
@@ -34,6 +36,10 @@ class Upsample(Transform):
         before = model.net_input_size()
         if factor == 1:
             return Applied([f"upsample x1 ({mode}): nothing to do"])
+        side = max(before[1], before[2]) * factor
+        if side > MAX_SIDE:
+            raise UsageError(f"upsample x{factor} would make {before[1] * factor}x{before[2] * factor} inputs "
+                             f"(at most {MAX_SIDE} pixels a side); choose a smaller factor, such as 2")
         layer = nn.Upsample(scale_factor=factor, mode=mode, **({"align_corners": False} if mode != "nearest" else {}))
         model.input_transforms.append(layer)
         after = model.net_input_size()

@@ -160,7 +160,7 @@ def recipe_texts(draw: st.DrawFn, sentinel: Path) -> str:
         i = draw(st.integers(0, max(0, len(lines) - 1)))
         key, sep, _value = lines[i].partition(": ")
         extra = draw(st.sampled_from([*_TAGS, "&a 5", "*a", "*missing", "{<<: *a}", "&b [1, *b]", "'unclosed"]))
-        lines[i] = f"{key}{sep or ': '}{extra.format(sentinel=sentinel)}"
+        lines[i] = f"{key}{sep or ': '}{extra.replace('{sentinel}', str(sentinel))}"
     if draw(st.booleans()):
         lines.insert(0, "anchor: &a {spec: x}")
     return "\n".join(lines) + "\n"

@@ -165,3 +165,12 @@ def test_width_transforms_name_the_structure_they_cannot_change(tmp_path, spec, 
     assert_calm(result)
     assert result.exit_code == 1 and structure in result.stderr
     assert "use transforms that keep the widths" in result.stderr and not out.exists()
+
+
+@pytest.mark.parametrize("value", ["1e9", "0\r0", "nan"])
+def test_values_the_fuzzer_found(tmp_path, value) -> None:
+    out = tmp_path / "o.safetensors"
+    opt = "--upsample" if value != "nan" else "--last-stage-width"
+    result = run_cli(["apply", *MODEL, opt, value, "-o", out])
+    assert_calm(result)
+    assert result.exit_code == 2 and not out.exists()

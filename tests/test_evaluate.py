@@ -129,18 +129,22 @@ def _robust_flags(report: dict) -> list[bool]:
 # ------------------------------------------------------------------------------ exact agreement
 
 
-def test_fast_matches_a_direct_pyautoattack_call(tiny, fast_ref):
-    x, y = _sample_tensors(N)
-    assert fast_ref["examples"]["labels"] == y.tolist()
-    flags, logged = _direct_autoattack(tiny, x, y, attacks=["apgd-ce", "apgd-t"], eps=EPS, batch_size=BATCH)
-    assert _robust_flags(fast_ref) == flags
-    assert fast_ref["robust_correct"] == sum(flags)
-    accs = {row["attack"]: row["acc"] for row in fast_ref["per_attack"]}
+def test_fast_matches_a_direct_pyautoattack_call(tiny):
+    # 64 images at 3/255: on the tiny model APGD-CE breaks several, APGD-T several more and several survive
+    # both (16 -> 9 -> 5 of 64 where this was written), so the premise below holds by a margin on any CPU
+    n, bs, eps = 64, 8, 3 / 255
+    report = _fast(tiny, n=n, eps=eps, batch_size=bs)
+    x, y = _sample_tensors(n)
+    assert report["examples"]["labels"] == y.tolist()
+    flags, logged = _direct_autoattack(tiny, x, y, attacks=["apgd-ce", "apgd-t"], eps=eps, batch_size=bs)
+    assert _robust_flags(report) == flags
+    assert report["robust_correct"] == sum(flags)
+    accs = {row["attack"]: row["acc"] for row in report["per_attack"]}
     assert logged == pytest.approx({k: round(v, 2) for k, v in accs.items()}, abs=0.006)
     # not vacuous: APGD-CE breaks some examples, APGD-T more, and some survive both
     assert accs["clean"] > accs["apgd-ce"] > accs["apgd-t"] > 0
-    assert fast_ref["attacks"] == ["apgd-ce", "apgd-t"] and fast_ref["version"] == "fast"
-    assert "autoattack_acc" not in fast_ref  # only the standard version is an AutoAttack number
+    assert report["attacks"] == ["apgd-ce", "apgd-t"] and report["version"] == "fast"
+    assert "autoattack_acc" not in report  # only the standard version is an AutoAttack number
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ def _wrn(e: Entry, n: int) -> nn.Module:
 
 
 def _wrn_a(e: Entry, n: int) -> nn.Module:
-    depths, widths = CONFIGS[e.kwargs["config"]]
+    depths, widths = CONFIGS[e.kwargs["config"]] if "config" in e.kwargs else (e.kwargs["depths"], e.kwargs["widths"])
     return RobustResNet(depths, widths, n, block="basic", activation=e.kwargs["activation"])
 
 
@@ -60,7 +60,8 @@ _BUILDERS: dict[str, Callable[[Entry, int], nn.Module]] = {
     "wrn": _wrn,
     "dm-wrn": lambda e, n: rb_archs.DMWideResNet(e.kwargs["depth"], e.kwargs["width"], n),
     "dm-preact": lambda e, n: rb_archs.DMPreActResNet(e.kwargs["depth"], n),
-    "preact": lambda e, n: rb_archs.PreActResNetRB(num_classes=n, activated_shortcut=e.kwargs["activated_shortcut"],
+    "preact": lambda e, n: rb_archs.PreActResNetRB(e.kwargs.get("layers", (2, 2, 2, 2)), n,
+                                                   activated_shortcut=e.kwargs["activated_shortcut"],
                                                    bn_before_fc=e.kwargs["bn_before_fc"]),
     "resnet": lambda e, n: rb_archs.ShortcutResNet(e.kwargs["layers"], n, bottleneck=e.kwargs["bottleneck"]),
     "robust-wrn": lambda e, n: rb_archs.RobustWideResNet(e.kwargs["channels"], e.kwargs["depths"], n),
@@ -82,6 +83,14 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
         raise UsageError(f"robustbench:{name} takes no constructor arguments; got {', '.join(sorted(kwargs))}")
     if num_classes not in (None, entry.num_classes):
         raise UsageError(f"robustbench:{entry.key} has {entry.num_classes} classes; drop --num-classes")
+    return build_entry(entry)
+
+
+def build_entry(entry: Entry) -> BuiltNet:
+    """The network of ``entry`` with fresh weights, its input size, normalization and checkpoint hook."""
+    if entry.architecture is None:
+        raise UsageError(f"robustbench:{entry.key} needs an architecture harden does not have "
+                         f"({entry.kwargs['missing']}); harden lists this entry for its published figures only")
     net = _BUILDERS[entry.architecture](entry, entry.num_classes)
     size = (3, entry.input_size, entry.input_size)
     return BuiltNet(net, input_size=size, mean=entry.mean, std=entry.std, kwargs={},

@@ -248,3 +248,61 @@ def test_published_figures_come_from_the_registry() -> None:
     assert rbz.published({**recipe, "transforms": [{"name": "stride-mod"}]}) is None
     line = rbz.published_line(pub, "L2", "0.5")
     assert "59.53%" in line and "this run used L2" in line
+
+
+# ------------------------------------------------------------------------ transforms, files, CLI
+
+
+def _run(*args: str):
+    from click.testing import CliRunner
+
+    from harden.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("base_key,kwargs,activation", [
+    ("Gowal2020Uncovering_70_16", {"depth": 10, "width": 1}, "activation:name=relu,source=silu"),
+    ("Carmon2019Unlabeled", {"depth": 10, "width": 1, "sub_block1": True}, "activation:name=silu"),
+])
+def test_transforms_apply_and_files_round_trip(base_key: str, kwargs: dict, activation: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    key = _tiny_entry(monkeypatch, base_key, kwargs)
+    model = harden.load_model(f"robustbench:{key}")
+    _randomise(model, seed=5)
+    hardened = harden.apply(model, ["stride-mod", activation]).eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        feats = hardened.net.block3(hardened.net.block2(hardened.net.block1(hardened.net.conv1(x)))) \
+            if hasattr(hardened.net, "block1") else hardened.net.layer(hardened.net.init_conv(x))
+    assert tuple(feats.shape[-2:]) == (16, 16)  # one downsampling step fewer: 8x8 -> 16x16 before pooling
+    harden.save(hardened, tmp_path / "h.safetensors")
+    again = harden.load(tmp_path / "h.safetensors").eval()
+    with torch.no_grad():
+        assert torch.equal(again(x), hardened(x))
+    assert harden.recipe(again)["model"]["source"] == "robustbench"
+
+
+def test_cli_list_and_evaluate_show_published_figures(rb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listing = _run("list")
+    assert listing.exit_code == 0
+    assert "cifar10/Linf/Carmon2019Unlabeled" in listing.output and "89.69 / 59.53" in listing.output
+    key = _tiny_entry(monkeypatch, "Carmon2019Unlabeled", {"depth": 10, "width": 1, "sub_block1": True})
+    ref = _randomise(rb.wide_resnet.WideResNet(depth=10, widen_factor=1, sub_block1=True), seed=7)
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "c.pt")
+    res = _run("evaluate", f"robustbench:{key}", "--weights", str(tmp_path / "c.pt"), "--data", "sample", "-n", "8",
+               "--random-subset", "--attack", "fgsm", "--device", "cpu", "--quiet", "--report", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    assert "published: clean 89.69%, AutoAttack 59.53% at Linf eps=8/255 on 10000 test images" in res.output
+    import json
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["published"]["autoattack_acc"] == 59.53 and report["published"]["entry"] == key
+    assert report["n"] == 8 and "clean_acc" in report
+
+
+def test_cli_pretrained_and_missing_architecture_are_one_line() -> None:
+    res = _run("evaluate", "robustbench:Carmon2019Unlabeled", "--pretrained", "--data", "sample")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "--weights" in res.output
+    res = _run("apply", "robustbench:Ding2020MMA", "--stride-mod", "-o", "x.safetensors")
+    assert res.exit_code == 2 and "per-image standardisation" in res.output and res.output.count("\n") == 1

@@ -6,14 +6,12 @@
 * :class:`PreActResNetRB`: the pre-activation ResNet-18 with both shortcut conventions (the projection
   reading the raw block input, or the activated one) and an optional bn-relu before the classifier.
 * :class:`DMWideResNet` and :class:`DMPreActResNet`: DeepMind's networks (Gowal et al., Rebuffi et al.)
-  with TensorFlow-style "SAME" padding on strided convolutions and SiLU (swish) activations.
+  with TensorFlow-style "SAME" padding (:class:`SamePadConv2d`) and SiLU (swish) activations.
 * :class:`RobustWideResNet`: WRN with per-stage channels and depths (Huang et al. 2021, WRN-34-R).
 
 Input normalization is not part of these networks: harden keeps it in the :class:`HardenedModel`.
 Every forward is free of data-dependent control flow and every activation is a module, so harden's
-transforms (torch.fx) apply. A strided convolution of the DeepMind networks is built with
-``padding=0`` and the input padded by one row and column at the bottom and right, as TensorFlow does;
-once a transform sets its stride to 1 (and its padding to 1), that extra padding is no longer added.
+transforms (torch.fx) apply.
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch import nn
 
 from harden.zoo.cifar import NetworkBlock
@@ -173,20 +172,26 @@ class PreActResNetRB(nn.Module):
 # ------------------------------------------------------------------------------------- DeepMind
 
 
-def _same_conv(in_planes: int, out_planes: int, kernel: int, stride: int) -> nn.Conv2d:
-    """A conv whose "SAME" padding is symmetric at stride 1 and added by :func:`_tf_pad` when strided."""
-    padding = (kernel - 1) // 2 if stride == 1 else 0
-    return nn.Conv2d(in_planes, out_planes, kernel, stride=stride, padding=padding, bias=False)
+class SamePadConv2d(nn.Conv2d):
+    """A 3x3 conv with TensorFlow's "SAME" padding: symmetric at stride 1, one row and column at the bottom
+    and right when strided (built then with ``padding=0``).
 
-
-def _tf_pad(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """TensorFlow "SAME" padding of a strided 3x3 conv built with padding 0: one row/column at the end.
-
-    Read from the module at trace time, so a stride transform (which also sets padding) stays consistent.
+    timm's tracer list keeps it a leaf, so harden's graph analysis sees one strided conv reading the block's
+    input, grouped with the block's shortcut; a transform that sets its stride to 1 also sets padding 1,
+    and the extra padding stops.
     """
-    if max(conv.stride) > 1 and tuple(conv.padding) == (0, 0) and conv.kernel_size[0] == 3:
-        return F.pad(x, (0, 1, 0, 1))
-    return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if max(self.stride) > 1 and self.padding == (0, 0) and self.kernel_size == (3, 3):
+            x = F.pad(x, (0, 1, 0, 1))
+        return super().forward(x)
+
+
+register_notrace_module(SamePadConv2d)
+
+
+def _same_conv(in_planes: int, out_planes: int, stride: int) -> SamePadConv2d:
+    return SamePadConv2d(in_planes, out_planes, 3, stride=stride, padding=1 if stride == 1 else 0, bias=False)
 
 
 class DMBlock(nn.Module):
@@ -196,7 +201,7 @@ class DMBlock(nn.Module):
         super().__init__()
         self.batchnorm_0 = nn.BatchNorm2d(in_planes)
         self.relu_0 = _act(activation)
-        self.conv_0 = _same_conv(in_planes, out_planes, 3, stride)
+        self.conv_0 = _same_conv(in_planes, out_planes, stride)
         self.batchnorm_1 = nn.BatchNorm2d(out_planes)
         self.relu_1 = _act(activation)
         self.conv_1 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
@@ -206,7 +211,7 @@ class DMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu_0(self.batchnorm_0(x))
-        out = self.conv_1(self.relu_1(self.batchnorm_1(self.conv_0(_tf_pad(self.conv_0, act)))))
+        out = self.conv_1(self.relu_1(self.batchnorm_1(self.conv_0(act))))
         return (x if self.shortcut is None else self.shortcut(act)) + out
 
 
@@ -253,18 +258,18 @@ class DMPreActBlock(nn.Module):
         super().__init__()
         self.batchnorm_0 = nn.BatchNorm2d(in_planes)
         self.relu_0 = _act(activation)
-        self.conv_2d_1 = _same_conv(in_planes, out_planes, 3, stride)
+        self.conv_2d_1 = _same_conv(in_planes, out_planes, stride)
         self.batchnorm_1 = nn.BatchNorm2d(out_planes)
         self.relu_1 = _act(activation)
         self.conv_2d_2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.shortcut: nn.Module | None = None
         if stride != 1 or in_planes != out_planes:
-            self.shortcut = _same_conv(in_planes, out_planes, 3, stride)
+            self.shortcut = _same_conv(in_planes, out_planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.relu_0(self.batchnorm_0(x))
-        skip = x if self.shortcut is None else self.shortcut(_tf_pad(self.shortcut, x))
-        out = self.conv_2d_1(_tf_pad(self.conv_2d_1, act))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        out = self.conv_2d_1(act)
         return self.conv_2d_2(self.relu_1(self.batchnorm_1(out))) + skip
 
 

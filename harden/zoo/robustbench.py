@@ -171,6 +171,16 @@ def published_line(pub: dict[str, Any], norm: str | None = None, eps_text: str |
     return line
 
 
+def entry_lines() -> list[str]:
+    """One line per entry for ``harden list``: key, architecture, published clean / AutoAttack %, citation."""
+    width = max(len(e.key) for e in ENTRIES)
+    out = []
+    for e in ENTRIES:
+        aa = f"{e.autoattack_acc:.2f}" if e.autoattack_acc is not None else "n/a"
+        out.append(f"{e.key:<{width}}  {e.label:<30} {e.clean_acc:>6.2f} / {aa:>5}  {e.eps:<5}  {e.citation}")
+    return out
+
+
 SOURCE = register_model_source(ModelSource(
     "robustbench", "RobustBench entries by name (NAME for CIFAR-10 Linf, DATASET/THREAT/NAME); weights via --weights",
     build, names))

@@ -242,7 +242,8 @@ def test_published_figures_come_from_the_registry() -> None:
     e = rbz.find_entry("carmon2019unlabeled")  # case-insensitive
     assert (e.clean_acc, e.autoattack_acc, e.eps, e.citation) == (89.69, 59.53, "8/255", "Carmon et al., NeurIPS 2019")
     assert rbz.find_entry("imagenet/Linf/Salman2020Do_R50").autoattack_acc == 34.96
-    recipe = {"model": {"source": "robustbench", "name": "Carmon2019Unlabeled"}, "transforms": []}
+    recipe = {"model": {"source": "robustbench", "name": "Carmon2019Unlabeled", "weights": "c.pt"}, "transforms": []}
+    assert rbz.published({**recipe, "model": {**recipe["model"], "weights": None}}) is None  # random weights
     pub = rbz.published(recipe)
     assert pub is not None and pub["clean_acc"] == 89.69 and pub["n_examples"] == 10000
     assert rbz.published({**recipe, "transforms": [{"name": "stride-mod"}]}) is None
@@ -291,7 +292,8 @@ def test_cli_list_and_evaluate_show_published_figures(rb, tmp_path: Path, monkey
     ref = _randomise(rb.wide_resnet.WideResNet(depth=10, widen_factor=1, sub_block1=True), seed=7)
     torch.save({"state_dict": ref.state_dict()}, tmp_path / "c.pt")
     res = _run("evaluate", f"robustbench:{key}", "--weights", str(tmp_path / "c.pt"), "--data", "sample", "-n", "8",
-               "--random-subset", "--attack", "fgsm", "--device", "cpu", "--quiet", "--report", str(tmp_path / "r.json"))
+               "--random-subset", "--attack", "fgsm", "--device", "cpu", "--quiet",
+               "--report", str(tmp_path / "r.json"))
     assert res.exit_code == 0, res.output
     assert "published: clean 89.69%, AutoAttack 59.53% at Linf eps=8/255 on 10000 test images" in res.output
     import json

@@ -147,10 +147,13 @@ def _drop_sub_block1(entry: Entry, state: dict[str, torch.Tensor]) -> None:
 def published(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
     """The leaderboard's figures for a model that is a RobustBench entry as published, else None.
 
-    A model with transforms or fine-tuning is no longer the published one, so it gets none.
+    A model without a checkpoint (random weights), with transforms or with fine-tuning is not the
+    published one, so it gets none.
     """
     model = (recipe or {}).get("model") or {}
-    if model.get("source") != "robustbench" or recipe.get("transforms") or recipe.get("finetune"):
+    if model.get("source") != "robustbench" or not model.get("weights"):
+        return None
+    if recipe.get("transforms") or recipe.get("finetune"):
         return None
     try:
         entry = find_entry(str(model.get("name")))

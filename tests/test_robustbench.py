@@ -284,6 +284,20 @@ def test_transforms_apply_and_files_round_trip(base_key: str, kwargs: dict, acti
     assert harden.recipe(again)["model"]["source"] == "robustbench"
 
 
+@pytest.mark.slow
+def test_width_transforms_on_the_shortcut_layout_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = _tiny_entry(monkeypatch, "Sehwag2021Proxy_R18", {"layers": (1, 1, 1, 1), "bottleneck": False})
+    model = _randomise(harden.load_model(f"robustbench:{key}"), seed=8)
+    hardened = harden.apply(model, ["last-stage-width:ratio=0.5", "stage-widths:widths=1/1/1.5/1", "upsample:factor=2"])
+    assert hardened.net.linear.in_features == 256  # the last stage kept half of its 512 channels
+    harden.save(hardened, tmp_path / "w.safetensors")
+    again = harden.load(tmp_path / "w.safetensors").eval()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        assert torch.equal(again(x), hardened.eval()(x))
+
+
+@pytest.mark.slow
 def test_cli_list_and_evaluate_show_published_figures(rb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     listing = _run("list")
     assert listing.exit_code == 0

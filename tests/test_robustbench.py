@@ -317,8 +317,8 @@ def test_cli_list_and_evaluate_show_published_figures(rb, tmp_path: Path, monkey
     assert report["n"] == 8 and "clean_acc" in report
 
 
-def test_cli_pretrained_and_missing_architecture_are_one_line() -> None:
+def test_cli_pretrained_and_missing_architecture_are_one_line(tmp_path: Path) -> None:
     res = _run("evaluate", "robustbench:Carmon2019Unlabeled", "--pretrained", "--data", "sample")
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "--weights" in res.output
-    res = _run("apply", "robustbench:Ding2020MMA", "--stride-mod", "-o", "x.safetensors")
+    res = _run("apply", "robustbench:Ding2020MMA", "--stride-mod", "-o", str(tmp_path / "x.safetensors"))
     assert res.exit_code == 2 and "per-image standardisation" in res.output and res.output.count("\n") == 1

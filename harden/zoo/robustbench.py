@@ -114,10 +114,9 @@ def _drop_normalization(entry: Entry, state: dict[str, torch.Tensor]) -> None:
         if mean_key not in state and std_key not in state:
             continue
         mean, std = state.pop(mean_key, None), state.pop(std_key, None)
+        if mean is None or std is None:
+            raise HardenError(f"the checkpoint holds only one of '{mean_key}' and '{std_key}'; is it damaged?")
         for what, tensor, expected in (("mean", mean, entry.mean), ("std", std, entry.std)):
-            if tensor is None:
-                raise HardenError(f"the checkpoint has '{mean_key if what == 'std' else std_key}' but no "
-                                  f"'{std_key if what == 'std' else mean_key}'")
             values = tensor.detach().float().flatten()
             if values.numel() != len(expected) or not torch.allclose(values, torch.tensor(expected), atol=1e-5):
                 raise HardenError(

@@ -845,6 +845,9 @@ def _build_report(model: nn.Module, plan: AttackPlan, examples: Examples, select
     }
     if full_aa:
         report["autoattack_acc"] = report["robust_acc"]
+    pub = _published(model)
+    if pub is not None:  # the leaderboard's figures for this model, beside the measured ones
+        report["published"] = pub
     if strength is not None:
         report["strength_check"] = strength
     if sweep_rows is not None:
@@ -858,6 +861,14 @@ def _build_report(model: nn.Module, plan: AttackPlan, examples: Examples, select
         "n_examples": n,
     }
     return report
+
+
+def _published(model: nn.Module) -> dict[str, Any] | None:
+    try:
+        from harden.zoo.robustbench import published
+    except ImportError:
+        return None
+    return published(getattr(model, "recipe", None))
 
 
 # ---------------------------------------------------------------------------------------- output
@@ -885,6 +896,10 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(f"clean accuracy:  {report['clean_acc']:.2f}%{_ci_text(report.get('clean_ci95'))}")
     lines.append(f"robust accuracy: {report['robust_acc']:.2f}%{_ci_text(report.get('robust_ci95'))}   "
                  f"({report['seconds']:.1f} s)")
+    if report.get("published"):
+        from harden.zoo.robustbench import published_line
+
+        lines.append(published_line(report["published"], report["norm"], report["eps_text"]))
     return "\n".join(lines)
 
 

@@ -30,6 +30,8 @@ class BuiltNet:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: rewrites a checkpoint's state dict for this network (drops what it holds besides it), or None
+    adapt_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,7 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
     built = build_net(source, name, num_classes=num_classes, pretrained=pretrained, kwargs=kwargs)
     net = built.net
     if weights is not None:
-        load_weights_into(net, weights)
+        load_weights_into(net, weights, adapt=built.adapt_state)
     size = size or built.input_size or (3, 224, 224)
     mean = tuple(float(v) for v in (mean if mean is not None else built.mean or IMAGENET_MEAN))
     std = tuple(float(v) for v in (std if std is not None else built.std or IMAGENET_STD))
@@ -349,22 +351,57 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"'{path}' could not be read as a weights-only torch file ({str(exc).splitlines()[0][:120]}); "
             "save a plain state dict with torch.save(model.state_dict(), path)"
         ) from exc
-    for key in ("state_dict", "model_state_dict", "model", "net"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
+    obj = _unwrap_container(obj)
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise HardenError(f"'{path}' does not hold a state dict of tensors")
     return obj
 
 
-def load_weights_into(net: nn.Module, path: str | os.PathLike[str]) -> None:
-    """Load a state dict file into ``net`` strictly, explaining any mismatch in one line."""
+def _unwrap_container(obj: Any) -> Any:
+    """The state dict inside a training checkpoint: ``state_dict``, ``model_state_dict``, ``model``, ``net``,
+    ``module``, or ``last`` (RobustBench's files holding ``last`` and ``best``), nested up to three deep."""
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            return obj
+        for key in _CONTAINER_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        else:
+            return obj
+    return obj
+
+
+_CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "last")
+#: wrappers whose prefix a saved state dict may carry: DataParallel/DDP, torch.compile, a ``model`` attribute
+_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes that every key carries and none of the network's own keys does."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in _PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def load_weights_into(net: nn.Module, path: str | os.PathLike[str],
+                      adapt: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+    """Load a state dict file into ``net`` strictly, explaining any mismatch in one line.
+
+    Wrapper prefixes (``module.``, ``_orig_mod.``, ``model.``) are removed first; ``adapt`` (a model
+    source's hook) then drops what the checkpoint holds besides the network.
+    """
     state = read_state_dict(path)
     if any(k.startswith("net.") for k in state) and not any(k.startswith("net.") for k in net.state_dict()):
         raise UsageError(f"'{path}' is a harden model file; load it with `harden.load` or pass it as MODEL")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = _strip_prefixes(state, net.state_dict())
+    if adapt is not None:
+        state = _strip_prefixes(adapt(state), net.state_dict())
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -156,6 +156,17 @@ def _report_line(r: dict) -> str:
     return " ".join(parts) or json.dumps(r)[:200]
 
 
+def _list_robustbench() -> None:
+    try:
+        from harden.zoo.robustbench import entry_lines
+    except ImportError:
+        return
+    click.echo("robustbench entries (robustbench:DATASET/THREAT/NAME; published clean / AutoAttack %, eps, citation;"
+               " RobustBench leaderboard):")
+    for line in entry_lines():
+        click.echo(f"  {line}")
+
+
 @main.command("list")
 @click.option("--models", "show_models", default=None, metavar="PATTERN",
               help="Also list model names matching PATTERN (e.g. 'resnet*').")
@@ -168,6 +179,7 @@ def list_command(show_models: str | None) -> None:
     click.echo("model sources:")
     for name, src in model_sources().items():
         click.echo(f"  {name + ':':<18} {src.description}")
+    _list_robustbench()
     try:
         from harden.attacks import list_attacks
     except ImportError:

@@ -123,3 +123,6 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
 
 SOURCE = register_model_source(ModelSource(
     "cifar", "CIFAR-form ResNet/PreAct/WRN/VGG/AlexNet and RobustResNets (3x3 stem, 32x32 inputs)", build, names))
+
+# RobustBench's leaderboard entries, built from the networks above and those of rb_archs
+from harden.zoo import robustbench as _robustbench  # noqa: E402, F401

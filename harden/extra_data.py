@@ -40,15 +40,19 @@ class Teacher:
     digest: str
 
 
+def teacher_name(module: nn.Module) -> str:
+    """How a teacher given as a module is recorded: ``module:`` and its recipe's model spec, else its class."""
+    recipe = getattr(module, "recipe", None) or {}
+    return "module:" + str((recipe.get("model") or {}).get("spec") or type(module).__name__)
+
+
 def load_teacher(teacher: str | nn.Module, *, num_classes: int, input_size: int, trust_code: bool = False
                  ) -> Teacher:
     """The ``--pseudo-label`` model: a harden file, a model spec, or (in the library) a module."""
     from harden.training import state_digest
 
     if isinstance(teacher, nn.Module):
-        recipe = getattr(teacher, "recipe", None) or {}
-        spec = (recipe.get("model") or {}).get("spec") or type(teacher).__name__
-        return Teacher(teacher, f"module:{spec}", state_digest(teacher))
+        return Teacher(teacher, teacher_name(teacher), state_digest(teacher))
     if not isinstance(teacher, str) or not teacher:
         raise UsageError("--pseudo-label takes a model: a harden .safetensors file or a model spec")
     import harden
@@ -153,6 +157,9 @@ def load_extra(spec: str | ImageDataset, main: ImageDataset, image_shape: tuple[
     extra = spec if isinstance(spec, ImageDataset) else load_dataset(spec, "train", download=download,
                                                                      image_size=image_shape[-1])
     check_extra_dataset(extra, main, image_shape, labelled=teacher is None)
+    if teacher is not None:  # a teacher of the wrong size is refused before the whole set is decoded
+        first = (extra[0][0] * 255).round().to(torch.uint8)[None]
+        pseudo_labels(teacher.model, first, num_classes=main.num_classes, device=device)
     x, y = _decode(extra, range(len(extra)), workers)
     if teacher is not None:
         y = pseudo_labels(teacher.model, x, num_classes=main.num_classes, device=device)

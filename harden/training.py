@@ -52,7 +52,7 @@ from harden.model import HardenedModel
 from harden.serialization import atomic_path, save
 from harden.transforms import parse_number
 
-METHODS = ("pgd", "trades", "mart", "fgsm-rs", "clean")
+METHODS = ("pgd", "trades", "fgsm-rs", "clean", "mart")
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 ATTACK_MODES = ("eval", "train")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -906,7 +906,9 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
         raise UsageError("finetune() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
     teacher_arg = options.get("pseudo_label")
     if isinstance(teacher_arg, nn.Module):  # recorded by name; its digest goes into the fingerprint
-        options["pseudo_label"] = f"module:{type(teacher_arg).__name__}"
+        from harden.extra_data import teacher_name
+
+        options["pseudo_label"] = teacher_name(teacher_arg)
     cfg = make_config(**options)
     output = Path(output) if output is not None else None
     ckpt_path = Path(checkpoint) if checkpoint is not None else (checkpoint_path_for(output) if output else None)

@@ -449,8 +449,10 @@ def _finetune_text(entry: dict[str, Any] | None) -> str:
     if entry["method"] == "clean":
         return f"{entry['epochs_run']} ep (kept {entry['kept_epoch']})"
     eps = f"{entry['eps'] * 255:.3g}/255" if entry.get("norm", "Linf") == "Linf" else f"{entry['eps']:g}"
-    steps = f"-{entry['steps']}" if entry["method"] in ("pgd", "trades") else ""
-    return f"{entry['method']}{steps} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"
+    steps = f"-{entry['steps']}" if entry["method"] in ("pgd", "trades", "mart") else ""
+    extras = (f"+awp {entry['awp']['gamma']:g}" if entry.get("awp") else "") + (
+        f"+extra {entry['extra_data']['fraction']:g}" if entry.get("extra_data") else "")
+    return f"{entry['method']}{steps}{extras} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"
 
 
 def _dotted_diffs(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -20,7 +20,7 @@ from harden.data import CIFAR10_CLASSES
 from harden.errors import UsageError
 from harden.extra_data import ExtraData, pseudo_labels
 from harden.losses import mart_loss, method_loss
-from harden.recipes import parse_recipe
+from harden.recipes import _finetune_text, parse_recipe
 from harden.serialization import read_recipe
 from harden.training import Trainer, _Dist, checkpoint_path_for, finetune, make_config
 from tests.tiny_models import tiny_cnn
@@ -323,6 +323,9 @@ def test_recipes_take_the_new_finetune_keys() -> None:
     assert r.values["finetune"]["awp"] == 0.005 and r.values["finetune"]["extra_fraction"] == 0.7
     with pytest.raises(UsageError, match="r.yaml, line 4: finetune: --awp must be in"):
         parse_recipe(text.replace("awp: 0.005", "awp: 3"), source="r.yaml")
+    entry = {"method": "mart", "eps": 8 / 255, "steps": 10, "epochs_run": 3, "kept_epoch": 2,
+             "awp": {"gamma": 0.005}, "extra_data": {"fraction": 0.7}}
+    assert _finetune_text(entry) == "mart-10+awp 0.005+extra 0.7 eps 8/255, 3 ep (kept 2)"  # the table's column
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -46,22 +46,18 @@ def teacher_name(module: nn.Module) -> str:
     return "module:" + str((recipe.get("model") or {}).get("spec") or type(module).__name__)
 
 
-def load_teacher(teacher: str | nn.Module, *, num_classes: int, input_size: int, trust_code: bool = False
-                 ) -> Teacher:
-    """The ``--pseudo-label`` model: a harden file, a model spec, or (in the library) a module."""
+def load_teacher(teacher: str | nn.Module, *, trust_code: bool = False) -> Teacher:
+    """The ``--pseudo-label`` model: a harden file (or, in the library, a module)."""
     from harden.training import state_digest
 
     if isinstance(teacher, nn.Module):
         return Teacher(teacher, teacher_name(teacher), state_digest(teacher))
-    if not isinstance(teacher, str) or not teacher:
-        raise UsageError("--pseudo-label takes a model: a harden .safetensors file or a model spec")
+    if not isinstance(teacher, str) or not os.path.isfile(teacher):
+        raise UsageError(f"--pseudo-label takes a harden .safetensors file holding the teacher's weights; "
+                         f"'{teacher}' is not a file (write one with harden apply --weights or harden finetune)")
     import harden
 
-    if teacher.endswith(".safetensors") or os.path.isfile(teacher):
-        model = harden.load(teacher, trust_code=trust_code)
-    else:
-        model = harden.load_model(teacher, num_classes=num_classes, input_size=input_size)
-    return Teacher(model, teacher, state_digest(model))
+    return Teacher(model := harden.load(teacher, trust_code=trust_code), teacher, state_digest(model))
 
 
 @torch.no_grad()

@@ -543,6 +543,8 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
     m = v["model"]
     data = v["data"]
     ft = dict(v.get("finetune") or {})
+    if ft.get("pseudo_label"):  # a teacher file beside the recipe, as for model.weights
+        ft["pseudo_label"] = _weights_path(recipe, ft["pseudo_label"])
     pre = v.get("pretrain")
     ev = dict(v.get("evaluate") or {})
     attacks = list(ev.get("attacks", ["pgd"]))

@@ -46,7 +46,7 @@ from harden.awp import METHODS as AWP_METHODS
 from harden.awp import WeightPerturbation
 from harden.data import ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
-from harden.extra_data import extra_count
+from harden.extra_data import ExtraData, Teacher, extra_count, load_extra, load_teacher, teacher_name
 from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
 from harden.serialization import atomic_path, save
@@ -205,7 +205,7 @@ def check_config(cfg: FinetuneConfig) -> None:
 def _extension_checks(cfg: FinetuneConfig) -> list[tuple[bool, str]]:
     """Range checks of the AWP and extra-data settings, as (ok, message) pairs in order."""
     gamma, frac, warmup = cfg.awp, cfg.extra_fraction, cfg.resolved_awp_warmup()
-    k = extra_count(frac, cfg.batch_size) if frac is not None else 1
+    k = extra_count(frac, cfg.batch_size) if frac is not None else None
     return [
         (math.isfinite(gamma) and 0 <= gamma <= AWP_MAX_GAMMA,
          f"--awp must be in [0, {AWP_MAX_GAMMA:g}] (gamma, relative to each layer's weight norm; Wu et al. use 0.005 "
@@ -220,7 +220,7 @@ def _extension_checks(cfg: FinetuneConfig) -> list[tuple[bool, str]]:
         (cfg.pseudo_label is None or bool(cfg.extra_data), "--pseudo-label needs --extra-data SPEC to label"),
         (frac is None or (math.isfinite(frac) and 0 < frac < 1),
          f"--extra-fraction must be in (0, 1) (the share of every batch taken from --extra-data), got {frac}"),
-        (1 <= k <= cfg.batch_size - 1,
+        (k is None or 1 <= k <= cfg.batch_size - 1,
          f"--extra-fraction {frac} of --batch-size {cfg.batch_size} gives {k} extra examples per batch; both sources "
          "need at least one: change the fraction or the batch size"),
     ]
@@ -895,8 +895,8 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     """Adversarially fine-tune a copy of ``model`` on the training split of ``data``; return it.
 
     ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
-    ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` may be a
-    model spec, a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
+    ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` (the
+    teacher) may be a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
     result is written as a harden safetensors file whose recipe gains a ``finetune`` entry, with a
     training-curve PNG beside it, and a checkpoint
     (``OUT.ckpt.pt``) is written after every epoch; ``resume=True`` continues from it. ``callback``
@@ -906,8 +906,6 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
         raise UsageError("finetune() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
     teacher_arg = options.get("pseudo_label")
     if isinstance(teacher_arg, nn.Module):  # recorded by name; its digest goes into the fingerprint
-        from harden.extra_data import teacher_name
-
         options["pseudo_label"] = teacher_name(teacher_arg)
     cfg = make_config(**options)
     output = Path(output) if output is not None else None
@@ -926,12 +924,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     dataset = _resolve_data(data, model, download)
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
-    teacher = None
-    if teacher_arg is not None:
-        from harden.extra_data import load_teacher
-
-        teacher = load_teacher(teacher_arg, num_classes=model.num_classes, input_size=model.input_size[-1],
-                               trust_code=trust_code)
+    teacher = load_teacher(teacher_arg, trust_code=trust_code) if teacher_arg is not None else None
     dist, dev = _init_dist(device)
     try:
         return _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
@@ -940,13 +933,11 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
         dist.close()
 
 
-def _extra_source(cfg: FinetuneConfig, dataset: ImageDataset, data: TrainData, teacher: Any, *,
-                  device: torch.device, dist: _Dist, workers: int, download: bool) -> Any:
-    """The run's :class:`harden.extra_data.ExtraData` (checked, pseudo-labelled), or None without extra data."""
+def _extra_source(cfg: FinetuneConfig, dataset: ImageDataset, data: TrainData, teacher: Teacher | None, *,
+                  device: torch.device, dist: _Dist, workers: int, download: bool) -> ExtraData | None:
+    """The run's extra data (checked, pseudo-labelled), or None without ``extra_data``."""
     if not cfg.extra_data:
         return None
-    from harden.extra_data import load_extra
-
     assert cfg.extra_fraction is not None
     return load_extra(cfg.extra_data, dataset, data.image_shape, fraction=cfg.extra_fraction,
                       batch_size=cfg.batch_size, seed=cfg.seed, rank=dist.rank, world=dist.world, device=device,
@@ -964,7 +955,7 @@ def _split(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
 
 def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, output: Path | None,
          ckpt_path: Path | None, resume: bool, progress: bool, device: torch.device, dist: _Dist,
-         callback: Callable[[dict[str, Any]], None] | None, curves: bool, teacher: Any = None,
+         callback: Callable[[dict[str, Any]], None] | None, curves: bool, teacher: Teacher | None = None,
          download: bool = False) -> HardenedModel:
     from tqdm.auto import tqdm
 

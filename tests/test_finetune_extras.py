@@ -335,7 +335,8 @@ def _cli(args: list[str]):
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
-@pytest.mark.parametrize("case", ["method", "gamma-negative", "gamma-absurd", "fraction", "classes", "teacher"])
+@pytest.mark.parametrize("case", ["method", "gamma-negative", "gamma-absurd", "fraction", "classes", "teacher",
+                                  "no-teacher"])
 def test_cli_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case) -> None:
     out = tmp_path / "out.safetensors"
     args = {
@@ -345,12 +346,14 @@ def test_cli_bad_input_is_one_error_line_and_writes_nothing(tmp_path, case) -> N
         "fraction": ["--extra-data", "sample", "--extra-fraction", "1.5"],
         "classes": ["--extra-data", image_folder(tmp_path / "three", ["a", "b", "c"], per_class=1)],
         "teacher": ["--extra-data", "sample", "--pseudo-label", str(tmp_path / "t5.safetensors"), "--trust-code"],
+        "no-teacher": ["--extra-data", "sample", "--pseudo-label", "cifar:wrn-16-1"],
     }[case]
     message = {
         "method": "Invalid value for '--method'", "gamma-negative": "--awp must be in [0, 0.1]",
         "gamma-absurd": "--awp must be in [0, 0.1]", "fraction": "--extra-fraction must be in (0, 1)",
         "classes": "has 3 classes (a, b, c...) but the main data 'sample' has 10",
         "teacher": "teacher gives outputs of shape (5,), the model being trained has 10 classes",
+        "no-teacher": "--pseudo-label takes a harden .safetensors file holding the teacher's weights",
     }[case]
     if case == "teacher":
         harden.save(harden.load_model(SPEC, num_classes=5, input_size=32), tmp_path / "t5.safetensors")

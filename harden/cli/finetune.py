@@ -89,7 +89,7 @@ def _pct(v: float | None) -> str:
 @click.option("--extra-fraction", default=None, metavar="F",
               help="Share of every batch taken from --extra-data, in (0, 1) [default: 0.5].")
 @click.option("--pseudo-label", default=None, metavar="MODEL",
-              help="Label --extra-data with this teacher's predictions (a harden file or model spec; eval mode).")
+              help="Label --extra-data with the predictions (eval mode) of this teacher, a harden file.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on GPU, fp32 on CPU.")
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on GPU only]")

@@ -463,8 +463,10 @@ def _finetune_text(entry: dict[str, Any] | None) -> str:
     if entry["method"] == "clean":
         return f"{entry['epochs_run']} ep (kept {entry['kept_epoch']})"
     eps = f"{entry['eps'] * 255:.3g}/255" if entry.get("norm", "Linf") == "Linf" else f"{entry['eps']:g}"
-    steps = f"-{entry['steps']}" if entry["method"] in ("pgd", "trades") else ""
-    return f"{entry['method']}{steps} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"
+    steps = f"-{entry['steps']}" if entry["method"] in ("pgd", "trades", "mart") else ""
+    extras = (f"+awp {entry['awp']['gamma']:g}" if entry.get("awp") else "") + (
+        f"+extra {entry['extra_data']['fraction']:g}" if entry.get("extra_data") else "")
+    return f"{entry['method']}{steps}{extras} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"
 
 
 def _dotted_diffs(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -555,6 +557,8 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
     m = v["model"]
     data = v["data"]
     ft = dict(v.get("finetune") or {})
+    if ft.get("pseudo_label"):  # a teacher file beside the recipe, as for model.weights
+        ft["pseudo_label"] = _weights_path(recipe, ft["pseudo_label"])
     pre = v.get("pretrain")
     ev = dict(v.get("evaluate") or {})
     attacks = list(ev.get("attacks", ["pgd"]))

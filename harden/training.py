@@ -1,4 +1,4 @@
-"""Adversarial fine-tuning of an existing model: PGD-AT, TRADES and FGSM with a random start.
+"""Adversarial fine-tuning of an existing model: PGD-AT, TRADES, MART and FGSM with a random start.
 
 :func:`finetune` starts from the weights a model already has: batch-norm statistics are recalibrated
 on clean training data (a transform changes what every layer sees), eps can be ramped up, and after
@@ -12,6 +12,10 @@ the update run under bf16 autocast in channels-last layout, the training images 
 uint8 (or come through pinned memory without blocking) and are augmented there. Validation and the
 final numbers are computed in fp32. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel and each process trains on its shard of every epoch's order.
+
+Options that live in their own modules: the losses (:mod:`harden.losses`), adversarial weight
+perturbation (:mod:`harden.awp`, ``awp``) and a second data source mixed into every batch
+(:mod:`harden.extra_data`, ``extra_data``).
 """
 
 from __future__ import annotations
@@ -36,13 +40,19 @@ from torch import nn
 
 from harden import distributed as hd
 from harden.attacks import l2_normalize, project
+from harden.awp import DEFAULT_WARMUP as AWP_DEFAULT_WARMUP
+from harden.awp import MAX_GAMMA as AWP_MAX_GAMMA
+from harden.awp import METHODS as AWP_METHODS
+from harden.awp import WeightPerturbation
 from harden.data import DamagedImage, ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
+from harden.extra_data import ExtraData, Teacher, extra_count, load_extra, load_teacher, teacher_name
+from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
 from harden.serialization import atomic_path, save
 from harden.transforms import parse_number
 
-METHODS = ("pgd", "trades", "fgsm-rs", "clean")
+METHODS = ("pgd", "trades", "fgsm-rs", "clean", "mart")
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 ATTACK_MODES = ("eval", "train")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -91,6 +101,11 @@ class FinetuneConfig:
     channels_last: bool | None = None
     compile: bool = False
     lipschitz_reg: float = 0.0
+    awp: float = 0.0
+    awp_warmup: int | None = None
+    extra_data: str | None = None
+    extra_fraction: float | None = None
+    pseudo_label: str | None = None
     workers: int | None = None
     log_every: int = 10
     cache_limit_gb: float = 8.0
@@ -103,6 +118,16 @@ class FinetuneConfig:
         if self.method == "fgsm-rs":
             return 1.25 * self.eps
         return 2.5 * self.eps / self.steps
+
+    def resolved_awp_warmup(self) -> int:
+        """Epochs before AWP starts: given, else the AWP authors' default for the method (0 for PGD-AT, 10 else)."""
+        if self.awp_warmup is not None:
+            return int(self.awp_warmup)
+        return AWP_DEFAULT_WARMUP.get(self.method, 0)
+
+    def extra_per_batch(self) -> int:
+        """Examples of the extra data in every batch (0 without extra data)."""
+        return extra_count(self.extra_fraction, self.batch_size) if self.extra_data and self.extra_fraction else 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -128,12 +153,14 @@ def make_config(**options: Any) -> FinetuneConfig:
         raise UsageError(f"unknown fine-tuning setting '{unknown[0]}'{close_matches(unknown[0], CONFIG_FIELDS)}")
     values = {k: v for k, v in options.items() if v is not None or k in ("step_size", "patience", "train_n")}
     for key in ("eps", "step_size", "lr", "weight_decay", "beta", "eps_warmup", "ema_decay", "label_smoothing",
-                "momentum", "lipschitz_reg", "cache_limit_gb"):
+                "momentum", "lipschitz_reg", "cache_limit_gb", "awp", "extra_fraction"):
         if isinstance(values.get(key), str):
             try:
                 values[key] = parse_number(values[key])
             except ValueError as exc:
                 raise UsageError(f"{key.replace('_', '-')}: {exc}") from None
+    if values.get("extra_data") and values.get("extra_fraction") is None:
+        values["extra_fraction"] = 0.5  # half of every batch, as Carmon et al.
     cfg = FinetuneConfig(**values)
     check_config(cfg)
     return cfg
@@ -169,11 +196,35 @@ def check_config(cfg: FinetuneConfig) -> None:
         (cfg.workers is None or cfg.workers >= 0, f"--workers must be non-negative, got {cfg.workers}"),
         (cfg.log_every >= 1, f"log_every must be at least 1, got {cfg.log_every}"),
     ]
-    for ok, message in checks:
+    for ok, message in checks + _extension_checks(cfg):
         if not ok:
             raise UsageError(message)
     if cfg.keep == "best" and cfg.val_n == 0:
         cfg.keep = "last"
+
+
+def _extension_checks(cfg: FinetuneConfig) -> list[tuple[bool, str]]:
+    """Range checks of the AWP and extra-data settings, as (ok, message) pairs in order."""
+    gamma, frac, warmup = cfg.awp, cfg.extra_fraction, cfg.resolved_awp_warmup()
+    k = extra_count(frac, cfg.batch_size) if frac is not None else None
+    return [
+        (math.isfinite(gamma) and 0 <= gamma <= AWP_MAX_GAMMA,
+         f"--awp must be in [0, {AWP_MAX_GAMMA:g}] (gamma, relative to each layer's weight norm; Wu et al. use 0.005 "
+         f"for TRADES and 0.01 for PGD-AT), got {gamma:g}"),
+        (gamma == 0 or cfg.method in AWP_METHODS,
+         f"--awp works with --method {', '.join(AWP_METHODS)}, not {cfg.method}"),
+        (cfg.awp_warmup is None or cfg.awp_warmup >= 0, f"--awp-warmup must be non-negative, got {cfg.awp_warmup}"),
+        (gamma == 0 or warmup < cfg.epochs,
+         f"AWP would never start: --awp-warmup is {warmup} (the default for {cfg.method}, from Wu et al.'s code, "
+         f"unless given) and the run has {cfg.epochs} epochs; pass a smaller --awp-warmup"),
+        (frac is None or bool(cfg.extra_data), "--extra-fraction needs --extra-data SPEC"),
+        (cfg.pseudo_label is None or bool(cfg.extra_data), "--pseudo-label needs --extra-data SPEC to label"),
+        (frac is None or (math.isfinite(frac) and 0 < frac < 1),
+         f"--extra-fraction must be in (0, 1) (the share of every batch taken from --extra-data), got {frac}"),
+        (k is None or 1 <= k <= cfg.batch_size - 1,
+         f"--extra-fraction {frac} of --batch-size {cfg.batch_size} gives {k} extra examples per batch; both sources "
+         "need at least one: change the fraction or the batch size"),
+    ]
 
 
 # ------------------------------------------------------------------------------- schedules, eps
@@ -252,7 +303,8 @@ def _frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
 def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str, eps: float, step: float,
             steps: int, norm: str, generator: torch.Generator) -> torch.Tensor:
     """Adversarial examples for training: ``pgd`` (CE, random start), ``fgsm-rs`` (one step from a
-    random start) or ``trades`` (KL to the clean prediction from a 0.001-Gaussian start).
+    random start), ``trades`` (KL to the clean prediction from a 0.001-Gaussian start) or ``mart``
+    (CE from a 0.001-Gaussian start, as in MART's code).
 
     The model's mode is left as the caller set it; run it under autocast for bf16 attacks.
     """
@@ -262,6 +314,8 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str, ep
     if kind == "trades":
         with torch.no_grad():
             target = F.softmax(model(x).float(), dim=1)
+        delta = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    elif kind == "mart":
         delta = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     else:
         delta = _random_start(x, eps, norm, generator)
@@ -539,7 +593,7 @@ class NonFiniteLoss(HardenError):
 
 
 class _Pair(nn.Module):
-    """Clean and adversarial logits in one call, so TRADES is one forward for DistributedDataParallel."""
+    """Clean and adversarial logits in one call, so TRADES and MART are one forward for DistributedDataParallel."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -614,7 +668,7 @@ class Trainer:
         self.generator = torch.Generator(device=gen_device)
         self.generator.manual_seed(cfg.seed)
         self.attack_model: nn.Module = self.model
-        objective: nn.Module = _Pair(self.model) if cfg.method == "trades" else self.model
+        objective: nn.Module = _Pair(self.model) if cfg.method in PAIRED else self.model
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -625,6 +679,11 @@ class Trainer:
             self.attack_model = torch.compile(self.model)
             objective = torch.compile(objective)
         self.objective = objective
+        # the AWP pass runs outside DistributedDataParallel (it only asks for weight gradients)
+        self.raw_objective: nn.Module = _Pair(self.attack_model) if cfg.method in PAIRED else self.attack_model
+        self.awp = (WeightPerturbation(self.model, cfg.awp, all_sum=dist.all_sum, world=dist.world)
+                    if cfg.awp > 0 else None)
+        self.epoch = 0
         self.step_size = cfg.resolved_step_size()
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -656,26 +715,39 @@ class Trainer:
             with _frozen(self.params), self.autocast():
                 x_adv = perturb(self.attack_model, x, y, kind=kind, eps=eps, step=self.step_size * eps / cfg.eps,
                                 steps=cfg.steps, norm=cfg.norm, generator=self.generator)
+        perturbation = contextlib.nullcontext()
+        if self.awp_active():  # the weight perturbation, from the method's loss at the current weights
+            deltas = self.awp.compute(lambda: self.loss(self.raw_objective, x, x_adv, y)[0])  # type: ignore[union-attr]
+            perturbation = self.awp.applied(deltas)  # type: ignore[union-attr]
         self.model.train()
-        with self.autocast():
-            if cfg.method == "trades":
-                logits_nat, logits_adv = self.objective(x, x_adv)
-                logits_nat, logits_adv = logits_nat.float(), logits_adv.float()
-                kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_nat, dim=1), reduction="batchmean")
-                loss = F.cross_entropy(logits_nat, y, label_smoothing=cfg.label_smoothing) + cfg.beta * kl
-                logits = logits_adv
-            else:
-                logits = self.objective(x_adv).float()
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        if self.penalty is not None:  # in fp32, outside autocast: power iteration needs the precision
-            loss = loss + cfg.lipschitz_reg * self.penalty()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with perturbation:  # the gradient at w + v; leaving the block restores w exactly
+            loss, logits = self.loss(self.objective, x, x_adv, y)
+            if self.penalty is not None:  # in fp32, outside autocast: power iteration needs the precision
+                loss = loss + cfg.lipschitz_reg * self.penalty()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update(self.model)
         n = y.shape[0]
         return loss.detach() * n, (logits.detach().argmax(1) == y).sum()
+
+    def awp_active(self) -> bool:
+        """Whether this epoch's updates use adversarial weight perturbation (after its warm-up)."""
+        return self.awp is not None and self.cfg.method != "clean" and self.epoch >= self.cfg.resolved_awp_warmup()
+
+    def loss(self, net: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The method's loss (fp32) and the logits of the trained inputs, with ``net`` (a model or its pair)."""
+        cfg = self.cfg
+        with self.autocast():
+            if cfg.method in PAIRED:
+                logits_nat, logits = (t.float() for t in net(x, x_adv))
+            else:
+                logits_nat, logits = None, net(x_adv).float()
+            loss = method_loss(cfg.method, logits, y, logits_nat=logits_nat, beta=cfg.beta,
+                               label_smoothing=cfg.label_smoothing)
+        return loss, logits
 
     def eval_model(self) -> nn.Module:
         """The weights that are validated and kept: the EMA copy when asked for, else the trained model."""
@@ -716,6 +788,7 @@ class Trainer:
     def reseed(self, epoch: int) -> None:
         """Seed every random draw of ``epoch`` (augmentation, attack starts, dropout) from (seed, epoch, rank)."""
         s = derive_seed(self.cfg.seed, epoch, self.dist.rank)
+        self.epoch = epoch
         self.generator.manual_seed(s)
         torch.manual_seed(s)
 
@@ -829,17 +902,22 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
              resume: bool = False, force: bool = False, checkpoint: str | os.PathLike[str] | None = None,
              progress: bool = True, download: bool = False, device: str | torch.device | None = None,
              callback: Callable[[dict[str, Any]], None] | None = None, curves: bool = True,
-             **options: Any) -> HardenedModel:
+             trust_code: bool = False, **options: Any) -> HardenedModel:
     """Adversarially fine-tune a copy of ``model`` on the training split of ``data``; return it.
 
-    ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"fgsm-rs"|"clean"``, ``eps``,
-    ``steps``, ``epochs``, ``lr``, ...). With ``output`` the result is written as a harden safetensors file
-    whose recipe gains a ``finetune`` entry, with a training-curve PNG beside it, and a checkpoint
+    ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
+    ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` (the
+    teacher) may be a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
+    result is written as a harden safetensors file whose recipe gains a ``finetune`` entry, with a
+    training-curve PNG beside it, and a checkpoint
     (``OUT.ckpt.pt``) is written after every epoch; ``resume=True`` continues from it. ``callback``
     is called after every epoch with that epoch's numbers. Under torchrun only rank 0 writes files.
     """
     if not isinstance(model, HardenedModel):
         raise UsageError("finetune() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
+    teacher_arg = options.get("pseudo_label")
+    if isinstance(teacher_arg, nn.Module):  # recorded by name; its digest goes into the fingerprint
+        options["pseudo_label"] = teacher_name(teacher_arg)
     cfg = make_config(**options)
     output = Path(output) if output is not None else None
     ckpt_path = Path(checkpoint) if checkpoint is not None else (checkpoint_path_for(output) if output else None)
@@ -857,12 +935,24 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     dataset = _resolve_data(data, model, download)
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
+    teacher = load_teacher(teacher_arg, trust_code=trust_code) if teacher_arg is not None else None
     dist, dev = _init_dist(device)
     try:
         return _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
-                    device=dev, dist=dist, callback=callback, curves=curves)
+                    device=dev, dist=dist, callback=callback, curves=curves, teacher=teacher, download=download)
     finally:
         dist.close()
+
+
+def _extra_source(cfg: FinetuneConfig, dataset: ImageDataset, data: TrainData, teacher: Teacher | None, *,
+                  device: torch.device, dist: _Dist, workers: int, download: bool) -> ExtraData | None:
+    """The run's extra data (checked, pseudo-labelled), or None without ``extra_data``."""
+    if not cfg.extra_data:
+        return None
+    assert cfg.extra_fraction is not None
+    return load_extra(cfg.extra_data, dataset, data.image_shape, fraction=cfg.extra_fraction,
+                      batch_size=cfg.batch_size, seed=cfg.seed, rank=dist.rank, world=dist.world, device=device,
+                      workers=workers, teacher=teacher, download=download)
 
 
 def _split(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
@@ -876,7 +966,8 @@ def _split(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
 
 def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, output: Path | None,
          ckpt_path: Path | None, resume: bool, progress: bool, device: torch.device, dist: _Dist,
-         callback: Callable[[dict[str, Any]], None] | None, curves: bool) -> HardenedModel:
+         callback: Callable[[dict[str, Any]], None] | None, curves: bool, teacher: Teacher | None = None,
+         download: bool = False) -> HardenedModel:
     from tqdm.auto import tqdm
 
     start_time = time.perf_counter()
@@ -888,6 +979,8 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         "config": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
         "world_size": dist.world,
     }
+    if teacher is not None:
+        fingerprint["teacher"] = teacher.digest
     ckpt = None
     if resume:
         assert ckpt_path is not None
@@ -903,10 +996,11 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         val_idx, bad_val = dataset.readable(val_idx)
         train_idx, bad_train = dataset.readable(train_idx)
         skipped = bad_val + bad_train
-    data = TrainData(dataset, train_idx, batch_size=cfg.batch_size, device=device, dist=dist, seed=cfg.seed,
-                     workers=workers, cache_limit_gb=cfg.cache_limit_gb)
+    data = TrainData(dataset, train_idx, batch_size=cfg.batch_size - cfg.extra_per_batch(), device=device, dist=dist,
+                     seed=cfg.seed, workers=workers, cache_limit_gb=cfg.cache_limit_gb)
     if len(data.order(0)) < 2:
         raise UsageError(f"only {len(train_idx)} training examples per process; use more data")
+    extra = _extra_source(cfg, dataset, data, teacher, device=device, dist=dist, workers=workers, download=download)
     if val_idx:
         xv, yv = _decode(dataset, val_idx, workers)
         x_val, y_val = xv.to(device), yv.to(device)
@@ -948,6 +1042,9 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                    file=sys.stderr, dynamic_ncols=True, unit="batch")
         eps_now = cfg.eps
         for i, (xb, yb) in enumerate(data.batches(epoch)):
+            if extra is not None:  # the same share of extra examples in every batch
+                xe, ye = extra.take(epoch * iters + i)
+                xb, yb = torch.cat([xb, xe]), torch.cat([yb, ye])
             done = epoch + (i + 1) / iters
             eps_now = eps_at(cfg, done)
             lr = lr_at(cfg, (epoch * iters + i) / (cfg.epochs * iters))
@@ -1021,7 +1118,10 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         "eps": cfg.eps,
         "steps": 1 if cfg.method == "fgsm-rs" else (0 if cfg.method == "clean" else cfg.steps),
         "step_size": cfg.resolved_step_size(),
-        "beta": cfg.beta if cfg.method == "trades" else None,
+        "beta": cfg.beta if cfg.method in PAIRED else None,
+        "awp": ({"gamma": cfg.awp, "warmup": cfg.resolved_awp_warmup(), "paper": "Wu et al. 2020"}
+                if cfg.awp > 0 else None),
+        "extra_data": extra.info if extra is not None else None,
         "epochs": cfg.epochs,
         "epochs_run": len(history),
         "stopped_early": stopped_early,

@@ -135,6 +135,11 @@ def inspect_command(path: str, as_json: bool, lipschitz: bool = False, trust_cod
     for key, extra in rec.items():
         if key not in ("format", "model", "transforms", "versions"):
             click.echo(f"{key}: {json.dumps(extra, sort_keys=True)[:400]}")
+            if key == "finetune" and isinstance(extra, dict):
+                from harden.cli.finetune import finetune_summary
+
+                for line in finetune_summary(extra):
+                    click.echo(f"  {line}")
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items())))
     click.echo(f"reports ({len(reports)}):")
     for r in reports:

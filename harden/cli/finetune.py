@@ -17,6 +17,24 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+def extra_data_text(info: dict[str, Any]) -> str:
+    """One line on a run's extra data: source, size, share of each batch, labels."""
+    labels = f"pseudo-labelled by {info['teacher']}" if info.get("labels") == "pseudo" else "its own labels"
+    return (f"{info['data']} ({info['n']} images): {info['per_batch']} of every "
+            f"{info['per_batch'] + info['main_per_batch']} in a batch (fraction {info['fraction']:g}), {labels}")
+
+
+def finetune_summary(entry: dict[str, Any]) -> list[str]:
+    """Lines for ``harden inspect``: the method and, when used, AWP and the extra data."""
+    beta = f", beta {entry['beta']:g}" if entry.get("beta") is not None else ""
+    lines = [f"method {entry.get('method')}{beta}, {entry.get('epochs_run')} epochs on {entry.get('data')}"]
+    if entry.get("awp"):
+        lines.append(f"AWP gamma {entry['awp']['gamma']:g}, from epoch {entry['awp']['warmup'] + 1}")
+    if entry.get("extra_data"):
+        lines.append("extra data " + extra_data_text(entry["extra_data"]))
+    return lines
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f}%"
 
@@ -26,13 +44,14 @@ def _pct(v: float | None) -> str:
 @model_options
 @click.option("--data", required=True, metavar="SPEC", help="Training data: sample, imagefolder:ROOT, cifar10:ROOT.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output harden .safetensors file.")
-@click.option("--method", type=click.Choice(["pgd", "trades", "fgsm-rs", "clean"]), default="pgd", show_default=True,
-              help="PGD-AT (Madry), TRADES (Zhang), FGSM with random start (Wong), or clean training.")
+@click.option("--method", type=click.Choice(["pgd", "trades", "mart", "fgsm-rs", "clean"]), default="pgd",
+              show_default=True,
+              help="PGD-AT (Madry), TRADES (Zhang), MART (Wang), FGSM with random start (Wong), or clean training.")
 @click.option("--eps", default="8/255", show_default=True, help="Perturbation budget (images in [0, 1]).")
 @click.option("--norm", type=click.Choice(["Linf", "L2"]), default="Linf", show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True, help="Attack steps during training.")
 @click.option("--step-size", default=None, help="Attack step [default: 2.5*eps/steps, 1.25*eps for fgsm-rs].")
-@click.option("--beta", default="6", show_default=True, help="TRADES trade-off weight.")
+@click.option("--beta", default="6", show_default=True, help="TRADES / MART trade-off weight.")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--lr", default="0.01", show_default=True, help="Peak learning rate (SGD, momentum 0.9).")
 @click.option("--schedule", type=click.Choice(["cosine", "multistep", "onecycle", "constant"]), default="cosine",
@@ -60,6 +79,17 @@ def _pct(v: float | None) -> str:
 @click.option("--train-n", type=int, default=None, help="Train on at most this many examples.")
 @click.option("--lipschitz-reg", default="0", show_default=True, metavar="LAMBDA",
               help="Add LAMBDA times harden.lipschitz's spectral penalty to the loss.")
+@click.option("--awp", default="0", show_default=True, metavar="GAMMA",
+              help="Adversarial weight perturbation (Wu et al.) of relative size GAMMA, with pgd, trades or mart "
+                   "(the paper: 0.01 for pgd, 0.005 for trades).")
+@click.option("--awp-warmup", type=int, default=None, metavar="EPOCHS",
+              help="Epochs before AWP starts [default: the paper's code, 0 for pgd, 10 for trades and mart].")
+@click.option("--extra-data", default=None, metavar="SPEC",
+              help="A second training source mixed into every batch (its train split).")
+@click.option("--extra-fraction", default=None, metavar="F",
+              help="Share of every batch taken from --extra-data, in (0, 1) [default: 0.5].")
+@click.option("--pseudo-label", default=None, metavar="MODEL",
+              help="Label --extra-data with the predictions (eval mode) of this teacher, a harden file.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="auto: bf16 autocast on GPU, fp32 on CPU.")
 @click.option("--channels-last/--no-channels-last", default=None, help="[default: on GPU only]")
@@ -84,7 +114,7 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
                          pretrained=pretrained, mean=mean, std=std, trust_code=trust_code,
                          init_seed=settings["seed"])
     result = finetune(base, data, output=output, resume=resume, force=force, download=download,
-                      progress=show_progress(quiet), **settings)
+                      progress=show_progress(quiet), trust_code=trust_code, **settings)
     if not _is_main_process():
         return
     entry = result.recipe["finetune"]
@@ -94,6 +124,8 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
     val = entry["validation"]
     click.echo(f"fine-tuned {result.recipe['model']['spec']} with {entry['method']} (eps {entry['eps'] * 255:.3g}/255, "
                f"{entry['epochs_run']} epochs, {entry['seconds']:.0f}s on {entry['device']})")
+    for line in finetune_summary(entry)[1:]:  # AWP and extra data, when used
+        click.echo(line)
     if val["n"]:
         click.echo(f"kept epoch {entry['kept_epoch']}: clean {_pct(val['clean_acc'])}, {val['attack']} "
                    f"{_pct(val['robust_acc'])} on {val['n']} held-out training images")

@@ -69,7 +69,9 @@ def _model_block(model: str, *, num_classes: int | None, input_size: int | None,
 @click.option("--resume", is_flag=True, help="Continue the study in --out (or --storage).")
 @click.option("--space", default=None, metavar="DIMS",
               help="Dimensions to search, comma-separated: stage-widths, last-stage-width, strides, activation, "
-                   "upsample [default: all that apply].")
+                   "upsample, or none [default: all that apply].")
+@click.option("-t", "--transform", "extra", multiple=True, metavar="NAME[:k=v,...]",
+              help="Also search this transform (any registered one, plugins included) on or off; repeatable.")
 @click.option("--pruner", type=click.Choice(["halving", "hyperband", "median", "none"]), default="halving",
               show_default=True, help="How trials that fall behind are stopped (robust accuracy after each epoch).")
 @click.option("--recipe-epochs", type=int, default=None,
@@ -79,8 +81,8 @@ def _model_block(model: str, *, num_classes: int | None, input_size: int | None,
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def search_command(model: str, data: str, out_dir: str, budget_macs: str | None, budget_params: str | None,
                    trials: int, timeout: str | None, storage: str | None, resume: bool, space: str | None,
-                   pruner: str, recipe_epochs: int | None, download: bool, quiet: bool, num_classes, input_size,
-                   weights, pretrained, mean, std, trust_code, **settings: Any) -> None:
+                   extra: tuple[str, ...], pruner: str, recipe_epochs: int | None, download: bool, quiet: bool,
+                   num_classes, input_size, weights, pretrained, mean, std, trust_code, **settings: Any) -> None:
     """Search harden's transforms for MODEL under a budget, fine-tuning and measuring each candidate."""
     import torch
 
@@ -96,6 +98,7 @@ def search_command(model: str, data: str, out_dir: str, budget_macs: str | None,
     block = _model_block(model, num_classes=num_classes, input_size=input_size, weights=weights,
                          pretrained=pretrained, mean=mean, std=std, seed=settings.get("seed") or 0)
     search(base, data, out=out_dir, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
-           timeout=seconds, storage=storage, resume=resume, space=space, pruner=pruner, recipe_epochs=recipe_epochs,
-           model_block=block, sampler_seed=settings.get("seed") if storage is None else None,
+           timeout=seconds, storage=storage, resume=resume, space=space, extra=extra, pruner=pruner,
+           recipe_epochs=recipe_epochs, model_block=block,
+           sampler_seed=settings.get("seed") if storage is None else None,
            progress=show_progress(quiet), echo=click.echo, download=download, **settings)

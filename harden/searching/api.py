@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harden.data import ImageDataset
-from harden.errors import UsageError
+from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.searching.report import (
     SearchResult,
@@ -121,7 +121,7 @@ def _open_study(url: str, out: Path | None, created: list[Path], fingerprint: di
     saved = study.user_attrs.get("harden_search")
     if saved is None:
         study.set_user_attr("harden_search", fingerprint)
-        study.enqueue_trial(identity, user_attrs={"enqueued": "base model"})
+        study.enqueue_trial(identity, user_attrs={"enqueued": "base model"}, skip_if_exists=True)
     elif saved != fingerprint:
         raise UsageError(f"the study in '{redact(url)}' is a search with other settings (they differ at "
                          f"{', '.join(_diffs(saved, fingerprint)[:5])}); use the same model, data, space, budgets "
@@ -159,7 +159,8 @@ def collect(study: Any, base: dict[str, Any], attack: dict[str, Any], space: Sea
 def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | None = None,
            budget_macs: str | float | None = None, budget_params: str | float | None = None, trials: int = 20,
            timeout: float | None = None, storage: str | None = None, resume: bool = False,
-           space: str | Sequence[str] | None = None, pruner: str = "halving", recipe_epochs: int | None = None,
+           space: str | Sequence[str] | None = None, extra: Sequence[str] = (), pruner: str = "halving",
+           recipe_epochs: int | None = None,
            model_block: dict[str, Any] | None = None, sampler_seed: int | None = None, progress: bool = False,
            echo: Callable[[str], Any] | None = None, device: Any = None, download: bool = False,
            **options: Any) -> SearchResult:
@@ -169,9 +170,13 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     (``method``, ``epochs``, ``train_n``, ``val_n``, ``eps``, ...). Budgets are ``"3x"`` (times the
     base model) or amounts (``"2G"``, ``"20M"``). ``trials`` is the study's total: a resumed study or
     several processes sharing ``storage`` (an SQLAlchemy URL) run until it holds that many.
-    With ``out``, writes ``pareto.json``, ``pareto.png``, ``best.yaml`` (and the SQLite study).
+    ``space`` names the dimensions searched (all that apply by default); each ``extra`` transform is
+    searched on or off. With ``out``, writes ``pareto.json``, ``pareto.png``, ``best.yaml`` (and the SQLite study).
     """
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise HardenError("harden search needs Optuna: pip install 'harden[search]' (or pip install optuna)") from None
 
     from harden.summary import model_facts
     from harden.training import _resolve_data, make_config
@@ -189,13 +194,15 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     if cfg.val_n == 0:
         raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
     pruner_obj = make_pruner(pruner, cfg.epochs)
+    if storage is not None:
+        open_storage(storage)  # a URL that cannot be opened fails before any work
     dataset = _resolve_data(data, model, download)
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
     facts = model_facts(model)
     budgets = {"macs": parse_budget(budget_macs, facts.macs, "macs"),
                "params": parse_budget(budget_params, facts.params, "params")}
-    the_space = build_space(model, space)
+    the_space = build_space(model, space, extra)
     out_path = Path(out) if out is not None else None
     url = _storage_url(out_path, storage, resume)
     created = [] if out_path is None or out_path.exists() else [out_path]

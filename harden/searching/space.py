@@ -40,6 +40,7 @@ class SearchSpace:
     dimensions: list[Dimension]
     notes: list[str] = field(default_factory=list)
     stage_count: int = 0
+    extras: list[str] = field(default_factory=list)
 
     def identity(self) -> dict[str, str]:
         """The parameters of the base model (every dimension at its first choice)."""
@@ -71,6 +72,7 @@ class SearchSpace:
         if up != KEEP:
             factor, _, mode = up.partition(":")
             out.append(f"upsample:factor={factor},mode={mode or 'nearest'}")
+        out += [spec for i, spec in enumerate(self.extras) if params.get(f"transform-{i}", KEEP) != KEEP]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,12 +81,14 @@ class SearchSpace:
 
 
 def parse_dimensions(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"upsample,activation"`` -> the named dimensions (all of them for None); unknown names are errors."""
+    """``"upsample,activation"`` -> the named dimensions (all: None, none: ``"none"``); unknown names fail."""
     if text is None:
         return DIMENSIONS
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if names == ["none"]:
+        return ()
     if not names:
-        raise UsageError(f"--space names no dimension; choose from {', '.join(DIMENSIONS)}")
+        raise UsageError(f"--space names no dimension; choose from {', '.join(DIMENSIONS)} (or none)")
     for name in names:
         if name not in DIMENSIONS:
             raise UsageError(f"unknown search dimension '{name}'{close_matches(name, DIMENSIONS)} "
@@ -140,15 +144,23 @@ def _stage_dimensions(model: HardenedModel, traced: Any) -> tuple[list[Dimension
     return dims, len(stages), None
 
 
-def build_space(model: HardenedModel, dimensions: Sequence[str] | str | None = None) -> SearchSpace:
-    """The search space for ``model``: the requested dimensions that its graph allows."""
+def build_space(model: HardenedModel, dimensions: Sequence[str] | str | None = None,
+                extra: Sequence[str] = ()) -> SearchSpace:
+    """The search space for ``model``: the requested dimensions that its graph allows.
+
+    ``extra`` transforms (any registered transform, plugins included, e.g. ``"input-noise:sigma=0.05"``)
+    are each searched on or off, applied after the built-in ones.
+    """
     from harden.graph import trace_with_shapes
+    from harden.transforms import parse_transform
 
     wanted = parse_dimensions(dimensions)
+    for spec in extra:
+        parse_transform(spec)  # an unknown transform or a bad parameter is a usage error now, not in a trial
     dims: list[Dimension] = []
     notes: list[str] = []
     try:
-        traced = trace_with_shapes(model.net, model.net_input_size())
+        traced = trace_with_shapes(model.net, model.net_input_size()) if wanted else None
     except Exception as exc:
         traced = None
         notes.append(f"the model could not be traced ({str(exc).splitlines()[0][:80]}); only upsample and "
@@ -176,6 +188,7 @@ def build_space(model: HardenedModel, dimensions: Sequence[str] | str | None = N
             dims.append(dim)
         if note:
             notes.append(note)
+    dims += [Dimension(f"transform-{i}", (KEEP, spec), f"apply {spec}") for i, spec in enumerate(extra)]
     if not dims:
-        raise UsageError(f"nothing to search for {model.spec}: {'; '.join(notes) or 'no dimension applies'}")
-    return SearchSpace(dims, notes, stage_count)
+        raise UsageError(f"nothing to search for {model.spec}: {'; '.join(notes) or 'no dimension chosen'}")
+    return SearchSpace(dims, notes, stage_count, list(extra))

@@ -158,9 +158,10 @@ class Objective:
         return self._train(trial, model, transforms)
 
     def _earlier_same(self, trial: Any, transforms: list[str]) -> Any:
+        """An earlier trial of the same candidate (finished, or still deciding in another process), if any."""
         for t in trial.study.get_trials(deepcopy=False):
-            if t.number < trial.number and t.state.name != "FAIL" and t.user_attrs.get("transforms") == transforms and \
-                    t.user_attrs.get("status") in ("measured", "pruned", "rejected", "training"):
+            if t.number < trial.number and t.state.name != "FAIL" and t.user_attrs.get("transforms") == transforms \
+                    and t.user_attrs.get("status") not in ("duplicate", "surplus"):
                 return t
         return None
 

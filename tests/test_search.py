@@ -94,6 +94,7 @@ def test_space_is_read_off_the_model() -> None:
 # --------------------------------------------------------------------------------- the whole search
 
 
+@pytest.mark.slow
 def test_search_writes_everything_never_trains_over_budget_and_resumes(tmp_path: Path, monkeypatch) -> None:
     import harden.training as training
 
@@ -171,6 +172,7 @@ class Blindfold(harden.Transform):
         return harden.Applied(["input replaced by zeros"])
 
 
+@pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(tmp_path: Path) -> None:
     harden.register_transform(Blindfold)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))

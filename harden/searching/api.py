@@ -262,13 +262,32 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
             "seconds_this_run": round(time.perf_counter() - t0, 1)}
     result = collect(study, base, attack, space, info)
     result.recipe = best_recipe(result, model_block, dataset.spec, _finetune_values(cfg), epochs=recipe_epochs,
-                                evaluate={**_EVALUATE, "eps": _eps_text(cfg.eps), "norm": cfg.norm})
+                                evaluate={**_EVALUATE, "eps": _eps_text(cfg.eps), "norm": cfg.norm},
+                                prefix=_earlier_transforms(model))
+    if result.recipe is not None and "weights" not in model_block and _has_own_weights(model):
+        echo(f"note: best.yaml rebuilds {model.spec} from its spec; the search started from other weights "
+             "(a harden file or trained weights), so set model.weights to a state dict of them before `harden run`")
     echo("")
     echo(table(result))
     if out is not None:
         echo("")
         write_outputs(out, result, echo)
     return result
+
+
+def _earlier_transforms(model: HardenedModel) -> list[str]:
+    """The transforms a harden file already carries, as strings best.yaml can apply again."""
+    out = []
+    for t in model.recipe.get("transforms", []):
+        config = ",".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                          for k, v in (t.get("config") or {}).items() if v is not None)
+        out.append(f"{t['name']}:{config}" if config else t["name"])
+    return out
+
+
+def _has_own_weights(model: HardenedModel) -> bool:
+    m = model.recipe["model"]
+    return bool(model.recipe.get("finetune") or m.get("weights") or model.recipe.get("transforms"))
 
 
 def _budget_text(budgets: dict[str, int | None]) -> str:

@@ -153,7 +153,7 @@ def write_plot(path: Path, result: SearchResult) -> None:
 
 
 def best_recipe(result: SearchResult, model_block: dict[str, Any], data_spec: str, finetune: dict[str, Any],
-                *, epochs: int | None, evaluate: dict[str, Any]) -> dict[str, Any] | None:
+                *, epochs: int | None, evaluate: dict[str, Any], prefix: Sequence[str] = ()) -> dict[str, Any] | None:
     """A ``harden run`` recipe for the best candidate at full budget: all training data, ``epochs`` epochs."""
     best = result.best
     if best is None:
@@ -168,7 +168,7 @@ def best_recipe(result: SearchResult, model_block: dict[str, Any], data_spec: st
                         f"{best['epochs_run']} epochs on {finetune.get('train_n') or 'all'} training images"),
         "model": model_block,
         "data": {"train": data_spec, "test": data_spec},
-        "transforms": list(best["transforms"]),
+        "transforms": [*prefix, *best["transforms"]],
         "finetune": ft,
         "evaluate": evaluate,
     }

@@ -95,7 +95,8 @@ def test_space_is_read_off_the_model() -> None:
 
 
 @pytest.mark.slow
-def test_search_writes_everything_never_trains_over_budget_and_resumes(tmp_path: Path, monkeypatch) -> None:
+def test_search_writes_everything_never_trains_over_budget_and_resumes(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import harden.training as training
 
     trained: list[int] = []
@@ -173,9 +174,14 @@ class Blindfold(harden.Transform):
 
 
 @pytest.mark.slow
-def test_pruning_stops_a_hopeless_trial(tmp_path: Path) -> None:
+def test_pruning_stops_a_hopeless_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harden.transforms as registry
+
+    registry.list_transforms()  # entry points first, then a private copy of the registry for this test
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     harden.register_transform(Blindfold)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
     model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
     result = harden.search(model, _two_class_data(), out=tmp_path / "p", space="none", extra=["blindfold"],
                            trials=2, epochs=2, val_n=32, val_steps=1, method="fgsm-rs", batch_size=16, lr=0.2,

@@ -165,7 +165,8 @@ def best_recipe(result: SearchResult, model_block: dict[str, Any], data_spec: st
         "name": "search-best",
         "description": (f"best candidate of harden search (trial {best['trial']}): {best['robust_acc']:.1f}% robust "
                         f"({result.attack['name']}, n={result.attack['n']} held-out training images) after "
-                        f"{best['epochs_run']} epochs on {finetune.get('train_n') or 'all'} training images"),
+                        f"{best['epochs_run']} epochs on {finetune.get('train_n') or 'all'} training images"
+                        + ("; no transform beat the base model" if not best["transforms"] else "")),
         "model": model_block,
         "data": {"train": data_spec, "test": data_spec},
         "transforms": [*prefix, *best["transforms"]],

@@ -103,7 +103,18 @@ def _storage_url(out: Path | None, storage: str | None, resume: bool) -> str:
     return f"sqlite:///{db.resolve()}"
 
 
-def _open_study(url: str, out: Path | None, created: list[Path], fingerprint: dict[str, Any], *, resume: bool,
+def _check_args(model: Any, trials: Any, timeout: float | None, recipe_epochs: int | None) -> None:
+    if not isinstance(model, HardenedModel):
+        raise UsageError("search() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
+    if not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout}")
+    if recipe_epochs is not None and recipe_epochs < 1:
+        raise UsageError(f"--recipe-epochs must be at least 1, got {recipe_epochs}")
+
+
+def _open_study(url: str, fingerprint: dict[str, Any], *, resume: bool,
                 sampler: Any, pruner: Any, identity: dict[str, str]) -> Any:
     import optuna
 
@@ -182,14 +193,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     from harden.training import _resolve_data, make_config
 
     say = echo or (lambda _s: None)
-    if not isinstance(model, HardenedModel):
-        raise UsageError("search() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
-    if not isinstance(trials, int) or trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {trials}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout}")
-    if recipe_epochs is not None and recipe_epochs < 1:
-        raise UsageError(f"--recipe-epochs must be at least 1, got {recipe_epochs}")
+    _check_args(model, trials, timeout, recipe_epochs)
     cfg = make_config(**options)
     if cfg.val_n == 0:
         raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
@@ -210,7 +214,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
         out_path.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = _open_study(url, out_path, created, _fingerprint(model, dataset, the_space, cfg, budgets, pruner),
+        study = _open_study(url, _fingerprint(model, dataset, the_space, cfg, budgets, pruner),
                             resume=resume, sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=pruner_obj,
                             identity=the_space.identity())
     except BaseException:

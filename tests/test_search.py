@@ -129,6 +129,9 @@ def test_search_writes_everything_never_trains_over_budget_and_resumes(tmp_path:
     assert report["attack"]["name"] == "pgd-1" and report["attack"]["n"] == 24
     assert any(r["pareto"] for r in rows)
     assert [p["proxy"] for p in report["proxies"]] == ["feature_map", "lipschitz"]
+    assert all(r["feature_map"] == [8, 8] and r["proxies"]["feature_map"] == 64 for r in rows)
+    assert all(0 < r["proxies"]["lipschitz"] < math.inf for r in rows)
+    assert report["proxies"] == [json.loads(json.dumps(rank_agreement(rows, p))) for p in ("feature_map", "lipschitz")]
     assert "proxies (rank agreement" in result.output and "robust % (95% interval)" in result.output
     assert (out / "pareto.png").stat().st_size > 1000
     best = yaml.safe_load((out / "best.yaml").read_text())

@@ -214,7 +214,7 @@ class Objective:
             history.append({k: entry.get(k) for k in ("epoch", "loss", "val_clean", "val_robust", "seconds")})
             trial.set_user_attr("history", history)
             trial.report(float(entry["val_robust"]), step=int(entry["epoch"]))
-            if trial.should_prune():
+            if int(entry["epoch"]) < self.options["epochs"] and trial.should_prune():  # a finished trial is kept
                 reason = f"pruned after epoch {entry['epoch']}: robust {entry['val_robust']:.1f}%"
                 trial.set_user_attr("status", "pruned")
                 trial.set_user_attr("reason", reason)

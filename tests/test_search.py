@@ -235,3 +235,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, extra: 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_finished_trial_is_measured_not_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harden.transforms as registry
+
+    registry.list_transforms()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    harden.register_transform(Blindfold)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    result = harden.search(model, _two_class_data(), space="none", extra=["blindfold"],
+                           storage=f"sqlite:///{tmp_path}/s.db", trials=2, epochs=1, val_n=32, val_steps=1,
+                           method="fgsm-rs", batch_size=16, lr=0.2,
+                           eps_warmup=0, pruner="halving")
+    assert sorted(r["transforms"] for r in result.rows) == [[], ["blindfold"]]  # worse, but finished: kept
+    assert result.best["transforms"] == [] and result.files == {}

@@ -15,6 +15,7 @@ from harden.errors import HardenError, UsageError  # noqa: E402
 from harden.evaluation import evaluate  # noqa: E402
 from harden.model import HardenedModel  # noqa: E402
 from harden.pipeline import apply, recipe, wrap  # noqa: E402
+from harden.searching import search  # noqa: E402
 from harden.serialization import load, save  # noqa: E402
 from harden.sources import load_model  # noqa: E402
 from harden.training import finetune  # noqa: E402
@@ -36,5 +37,6 @@ __all__ = [
     "recipe",
     "register_transform",
     "save",
+    "search",
     "wrap",
 ]

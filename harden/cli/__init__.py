@@ -12,7 +12,8 @@ import click
 
 from harden.errors import HardenError
 
-COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetune", "harden.cli.zoo")
+COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetune", "harden.cli.zoo",
+                   "harden.cli.search")
 
 
 def one_line(message: str) -> str:

@@ -1,0 +1,302 @@
+"""The library entry point :func:`search` and the study's set-up: checks, storage, fingerprint, results."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from harden.data import ImageDataset
+from harden.errors import HardenError, UsageError
+from harden.model import HardenedModel
+from harden.searching.report import (
+    SearchResult,
+    best_recipe,
+    mark_front,
+    measured_row,
+    proxy_scores,
+    table,
+    write_outputs,
+)
+from harden.searching.space import SearchSpace, build_space
+from harden.searching.study import (
+    DB_NAME,
+    EXHAUSTED_AFTER,
+    STUDY_NAME,
+    Objective,
+    _counted,
+    exhausted,
+    make_pruner,
+    open_storage,
+    parse_budget,
+    redact,
+)
+
+_EVALUATE = {"attacks": ["pgd", "autoattack"], "n": 1000}
+
+
+def _eps_text(value: float) -> str | float:
+    k = value * 255
+    return f"{round(k):g}/255" if abs(k - round(k)) < 1e-9 and round(k) > 0 else value
+
+
+def _finetune_values(cfg: Any) -> dict[str, Any]:
+    """The fine-tuning settings that differ from harden's defaults, as recipe values."""
+    from harden.training import _NOT_FINGERPRINTED, FinetuneConfig
+
+    default = FinetuneConfig().as_dict()
+    out = {}
+    for key, value in cfg.as_dict().items():
+        if key in _NOT_FINGERPRINTED or value == default[key] or value is None:
+            continue
+        out[key] = _eps_text(value) if key in ("eps", "step_size") and cfg.norm == "Linf" else value
+    out.setdefault("method", cfg.method)
+    out.setdefault("epochs", cfg.epochs)
+    return out
+
+
+def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe's ``model`` section: given by the caller (the CLI knows the weights path) or from the recipe."""
+    if given is not None:
+        return {k: v for k, v in given.items() if v is not None}
+    m = model.recipe["model"]
+    block = {"spec": m["spec"], "num_classes": m["num_classes"], "input_size": m["input_size"][-1],
+             "mean": list(m["mean"]), "std": list(m["std"])}
+    if m.get("pretrained"):
+        block["pretrained"] = True
+    return block
+
+
+def _fingerprint(model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any,
+                 budgets: dict[str, int | None], pruner: str) -> dict[str, Any]:
+    from harden.training import _NOT_FINGERPRINTED, state_digest
+
+    return json.loads(json.dumps({
+        "model": {"spec": model.spec, "transforms": [t["name"] for t in model.recipe.get("transforms", [])],
+                  "input_size": list(model.input_size), "weights": state_digest(model)},
+        "data": dataset.spec, "space": space.to_dict()["dimensions"], "budgets": budgets, "pruner": pruner,
+        "finetune": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
+    }))
+
+
+def _diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    from harden.recipes import _dotted_diffs
+
+    return _dotted_diffs(old, new)
+
+
+def _storage_url(out: Path | None, storage: str | None, resume: bool) -> str:
+    if storage is not None:
+        return storage
+    if out is None:
+        raise UsageError("search() needs out= (a folder for the study and the results) or storage=")
+    db = out / DB_NAME
+    if db.exists() and not resume:
+        raise UsageError(f"'{out}' holds a search already ({db.name}); pass --resume to continue it or choose "
+                         "another --out")
+    if resume and not db.exists():
+        raise UsageError(f"nothing to resume: '{out}' holds no {DB_NAME}; run without --resume")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out '{out}' exists and is not a folder")
+    return f"sqlite:///{db.resolve()}"
+
+
+def _check_args(model: Any, trials: Any, timeout: float | None, recipe_epochs: int | None) -> None:
+    if not isinstance(model, HardenedModel):
+        raise UsageError("search() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
+    if not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"--trials must be at least 1, got {trials}")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout must be positive, got {timeout}")
+    if recipe_epochs is not None and recipe_epochs < 1:
+        raise UsageError(f"--recipe-epochs must be at least 1, got {recipe_epochs}")
+
+
+def _open_study(url: str, fingerprint: dict[str, Any], *, resume: bool,
+                sampler: Any, pruner: Any, identity: dict[str, str]) -> Any:
+    import optuna
+
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        study = None
+    if study is None:
+        if resume:
+            raise UsageError(f"nothing to resume: the storage '{redact(url)}' holds no harden search; run without "
+                             "--resume")
+        study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction="maximize", sampler=sampler,
+                                    pruner=pruner, load_if_exists=True)
+    saved = study.user_attrs.get("harden_search")
+    if saved is None:
+        study.set_user_attr("harden_search", fingerprint)
+        study.enqueue_trial(identity, user_attrs={"enqueued": "base model"}, skip_if_exists=True)
+    elif saved != fingerprint:
+        raise UsageError(f"the study in '{redact(url)}' is a search with other settings (they differ at "
+                         f"{', '.join(_diffs(saved, fingerprint)[:5])}); use the same model, data, space, budgets "
+                         "and fine-tuning settings, or another --out / --storage")
+    return study
+
+
+def _skipped_entry(t: Any) -> dict[str, Any] | None:
+    status = t.user_attrs.get("status")
+    if status == "surplus" or (t.state.name == "COMPLETE" and status == "measured"):
+        return None
+    if t.state.name == "FAIL":
+        status = "failed"
+    elif t.state.name in ("RUNNING", "WAITING"):
+        status = "running" if t.state.name == "RUNNING" else "queued"
+    reason = t.user_attrs.get("reason") or t.system_attrs.get("fail_reason") or status
+    entry = {"trial": t.number, "status": status or t.state.name.lower(), "reason": str(reason),
+             "transforms": t.user_attrs.get("transforms"), "macs": t.user_attrs.get("macs"),
+             "params": t.user_attrs.get("params"), "epochs_run": len(t.user_attrs.get("history", []))}
+    return entry
+
+
+def collect(study: Any, base: dict[str, Any], attack: dict[str, Any], space: SearchSpace,
+            info: dict[str, Any]) -> SearchResult:
+    """The study's trials as a :class:`SearchResult` (measured rows with the Pareto front marked, the rest)."""
+    trials = study.get_trials(deepcopy=False)
+    rows = [measured_row(t.number, t.user_attrs) for t in trials
+            if t.state.name == "COMPLETE" and t.user_attrs.get("status") == "measured"]
+    mark_front(rows)
+    skipped = [e for e in (_skipped_entry(t) for t in trials) if e is not None]
+    info = {**info, "trials": _counted(study), "measured": len(rows)}
+    return SearchResult(rows, skipped, base, attack, proxy_scores(rows), info, space.to_dict())
+
+
+def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | None = None,
+           budget_macs: str | float | None = None, budget_params: str | float | None = None, trials: int = 20,
+           timeout: float | None = None, storage: str | None = None, resume: bool = False,
+           space: str | Sequence[str] | None = None, extra: Sequence[str] = (), pruner: str = "halving",
+           recipe_epochs: int | None = None,
+           model_block: dict[str, Any] | None = None, sampler_seed: int | None = None, progress: bool = False,
+           echo: Callable[[str], Any] | None = None, device: Any = None, download: bool = False,
+           **options: Any) -> SearchResult:
+    """Search harden's transforms for ``model`` under a MACs/parameter budget, measuring each candidate.
+
+    ``options`` are :class:`harden.training.FinetuneConfig` fields shaping every trial's fine-tuning
+    (``method``, ``epochs``, ``train_n``, ``val_n``, ``eps``, ...). Budgets are ``"3x"`` (times the
+    base model) or amounts (``"2G"``, ``"20M"``). ``trials`` is the study's total: a resumed study or
+    several processes sharing ``storage`` (an SQLAlchemy URL) run until it holds that many.
+    ``space`` names the dimensions searched (all that apply by default); each ``extra`` transform is
+    searched on or off. With ``out``, writes ``pareto.json``, ``pareto.png``, ``best.yaml`` (and the SQLite study).
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise HardenError("harden search needs Optuna: pip install 'harden[search]' (or pip install optuna)") from None
+
+    from harden.summary import model_facts
+    from harden.training import _resolve_data, make_config
+
+    say = echo or (lambda _s: None)
+    _check_args(model, trials, timeout, recipe_epochs)
+    cfg = make_config(**options)
+    if cfg.val_n == 0:
+        raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
+    pruner_obj = make_pruner(pruner, cfg.epochs)
+    if storage is not None:
+        open_storage(storage)  # a URL that cannot be opened fails before any work
+    dataset = _resolve_data(data, model, download)
+    if cfg.val_n >= len(dataset):
+        raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
+    facts = model_facts(model)
+    budgets = {"macs": parse_budget(budget_macs, facts.macs, "macs"),
+               "params": parse_budget(budget_params, facts.params, "params")}
+    the_space = build_space(model, space, extra)
+    out_path = Path(out) if out is not None else None
+    url = _storage_url(out_path, storage, resume)
+    created = [] if out_path is None or out_path.exists() else [out_path]
+    if out_path is not None and storage is None:
+        out_path.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = _open_study(url, _fingerprint(model, dataset, the_space, cfg, budgets, pruner),
+                            resume=resume, sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=pruner_obj,
+                            identity=the_space.identity())
+    except BaseException:
+        for path in created:  # a folder this call made for a study that could not open
+            if path.is_dir() and not any(p for p in path.iterdir() if p.name != DB_NAME):
+                (path / DB_NAME).unlink(missing_ok=True)
+                path.rmdir()
+        raise
+    return _run_study(study, model, dataset, the_space, cfg, facts, budgets, url=url, out=out_path, trials=trials,
+                      timeout=timeout, pruner=pruner, progress=progress, device=device, echo=say,
+                      model_block=_model_block(model, model_block), recipe_epochs=recipe_epochs)
+
+
+def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any, facts: Any,
+               budgets: dict[str, int | None], *, url: str, out: Path | None, trials: int, timeout: float | None,
+               pruner: str, progress: bool, device: Any, echo: Callable[[str], Any], model_block: dict[str, Any],
+               recipe_epochs: int | None) -> SearchResult:
+    from harden.summary import human
+
+    t0 = time.perf_counter()
+    before = _counted(study)
+    options = {k: v for k, v in cfg.as_dict().items()}
+    echo(f"search: {model.spec}, {space.size()} candidates in {len(space.dimensions)} dimensions "
+         f"({', '.join(d.name for d in space.dimensions)}); base {human(facts.macs)} MACs, {human(facts.params)} "
+         f"parameters; budget {_budget_text(budgets)}")
+    for note in space.notes:
+        echo(f"  not searched: {note}")
+    if before >= trials:
+        echo(f"the study already holds {before} trials (--trials {trials}); raise --trials to run more")
+    else:
+        echo(f"study {redact(url)}: {before} of {trials} trials so far")
+        objective = Objective(model, dataset, space, options, budgets=budgets, trials=trials, progress=progress,
+                              device=device, echo=echo)
+
+        def stop_when_full(study: Any, _trial: Any) -> None:
+            if _counted(study) >= trials:
+                study.stop()
+            elif exhausted(study):
+                echo(f"the last {EXHAUSTED_AFTER} trials found no new candidate within the budget; stopping")
+                study.stop()
+
+        study.optimize(objective, timeout=timeout, callbacks=[stop_when_full])
+    attack = {"name": f"pgd-{cfg.val_steps}", "norm": cfg.norm, "eps": cfg.eps, "eps_text": str(_eps_text(cfg.eps)),
+              "n": cfg.val_n, "seed": cfg.seed, "data": f"{dataset.spec} (held-out training images)"}
+    base = {"spec": model.spec, "macs": facts.macs, "params": facts.params,
+            "feature_map": list(facts.feature_map) if facts.feature_map else None}
+    info = {"name": STUDY_NAME, "storage": redact(url), "target_trials": trials, "pruner": pruner, "sampler": "TPE",
+            "model": model.spec, "data": dataset.spec, "budgets": budgets, "finetune": _finetune_values(cfg),
+            "seconds_this_run": round(time.perf_counter() - t0, 1)}
+    result = collect(study, base, attack, space, info)
+    result.recipe = best_recipe(result, model_block, dataset.spec, _finetune_values(cfg), epochs=recipe_epochs,
+                                evaluate={**_EVALUATE, "eps": _eps_text(cfg.eps), "norm": cfg.norm},
+                                prefix=_earlier_transforms(model))
+    if result.recipe is not None and "weights" not in model_block and _has_own_weights(model):
+        echo(f"note: best.yaml rebuilds {model.spec} from its spec; the search started from other weights "
+             "(a harden file or trained weights), so set model.weights to a state dict of them before `harden run`")
+    echo("")
+    echo(table(result))
+    if out is not None:
+        echo("")
+        write_outputs(out, result, echo)
+    return result
+
+
+def _earlier_transforms(model: HardenedModel) -> list[str]:
+    """The transforms a harden file already carries, as strings best.yaml can apply again."""
+    out = []
+    for t in model.recipe.get("transforms", []):
+        config = ",".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                          for k, v in (t.get("config") or {}).items() if v is not None)
+        out.append(f"{t['name']}:{config}" if config else t["name"])
+    return out
+
+
+def _has_own_weights(model: HardenedModel) -> bool:
+    m = model.recipe["model"]
+    return bool(model.recipe.get("finetune") or m.get("weights") or model.recipe.get("transforms"))
+
+
+def _budget_text(budgets: dict[str, int | None]) -> str:
+    from harden.summary import human
+
+    parts = [f"{human(v)} {k.replace('macs', 'MACs').replace('params', 'parameters')}" for k, v in budgets.items()
+             if v is not None]
+    return ", ".join(parts) or "none"

@@ -1,0 +1,248 @@
+"""``harden.search``: an Optuna study over the search space, one adversarial fine-tuning per trial.
+
+Every trial applies its candidate to the same starting weights, rejects it before any training when
+it is over the MACs or parameter budget, and otherwise fine-tunes it with the same settings and seed,
+reporting the robust validation accuracy after each epoch so that the pruner (successive halving by
+default) stops the trials that fall behind. The study lives in an Optuna storage (SQLite in the output
+folder by default): ``resume=True`` continues it, and several processes given the same storage URL
+share its trials, which is all the scale-out there is.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from harden.data import ImageDataset
+from harden.errors import HardenError, UsageError
+from harden.model import HardenedModel
+from harden.searching.proxies import candidate_proxies
+from harden.searching.space import SearchSpace
+
+STUDY_NAME = "harden-search"
+DB_NAME = "study.db"
+PRUNERS = ("halving", "hyperband", "median", "none")
+HEARTBEAT_S = 30
+# Trials that count towards --trials: candidates within budget that were (or are being) trained.
+TRAINED = ("measured", "pruned", "error", "training")
+NOT_TRAINED = ("rejected", "duplicate", "surplus")
+EXHAUSTED_AFTER = 20  # this many trials in a row without a new candidate within budget end the search
+_UNITS = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_budget(text: str | float | int | None, base: int, what: str) -> int | None:
+    """``"3x"`` (times the base model's cost), ``"2G"``, ``"20M"``, ``"500K"`` or a number -> an absolute budget.
+
+    A budget below the base model's own cost is an error: not even the base model would fit.
+    """
+    if text is None:
+        return None
+    raw = str(text).strip()
+    try:
+        if raw.lower().endswith("x"):
+            value = float(raw[:-1]) * base
+        elif raw and raw[-1].lower() in _UNITS:
+            value = float(raw[:-1]) * _UNITS[raw[-1].lower()]
+        else:
+            value = float(raw)
+    except ValueError:
+        raise UsageError(f"--budget-{what} takes a multiple of the base model (3x) or an amount (2G, 20M, 500K), "
+                         f"got '{raw}'") from None
+    if not math.isfinite(value) or value < base:
+        raise UsageError(f"--budget-{what} {raw} is below the base model's own {base:,} {what}; "
+                         f"give at least 1x (or {base:,})")
+    return int(value)
+
+
+def make_pruner(name: str, epochs: int) -> Any:
+    """The Optuna pruner called ``name`` (rungs at epochs 1, 3, 9, ...); ``none`` never prunes."""
+    import optuna
+
+    if name == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)}, got '{name}'")
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna RDB storage with heartbeats (a killed process's trial is failed and retried once)."""
+    import optuna
+    from optuna.storages import RDBStorage
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S,
+                              **_retry_stale())
+        except Exception as exc:  # SQLAlchemy's many error types: a bad URL, a missing driver, no server
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise UsageError(f"cannot open the study storage '{redact(url)}' ({reason}); give an SQLAlchemy URL "
+                             "such as sqlite:///search.db or postgresql://user@host/db") from None
+
+
+def _retry_stale() -> dict[str, Any]:
+    """Optuna's callback that queues a stale trial (its process died) once more, by its current name."""
+    from optuna import storages
+
+    if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # optuna >= 4.9
+        return {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+    return {"failed_trial_callback": storages.RetryFailedTrialCallback(max_retry=1)}
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url
+
+
+def _counts(t: Any) -> bool:
+    status = t.user_attrs.get("status")
+    if t.state.name in ("RUNNING", "WAITING"):
+        return status not in NOT_TRAINED
+    return t.state.name in ("COMPLETE", "PRUNED") and status in TRAINED
+
+
+def _counted(study: Any, below: int | None = None) -> int:
+    """Trials that count towards ``--trials``: trained (or in training or queued) candidates within budget.
+
+    Candidates rejected before training (over budget, not applicable) and repeats of an earlier
+    candidate cost no training and do not count.
+    """
+    return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t) and (below is None or t.number < below))
+
+
+def exhausted(study: Any) -> bool:
+    """Whether the last :data:`EXHAUSTED_AFTER` trials found nothing new to train (the space within budget is spent)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
+    last = done[-EXHAUSTED_AFTER:]
+    return len(last) == EXHAUSTED_AFTER and all(t.user_attrs.get("status") in NOT_TRAINED for t in last)
+
+
+class Objective:
+    """One trial: candidate -> budget check -> proxies -> fine-tuning with per-epoch pruning -> robust accuracy."""
+
+    def __init__(self, base: HardenedModel, dataset: ImageDataset, space: SearchSpace, options: dict[str, Any], *,
+                 budgets: dict[str, int | None], trials: int, progress: bool, device: Any,
+                 echo: Callable[[str], Any]) -> None:
+        self.base, self.dataset, self.space, self.options = base, dataset, space, options
+        self.budgets, self.trials, self.progress, self.device, self.echo = budgets, trials, progress, device, echo
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        if _counted(trial.study, below=trial.number) >= self.trials:
+            trial.set_user_attr("status", "surplus")
+            trial.study.stop()
+            raise optuna.TrialPruned("the study already has its trials")
+        params = {d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in self.space.dimensions}
+        transforms = self.space.transforms(params)
+        trial.set_user_attr("transforms", transforms)
+        trial.set_user_attr("params_searched", params)
+        same = self._earlier_same(trial, transforms)
+        if same is not None:
+            return self._duplicate(trial, same)
+        model = self._candidate(trial, transforms)
+        return self._train(trial, model, transforms)
+
+    def _earlier_same(self, trial: Any, transforms: list[str]) -> Any:
+        """An earlier trial of the same candidate (finished, or still deciding in another process), if any."""
+        for t in trial.study.get_trials(deepcopy=False):
+            if t.number < trial.number and t.state.name != "FAIL" and t.user_attrs.get("transforms") == transforms \
+                    and t.user_attrs.get("status") not in ("duplicate", "surplus"):
+                return t
+        return None
+
+    def _duplicate(self, trial: Any, same: Any) -> float:
+        import optuna
+
+        trial.set_user_attr("status", "duplicate")
+        trial.set_user_attr("reason", f"same candidate as trial {same.number}")
+        self.echo(f"trial {trial.number}: {_text(trial.user_attrs['transforms'])}: same as trial {same.number}, "
+                  "not trained again")
+        if same.state.name == "COMPLETE" and same.value is not None:
+            return float(same.value)
+        raise optuna.TrialPruned(f"same candidate as trial {same.number}")
+
+    def _reject(self, trial: Any, reason: str) -> None:
+        import optuna
+
+        trial.set_user_attr("status", "rejected")
+        trial.set_user_attr("reason", reason)
+        self.echo(f"trial {trial.number}: {_text(trial.user_attrs['transforms'])}: rejected before training, {reason}")
+        raise optuna.TrialPruned(reason)
+
+    def _candidate(self, trial: Any, transforms: list[str]) -> HardenedModel:
+        import harden
+        from harden.summary import human, model_facts
+
+        try:
+            model = harden.apply(self.base, transforms) if transforms else self.base
+            facts = model_facts(model)
+        except HardenError as exc:
+            self._reject(trial, f"the transforms do not apply: {str(exc).splitlines()[0][:200]}")
+        for key, value in (("macs", facts.macs), ("params", facts.params)):
+            trial.set_user_attr(key, int(value))
+        trial.set_user_attr("feature_map", list(facts.feature_map) if facts.feature_map else None)
+        for key, value, unit in (("macs", facts.macs, "MACs"), ("params", facts.params, "parameters")):
+            limit = self.budgets.get(key)
+            if limit is not None and value > limit:
+                self._reject(trial, f"over budget: {human(value)} {unit} > {human(limit)}")
+        trial.set_user_attr("proxies", candidate_proxies(model, facts.feature_map))
+        return model
+
+    def _train(self, trial: Any, model: HardenedModel, transforms: list[str]) -> float:
+        import optuna
+
+        from harden.training import finetune
+
+        history: list[dict[str, Any]] = []
+
+        def after_epoch(entry: dict[str, Any]) -> None:
+            history.append({k: entry.get(k) for k in ("epoch", "loss", "val_clean", "val_robust", "seconds")})
+            trial.set_user_attr("history", history)
+            trial.report(float(entry["val_robust"]), step=int(entry["epoch"]))
+            if int(entry["epoch"]) < self.options["epochs"] and trial.should_prune():  # a finished trial is kept
+                reason = f"pruned after epoch {entry['epoch']}: robust {entry['val_robust']:.1f}%"
+                trial.set_user_attr("status", "pruned")
+                trial.set_user_attr("reason", reason)
+                self.echo(f"trial {trial.number}: {_text(transforms)}: {reason}")
+                raise optuna.TrialPruned(reason)
+
+        trial.set_user_attr("status", "training")
+        t0 = time.perf_counter()
+        try:
+            tuned = finetune(model, self.dataset, progress=self.progress, device=self.device, callback=after_epoch,
+                             curves=False, **self.options)
+        except UsageError:
+            raise
+        except HardenError as exc:  # a failure of this candidate (a non-finite loss): recorded, the search goes on
+            trial.set_user_attr("status", "error")
+            trial.set_user_attr("reason", str(exc).splitlines()[0][:300])
+            self.echo(f"trial {trial.number}: {_text(transforms)}: failed, {exc}")
+            raise optuna.TrialPruned(str(exc)) from None
+        entry = tuned.recipe["finetune"]
+        val = entry["validation"]
+        for key, value in (("clean_acc", val["clean_acc"]), ("robust_acc", val["robust_acc"]), ("n", val["n"]),
+                           ("kept_epoch", entry["kept_epoch"]), ("epochs_run", entry["epochs_run"]),
+                           ("seconds", round(time.perf_counter() - t0, 2)), ("status", "measured")):
+            trial.set_user_attr(key, value)
+        self.echo(f"trial {trial.number}: {_text(transforms)}: clean {val['clean_acc']:.1f}%, robust "
+                  f"{val['robust_acc']:.1f}% (epoch {entry['kept_epoch']} of {entry['epochs_run']})")
+        return float(val["robust_acc"])
+
+
+def _text(transforms: Sequence[str]) -> str:
+    return ", ".join(transforms) or "base model"

@@ -1,0 +1,255 @@
+"""harden search: the space, budgets, pruning, resume, sharing a study, outputs and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+import harden
+from harden.cli import main
+from harden.data import ImageDataset
+from harden.errors import UsageError
+from harden.searching.proxies import rank_agreement, spearman, spearman_interval
+from harden.searching.report import mark_front
+from harden.searching.space import build_space, parse_dimensions
+from harden.searching.study import parse_budget
+
+optuna = pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = "tests.tiny_models:tiny_cnn"
+SMALL = ["--epochs", "1", "--train-n", "48", "--val-n", "24", "--val-steps", "1", "--method", "fgsm-rs",
+         "--batch-size", "24", "--eps-warmup", "0", "--quiet"]
+
+
+def _cli(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), prog_name="harden")
+
+
+def _trials(storage: str) -> list:
+    return optuna.load_study(study_name="harden-search", storage=storage).get_trials()
+
+
+# ------------------------------------------------------------------------------------------ pieces
+
+
+def test_budgets_are_multiples_or_amounts_and_never_below_the_base() -> None:
+    assert parse_budget("3x", 1000, "macs") == 3000
+    assert parse_budget("2G", 1000, "macs") == 2_000_000_000
+    assert parse_budget("1.5M", 1000, "params") == 1_500_000
+    assert parse_budget(None, 1000, "macs") is None
+    with pytest.raises(UsageError, match="below the base model's own 1,000 macs"):
+        parse_budget("0.5x", 1000, "macs")
+    with pytest.raises(UsageError, match="takes a multiple"):
+        parse_budget("lots", 1000, "macs")
+
+
+def test_spearman_and_its_interval() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (1, 2, 3, 4, 5) against (2, 1, 4, 3, 5): 1 - 6 * 4 / (5 * 24) = 0.8
+    assert spearman([1, 2, 3, 4, 5], [0.2, 0.1, 0.4, 0.3, 0.5]) == pytest.approx(0.8)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman_interval(0.5, 3) is None
+    lo, hi = spearman_interval(0.8, 10)
+    half = 1.959963984540054 * math.sqrt(1.06 / 7)
+    assert (lo, hi) == pytest.approx((math.tanh(math.atanh(0.8) - half), math.tanh(math.atanh(0.8) + half)))
+    assert lo < 0.8 < hi
+    rows = [{"proxies": {"lipschitz": v}, "robust_acc": a} for v, a in [(3.0, 10.0), (2.0, 20.0), (1.0, 30.0)]]
+    entry = rank_agreement(rows, "lipschitz")
+    assert entry["spearman"] == pytest.approx(-1.0) and entry["ci95"] is None and "too few" in entry["note"]
+
+
+def test_pareto_front_keeps_only_undominated_candidates() -> None:
+    rows = [{"robust_acc": a, "macs": m} for a, m in [(10, 100), (20, 300), (15, 300), (20, 200), (5, 50)]]
+    mark_front(rows)
+    assert [r["pareto"] for r in rows] == [True, False, False, True, True]
+
+
+def test_space_is_read_off_the_model() -> None:
+    model = harden.load_model(SPEC, num_classes=10, input_size=32)
+    space = build_space(model, "strides,activation,upsample", extra=["activation:name=mish"])
+    dims = {d.name: d.choices for d in space.dimensions}
+    assert dims["strides"] == ("keep", "12", "21", "11")  # tiny_cnn downsamples twice by 2
+    assert dims["activation"][0] == "keep" and "silu" in dims["activation"]
+    assert space.transforms(space.identity()) == []
+    params = {"strides": "12", "activation": "silu", "upsample": "2:bilinear", "transform-0": "activation:name=mish"}
+    assert space.transforms(params) == ["strides:pattern=12", "activation:name=silu",
+                                        "upsample:factor=2,mode=bilinear", "activation:name=mish"]
+    assert space.size() == 4 * 4 * 3 * 2
+    with pytest.raises(UsageError, match="unknown search dimension 'upsampel'; did you mean: upsample"):
+        parse_dimensions("upsampel")
+
+
+# --------------------------------------------------------------------------------- the whole search
+
+
+@pytest.mark.slow
+def test_search_writes_everything_never_trains_over_budget_and_resumes(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import harden.training as training
+
+    trained: list[int] = []
+    real = training.finetune
+
+    def spy(model, data, **kw):
+        trained.append(harden.summary.count_macs(model, model.input_size))
+        return real(model, data, **kw)
+
+    monkeypatch.setattr(training, "finetune", spy)
+    out = tmp_path / "s"
+    common = [SPEC, "--num-classes", "10", "--input-size", "32", "--data", "sample", "--out", str(out),
+              "--space", "activation,upsample", "--budget-macs", "3x", "--pruner", "none", *SMALL]
+    result = _cli("search", *common, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "pareto.json").read_text())
+    base_macs = report["base"]["macs"]
+    budget = 3 * base_macs
+    assert report["study"]["budgets"]["macs"] == budget
+    assert len(trained) == 2 and all(m <= budget for m in trained)
+    rows = report["candidates"]
+    assert len(rows) == 2 and rows[0]["transforms"] == []  # the base model is always the first trial
+    for r in rows:
+        assert r["macs"] <= budget and r["n"] == 24 and r["clean_ci95"][0] <= r["clean_acc"] <= r["clean_ci95"][1]
+        assert r["robust_ci95"][0] <= r["robust_acc"] <= r["robust_ci95"][1]
+    for s in report["not_measured"]:  # upsampling by 2 costs 4x: rejected before any training
+        assert s["status"] in ("rejected", "duplicate")
+        if s["status"] == "rejected":
+            assert s["macs"] > budget and s["epochs_run"] == 0 and "over budget" in s["reason"]
+    assert report["attack"]["name"] == "pgd-1" and report["attack"]["n"] == 24
+    assert any(r["pareto"] for r in rows)
+    assert [p["proxy"] for p in report["proxies"]] == ["feature_map", "lipschitz"]
+    assert all(r["feature_map"] == [8, 8] and r["proxies"]["feature_map"] == 64 for r in rows)
+    assert all(0 < r["proxies"]["lipschitz"] < math.inf for r in rows)
+    assert report["proxies"] == [json.loads(json.dumps(rank_agreement(rows, p))) for p in ("feature_map", "lipschitz")]
+    assert "proxies (rank agreement" in result.output and "robust % (95% interval)" in result.output
+    assert (out / "pareto.png").stat().st_size > 1000
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    best_row = max(rows, key=lambda r: (r["robust_acc"], -r["macs"], -r["trial"]))
+    assert best["transforms"] == best_row["transforms"] and "train_n" not in best["finetune"]
+    check = _cli("run", str(out / "best.yaml"), "--check")
+    assert check.exit_code == 0, check.output
+
+    first = {t.number: (t.value, t.user_attrs.get("status")) for t in _trials(f"sqlite:///{out / 'study.db'}")}
+    again = _cli("search", *common, "--trials", "2")  # without --resume: refused, nothing changes
+    assert again.exit_code == 2 and again.output.startswith("error: ") and "--resume" in again.output
+    trained.clear()
+    resumed = _cli("search", *common, "--trials", "3", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    after = _trials(f"sqlite:///{out / 'study.db'}")
+    assert {t.number: (t.value, t.user_attrs.get("status")) for t in after if t.number in first} == first
+    assert len(trained) == 1  # only the new trial was trained
+    assert len(json.loads((out / "pareto.json").read_text())["candidates"]) == 3
+
+
+def _two_class_data(n: int = 128) -> ImageDataset:
+    """Dark images are class 0, bright ones class 1: a tiny CNN separates them robustly within an epoch."""
+    gen = torch.Generator().manual_seed(0)
+    labels = [i % 2 for i in range(n)]
+    items = [(0.25 + 0.5 * y + 0.05 * torch.rand(3, 32, 32, generator=gen)).clamp(0, 1) for y in labels]
+    return ImageDataset("two-class", "train", ["dark", "bright"], items, lambda t: t, labels)
+
+
+class _Blind(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0
+
+
+class Blindfold(harden.Transform):
+    """A hopeless candidate: the network never sees the image."""
+
+    name = "blindfold"
+    summary = "replace the input by zeros (tests only)"
+
+    def apply(self, model):
+        model.input_transforms.append(_Blind())
+        return harden.Applied(["input replaced by zeros"])
+
+
+@pytest.mark.slow
+def test_pruning_stops_a_hopeless_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harden.transforms as registry
+
+    registry.list_transforms()  # entry points first, then a private copy of the registry for this test
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    harden.register_transform(Blindfold)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    result = harden.search(model, _two_class_data(), out=tmp_path / "p", space="none", extra=["blindfold"],
+                           trials=2, epochs=2, val_n=32, val_steps=1, method="fgsm-rs", batch_size=16, lr=0.2,
+                           eps_warmup=0, pruner="halving")
+    [base] = result.rows
+    assert base["transforms"] == [] and base["epochs_run"] == 2 and base["history"][0]["val_robust"] >= 90
+    [blind] = [s for s in result.skipped if s["transforms"] == ["blindfold"]]
+    assert blind["status"] == "pruned" and blind["epochs_run"] == 1 and "after epoch 1" in blind["reason"]
+    assert float(blind["reason"].split("robust ")[1].rstrip("%")) <= 75  # a constant prediction on two classes
+    stored = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    assert [s["status"] for s in stored["not_measured"] if s["transforms"] == ["blindfold"]] == ["pruned"]
+    assert stored["proxies"][0]["note"].startswith("1 measured candidate")
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study_without_duplicates(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARDEN_PROGRESS": "0"}
+    args = [sys.executable, "-m", "harden.cli", "search", SPEC, "--num-classes", "10", "--input-size", "32",
+            "--data", "sample", "--space", "activation", "--pruner", "none", "--storage", storage, "--trials", "3",
+            *SMALL]
+    procs = [subprocess.Popen([*args, "--out", str(tmp_path / f"out{i}")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    trials = _trials(storage)
+    trained = [t for t in trials if t.user_attrs.get("status") == "measured"]
+    assert len(trained) == 3
+    assert len({tuple(t.user_attrs["transforms"]) for t in trained}) == 3  # no candidate trained twice
+    assert all("trial" in o for o in outputs)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--budget-macs", "0.5x"], "below the base model's own"),
+    (["--budget-params", "10"], "below the base model's own"),
+    (["--trials", "0"], "--trials must be at least 1"),
+    (["--storage", "nosuchdb://x"], "cannot open the study storage"),
+    (["--storage", "sqlite:////nonexistent-dir/x/study.db"], "cannot open the study storage"),
+    (["--resume"], "nothing to resume"),
+    (["--space", "upsampel"], "unknown search dimension"),
+    (["--val-n", "0"], "--val-n must be positive"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, extra: list[str], message: str) -> None:
+    out = tmp_path / "never"
+    result = _cli("search", SPEC, "--num-classes", "10", "--input-size", "32", "--data", "sample", "--out", str(out),
+                  *extra)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_finished_trial_is_measured_not_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import harden.transforms as registry
+
+    registry.list_transforms()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    harden.register_transform(Blindfold)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    result = harden.search(model, _two_class_data(), space="none", extra=["blindfold"],
+                           storage=f"sqlite:///{tmp_path}/s.db", trials=2, epochs=1, val_n=32, val_steps=1,
+                           method="fgsm-rs", batch_size=16, lr=0.2,
+                           eps_warmup=0, pruner="halving")
+    assert sorted(r["transforms"] for r in result.rows) == [[], ["blindfold"]]  # worse, but finished: kept
+    assert result.best["transforms"] == [] and result.files == {}

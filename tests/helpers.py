@@ -36,3 +36,26 @@ def train_on_sample(model: nn.Module, *, epochs: int, lr: float) -> nn.Module:
             loss.backward()
             opt.step()
     return model.eval()
+
+
+class Stop(Exception):
+    """Stands for a run killed part-way."""
+
+
+def full_and_interrupted(make_model, tmp_path, opts: dict):
+    """An uninterrupted fine-tuning of ``make_model()``, and the output path of the same run stopped
+    after its first epoch (its checkpoint is there to resume)."""
+    import pytest
+
+    from harden.training import finetune
+
+    full = finetune(make_model(), "sample", output=tmp_path / "full.safetensors", **opts)
+
+    def interrupt(info: dict) -> None:
+        if info["epoch"] == 1:
+            raise Stop
+
+    part = tmp_path / "part.safetensors"
+    with pytest.raises(Stop):
+        finetune(make_model(), "sample", output=part, callback=interrupt, **opts)
+    return full, part

@@ -30,6 +30,7 @@ from harden.training import (
     make_config,
     recalibrate_bn,
 )
+from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
 
 SPEC = "tests.tiny_models:tiny_cnn"
@@ -79,28 +80,10 @@ def test_pgd_at_raises_robust_accuracy_well_above_the_start() -> None:
 # ------------------------------------------------------------------------------------------- resume
 
 
-class Stop(Exception):
-    pass
-
-
-def _full_and_interrupted(tmp_path: Path, opts: dict) -> tuple[harden.HardenedModel, Path]:
-    """An uninterrupted run, and the output path of the same run stopped after its first epoch."""
-    full = finetune(tiny(), "sample", output=tmp_path / "full.safetensors", **opts)
-
-    def interrupt(info: dict) -> None:
-        if info["epoch"] == 1:
-            raise Stop
-
-    part = tmp_path / "part.safetensors"
-    with pytest.raises(Stop):
-        finetune(tiny(), "sample", output=part, callback=interrupt, **opts)
-    return full, part
-
-
 def test_resume_reproduces_an_uninterrupted_run(tmp_path) -> None:
     opts = dict(method="pgd", eps=8 / 255, steps=2, epochs=3, lr=0.05, ema=True, ema_decay=0.9, eps_warmup=1,
                 **QUICK)
-    full, part = _full_and_interrupted(tmp_path, opts)
+    full, part = full_and_interrupted(tiny, tmp_path, opts)
     ckpt = checkpoint_path_for(part)
     assert ckpt == tmp_path / "part.ckpt.pt" and ckpt.exists() and not part.exists()
     with pytest.raises(UsageError, match="--resume"):  # a new run does not silently drop the checkpoint
@@ -123,7 +106,7 @@ def test_resume_with_the_lipschitz_penalty_is_bit_exact(tmp_path) -> None:
     """The penalty's power-iteration vectors start seeded and travel in the checkpoint."""
     opts = dict(method="fgsm-rs", epochs=2, lr=0.05, lipschitz_reg=0.05, train_n=128, batch_size=64, val_n=0,
                 progress=False)
-    full, part = _full_and_interrupted(tmp_path, opts)
+    full, part = full_and_interrupted(tiny, tmp_path, opts)
     saved = torch.load(checkpoint_path_for(part), weights_only=True)["lipschitz"]
     assert set(saved) == {"net.0", "net.3", "net.6", "net.11"}
     resumed = finetune(tiny(), "sample", output=part, resume=True, **opts)

@@ -23,6 +23,7 @@ from harden.losses import mart_loss, method_loss
 from harden.recipes import _finetune_text, parse_recipe
 from harden.serialization import read_recipe
 from harden.training import Trainer, _Dist, checkpoint_path_for, finetune, make_config
+from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
 
 SPEC = "tests.tiny_models:tiny_cnn"
@@ -261,10 +262,6 @@ def test_pseudo_labels_come_from_the_teacher_in_eval_mode(tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------------------- resume
 
 
-class Stop(Exception):
-    pass
-
-
 @pytest.mark.slow  # three short runs each
 @pytest.mark.parametrize("options", [
     dict(method="mart", awp=0.02, awp_warmup=1, epochs=2),  # AWP starts in the resumed epoch
@@ -275,15 +272,7 @@ def test_resume_after_an_interruption_is_bit_exact(tmp_path, options) -> None:
     if "extra_fraction" in opts:
         opts["extra_data"] = image_folder(tmp_path / "extra", CIFAR10_CLASSES, per_class=1, value=128)
         opts["pseudo_label"] = tiny(seed=5)
-    full = finetune(tiny(), "sample", output=tmp_path / "full.safetensors", **opts)
-
-    def interrupt(info: dict) -> None:
-        if info["epoch"] == 1:
-            raise Stop
-
-    part = tmp_path / "part.safetensors"
-    with pytest.raises(Stop):
-        finetune(tiny(), "sample", output=part, callback=interrupt, **opts)
+    full, part = full_and_interrupted(tiny, tmp_path, opts)
     assert checkpoint_path_for(part).exists()
     resumed = finetune(tiny(), "sample", output=part, resume=True, **opts)
     a, b = full.state_dict(), resumed.state_dict()

@@ -22,3 +22,15 @@ def _seed() -> None:
 def _isolated_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # pretrained-weight lookups must never find a developer's cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home"))
+
+
+# Full-size ImageNet networks make the model sweeps slow on two CPU cores: their cases run in the slow set.
+HEAVY_MODELS = ("tv:resnet50", "timm:resnext50_32x4d", "tv:densenet121", "timm:regnety_008", "tv:convnext_tiny",
+                "tv:wide_resnet50_2", "tv:efficientnet_b0", "timm:efficientnet_b0", "timm:mobilenetv3_large_100",
+                "tv:regnet_y_400mf")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(f"[{name}" in item.nodeid or f"-{name}" in item.nodeid for name in HEAVY_MODELS):
+            item.add_marker(pytest.mark.slow)

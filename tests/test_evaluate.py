@@ -248,6 +248,7 @@ def _env(tiny_dir: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_result(tiny_dir, tiny_file, fast_ref, tmp_path):
     report = tmp_path / "two.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

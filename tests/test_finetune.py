@@ -54,6 +54,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.
 # ------------------------------------------------------------------------------------- the result
 
 
+@pytest.mark.slow
 def test_pgd_at_raises_robust_accuracy_well_above_the_start() -> None:
     ds = load_dataset("sample", "test")
     x, y = load_tensors(ds, select(ds, 500, random_subset=True, seed=0))
@@ -244,6 +245,7 @@ def test_bf16_autocast_and_channels_last_follow_fp32() -> None:
     assert {v.dtype for v in trainer.penalty.vectors.values()} == {torch.float32}  # the penalty stays in fp32
 
 
+@pytest.mark.slow
 def test_torch_compile_gives_the_eager_steps() -> None:
     eager, _ = _three_steps(tiny())
     compiled, trainer = _three_steps(tiny(), compile=True)
@@ -251,6 +253,7 @@ def test_torch_compile_gives_the_eager_steps() -> None:
     assert compiled == pytest.approx(eager, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_finetune_with_gpu_settings_writes_a_plain_fp32_model(tmp_path) -> None:
     out = tmp_path / "m.safetensors"
     model = finetune(tiny(), "sample", output=out, method="trades", steps=2, epochs=1, precision="bf16",

@@ -114,6 +114,7 @@ def _cifar_images(tmp_path: Path, n: int = 4) -> torch.Tensor:
     return torch.stack(images)
 
 
+@pytest.mark.slow
 def test_bound_is_never_below_measured_gradients_on_real_images(tmp_path):
     torch.manual_seed(3)
     model = harden.load_model("cifar:wrn-10-1")
@@ -177,6 +178,7 @@ def test_spectral_penalty_on_a_hardened_model_uses_its_input_size():
         spectral_penalty(nn.Sequential(nn.Conv2d(3, 3, 3)))
 
 
+@pytest.mark.slow
 def test_inspect_lipschitz_prints_bound_and_table(tmp_path):
     path = harden.save(harden.load_model("cifar:wrn-10-1"), tmp_path / "w.safetensors")
     result = CliRunner().invoke(main, ["inspect", str(path), "--lipschitz"])

@@ -58,6 +58,7 @@ def test_train_and_eval_still_switch_after_transforms() -> None:
     assert torch.equal(stats, bn.running_mean)
 
 
+@pytest.mark.slow
 def test_timm_drop_path_still_follows_the_mode() -> None:
     model = harden.load_model("timm:efficientnet_b0", num_classes=10, input_size=64,
                               model_kwargs={"drop_path_rate": 0.5})

@@ -72,6 +72,7 @@ def test_entry_point_plugin_is_listed_applied_and_replayed(installed_plugin: Pat
     assert torch.equal(harden.load(tmp_path / "p.safetensors", trust_code=True)(x), out(x))
 
 
+@pytest.mark.slow
 def test_entry_point_plugin_from_the_command_line(installed_plugin: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed_plugin), os.getcwd()])}
     cmd = [sys.executable, "-c", "from harden.cli import main; main()"]

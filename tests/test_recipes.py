@@ -159,6 +159,7 @@ def _table(out: Path) -> list[dict]:
     return _untimed(json.loads((out / "comparison.json").read_text())["rows"])
 
 
+@pytest.mark.slow
 def test_run_resume_continues_an_interrupted_run_to_the_same_result(tmp_path, monkeypatch) -> None:
     from safetensors.torch import load_file
 

@@ -121,7 +121,7 @@ def _train(model: harden.HardenedModel, data: str, out: Path, s: dict, seed: int
            progress: bool) -> harden.HardenedModel:
     """Adversarial training of the protocol (or its clean pre-training) of ``model`` with ``seed``."""
     common: dict[str, Any] = {"batch_size": s["batch_size"], "train_n": s["train_n"], "val_n": s["val_n"],
-              "val_steps": s["val_steps"], "eps": s["eps"], "seed": seed}
+                              "val_steps": s["val_steps"], "eps": s["eps"], "seed": seed}
     resume = checkpoint_path_for(out).exists()  # an interrupted piece continues from its last epoch
     common.update(curves=False, resume=resume, force=not resume)
     if clean:
@@ -258,4 +258,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except harden.errors.HardenError as exc:  # one line, as the harden command prints it
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2 if isinstance(exc, harden.errors.UsageError) else 1)

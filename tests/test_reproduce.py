@@ -66,6 +66,8 @@ def test_merge_refuses_a_table_measured_with_other_settings(tmp_path: Path) -> N
     assert res.returncode == 2 and "error: --rows takes numbers from 0 to 6" in res.stderr
     res = _reproduce(tmp_path, "--seeds", "a")
     assert res.returncode == 2 and "error: --seeds takes numbers" in res.stderr
+    res = _reproduce(tmp_path, "--model", "cifar:no-such-net", "--rows", "0")
+    assert res.returncode == 2 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
 
 
 def _fresh(index: int, seed: int, robust: list[bool]) -> dict:

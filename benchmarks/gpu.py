@@ -49,10 +49,12 @@ import train_throughput  # noqa: E402
 
 FULL = {"model": "cifar:resnet18", "data": None, "budget_s": 600, "paths_train_n": 10000, "paths_epochs": 2,
         "det_n": 200, "aa_n": 1000, "tp_batch": 512, "tp_iters": 20, "tp_steps": 10, "rows_n": 1000,
-        "rows_train_n": None, "max_epochs": 15, "batch_size": 512, "val_n": 512, "overhead_s": 20}
+        "rows_train_n": None, "max_epochs": 15, "batch_size": 512, "val_n": 512, "overhead_s": 20,
+        "check_examples": None}
 DRY = {"model": "cifar:wrn-16-1", "data": "sample", "budget_s": 10**6, "paths_train_n": 32, "paths_epochs": 1,
        "det_n": 4, "aa_n": 4, "tp_batch": 8, "tp_iters": 1, "tp_steps": 1, "rows_n": 4, "rows_train_n": 16,
-       "max_epochs": 1, "batch_size": 8, "val_n": 8, "overhead_s": 0}
+       "max_epochs": 1, "batch_size": 8, "val_n": 8, "overhead_s": 0,
+       "check_examples": 0}  # harden's evaluation checks would dominate a toy run; the GPU run keeps them
 
 
 class Recorder:
@@ -173,12 +175,13 @@ def check_resident_data(data: str, device: torch.device, figures: dict) -> None:
     figures["resident_uint8"] = str(td.x.device)
 
 
-def deterministic_evaluations(model: torch.nn.Module, data: str, n: int, figures: dict) -> None:
+def deterministic_evaluations(model: torch.nn.Module, data: str, n: int, figures: dict,
+                              checks: int | None = None) -> None:
     """``evaluate`` twice with deterministic kernels and ``--batch-size auto``: identical outcomes."""
     torch.backends.cudnn.benchmark = False  # harden's training turns it on for speed
     torch.backends.cudnn.deterministic = True
-    reports = [harden.evaluate(model, data, attack="apgd-ce", n=n, random_subset=True, seed=0, batch_size="auto")
-               for _ in range(2)]
+    reports = [harden.evaluate(model, data, attack="apgd-ce", n=n, random_subset=True, seed=0, batch_size="auto",
+                               check_examples=checks) for _ in range(2)]
     same = reports[0]["examples"]["outcome"] == reports[1]["examples"]["outcome"]
     require(same, "two deterministic evaluations differ")
     figures.update(deterministic_identical=True, auto_batch_size=reports[0]["batch_size"], n=n,
@@ -197,7 +200,7 @@ def step_paths(rec: Recorder, cfg: dict, data: str, device: torch.device, work: 
                                 train_n=cfg["paths_train_n"], batch_size=cfg["batch_size"], val_n=cfg["val_n"],
                                 val_steps=3, curves=False)
         figures["finetune"] = {"method": "fgsm-rs", "epochs": cfg["paths_epochs"], "train_n": cfg["paths_train_n"]}
-        deterministic_evaluations(model, data, cfg["det_n"], figures)
+        deterministic_evaluations(model, data, cfg["det_n"], figures, cfg["check_examples"])
     return model
 
 
@@ -219,7 +222,7 @@ def step_autoattack(rec: Recorder, cfg: dict, model: harden.HardenedModel, data:
     with rec.step("autoattack") as figures:
         for fast in (True, False):
             r = harden.evaluate(model, data, attack="autoattack", fast=fast, n=cfg["aa_n"], random_subset=True,
-                                seed=0, batch_size="auto")
+                                seed=0, batch_size="auto", check_examples=cfg["check_examples"])
             figures["fast" if fast else "standard"] = {
                 "n": r["n"], "seconds": round(r["seconds"], 1), "images_per_second": round(r["n"] / r["seconds"], 2),
                 "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"], "batch_size": r["batch_size"],
@@ -250,7 +253,7 @@ def rows_settings(cfg: dict, epochs: int) -> dict[str, Any]:
             "train_n": cfg["rows_train_n"], "lr": 0.2, "schedule": "onecycle", "batch_size": cfg["batch_size"],
             "val_n": cfg["val_n"], "val_steps": 5, "pretrain_epochs": epochs, "pretrain_lr": 0.2,
             "attack": "apgd-ce", "n": cfg["rows_n"], "check_attack": "autoattack-fast", "check_n": cfg["rows_n"],
-            "seeds": [0], "steps_eval": 10}
+            "seeds": [0], "steps_eval": 10, "check_examples": cfg["check_examples"]}
 
 
 def step_rows(rec: Recorder, cfg: dict, data: str, work: Path, out_dir: Path, speeds: dict) -> None:

@@ -168,7 +168,8 @@ def evaluate(model: harden.HardenedModel, data: str, attack: str, n: int, s: dic
     fast = attack == "autoattack-fast"
     name = "autoattack" if fast else attack
     report = harden.evaluate(model, data, attack=name, fast=fast, eps=s["eps"], n=n, random_subset=True,
-                             seed=s["eval_seed"], steps=s["steps_eval"] if name in ("pgd", "cw") else None)
+                             seed=s["eval_seed"], steps=s["steps_eval"] if name in ("pgd", "cw") else None,
+                             check_examples=s.get("check_examples"))
     return {"attack": attack, "attacks": report["attacks"], "n": report["n"], "eps": s["eps"],
             "clean_acc": report["clean_acc"], "robust_acc": report["robust_acc"],
             "outcome": report["examples"]["outcome"], "warnings": [w.get("name", str(w)) if isinstance(w, dict)

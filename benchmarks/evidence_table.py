@@ -1,0 +1,185 @@
+"""The evidence table of benchmarks/reproduce.py: merging pieces, paired tests per seed, JSON and markdown."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from harden.serialization import atomic_path
+from harden.stats import paired_difference
+from harden.summary import human
+
+ALPHA = 0.05
+ATTACK_NAMES = {"apgd-ce": "APGD-CE (AutoAttack's standard settings)", "autoattack": "AutoAttack (standard)",
+                "autoattack-fast": "AutoAttack --fast (APGD-CE, APGD-T)", "pgd": "PGD-10", "fgsm": "FGSM"}
+
+
+def attack_text(attack: str | None) -> str:
+    return ATTACK_NAMES.get(attack or "", str(attack))
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Robust accuracy of ``b`` minus ``a`` on the same images, with the exact McNemar p."""
+    d = paired_difference([o == "robust" for o in a["outcome"]], [o == "robust" for o in b["outcome"]])
+    return {"difference": round(d["difference"], 2), "p_value": d["p_value"], "only_a": d["only_a"],
+            "only_b": d["only_b"], "n": d["n"]}
+
+
+def _compare(rows: dict[int, dict[str, Any]], reference: dict[int, int]) -> None:
+    """Fill each seed's ``vs_baseline`` (and ``vs_reference``) from the same seed of row 0 (or its reference)."""
+    for index, row in rows.items():
+        for entry in row["seeds"]:
+            entry.pop("vs_baseline", None)
+            entry.pop("vs_reference", None)
+            for key, other in (("vs_baseline", 0), ("vs_reference", reference.get(index))):
+                if other is None or other == index or other not in rows:
+                    continue
+                match = next((e for e in rows[other]["seeds"] if e["seed"] == entry["seed"]), None)
+                if match is not None and match["n"] == entry["n"]:
+                    entry[key] = {"row": other, **_paired(match, entry)}
+
+
+def merge_results(saved: dict[str, Any] | None, identity: dict[str, Any], piece: dict[str, Any],
+                  fresh: list[dict[str, Any]], reference: dict[int, int]) -> dict[str, Any]:
+    """Earlier pieces (``saved``) plus this one: a (row, seed) measured again replaces the earlier result."""
+    pieces = list(saved["pieces"]) if saved else []
+    pieces.append(piece)
+    rows: dict[int, dict[str, Any]] = {r["index"]: r for r in (saved["rows"] if saved else [])}
+    for result in fresh:
+        entry = {**result["seed_result"], "piece": len(pieces) - 1}
+        row = rows.setdefault(result["index"], {"seeds": []})
+        row.update({k: v for k, v in result.items() if k != "seed_result"})
+        row["seeds"] = sorted([e for e in row["seeds"] if e["seed"] != entry["seed"]] + [entry],
+                              key=lambda e: e["seed"])
+    _compare(rows, reference)
+    return {**identity, "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "pieces": pieces, "rows": [rows[i] for i in sorted(rows)]}
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.1f} (1 seed)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def verdict(seeds: list[dict[str, Any]], key: str, what: str) -> str:
+    """A plain statement of what the per-seed paired tests against ``what`` show."""
+    comps = [e[key] for e in seeds if key in e]
+    if not comps:
+        return f"not yet paired with {what} (its seeds are not measured)"
+    k, mean = len(comps), statistics.mean(c["difference"] for c in comps)
+    sig = [c for c in comps if c["p_value"] < ALPHA]
+    if not sig:
+        return (f"no significant difference in robust accuracy from {what} (p >= {ALPHA} in all {k} seed"
+                f"{'s' if k > 1 else ''}; mean difference {mean:+.1f} points)")
+    signs = {c["difference"] > 0 for c in sig}
+    if len(sig) == k and len(signs) == 1:
+        return (f"robust accuracy {'higher' if signs.pop() else 'lower'} than {what} in every seed measured "
+                f"({k} of {k} with p < {ALPHA}; mean difference {mean:+.1f} points)")
+    return (f"mixed: p < {ALPHA} in {len(sig)} of {k} seeds (differences "
+            f"{', '.join(format(c['difference'], '+.1f') for c in comps)}); not a consistent difference")
+
+
+def _per_seed(seeds: list[dict[str, Any]], key: str) -> str:
+    parts = [f"s{e['seed']}: {e[key]['difference']:+.1f} (p={e[key]['p_value']:.2g})" for e in seeds if key in e]
+    return "; ".join(parts) or "-"
+
+
+def _check_cell(seeds: list[dict[str, Any]]) -> str:
+    e = next((e for e in seeds if "check" in e), None)
+    return "-" if e is None else f"{e['check']['clean_acc']:.1f} / {e['check']['robust_acc']:.1f} (s{e['seed']})"
+
+
+def _header(table: dict[str, Any], reason: str) -> list[str]:
+    s = table["settings"]
+    n_pre = s["pretrain_epochs"]
+    steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps)"
+    return [
+        f"# Architecture changes on CIFAR-10: evidence table (protocol `{table['protocol']}`)", "",
+        f"model: `{table['model']}` at 32x32; data: `{table['data']}`; updated {table['updated']}",
+        f"training, every row and seed alike: {s['method'].upper()} at eps {s['eps']}"
+        f"{steps}, {s['epochs']} epochs on "
+        f"{s['train_n'] or 'all'} training images, lr {s['lr']} {s['schedule']}, batch {s['batch_size']}, the best "
+        f"epoch by PGD-{s['val_steps']} on {s['val_n']} held-out training images. The seed sets the "
+        "initialisation, the data order and the training attack's random starts.",
+        f"rows marked `pretrained` start from a network of the same seed trained without attacks ({n_pre} epochs, "
+        f"lr {s['pretrain_lr']}; trained once per seed and shared by those rows), then get the same adversarial "
+        "training. " + reason,
+        f"robust accuracy: {attack_text(s['attack'])}, Linf eps {s['eps']}, n={s['n']} fixed test images (a "
+        f"random subset drawn with seed {s['eval_seed']}, the same for every model and seed; attack seed "
+        f"{s['eval_seed']})."
+        + (f" Check: {attack_text(s['check_attack'])} on a fixed subset of n={s['check_n']}, first seed "
+           f"({s['seeds'][0]}) of each row." if s.get("check_attack") else ""), "",
+    ]
+
+
+def _rows_table(table: dict[str, Any]) -> list[str]:
+    s = table["settings"]
+    atk, chk = f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}", attack_text(s.get("check_attack"))
+    lines = [f"| # | change | start | seeds | clean % (n={s['n']}), mean ± sd | robust % ({atk}), mean ± sd | "
+             f"robust vs baseline per seed: difference in points (exact McNemar p; {atk}) | "
+             f"clean / robust % ({chk}, Linf {s['eps']}, n={s.get('check_n')}) | params | MACs | feature map | "
+             "train min per seed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        seeds = r["seeds"]
+        minutes = statistics.mean(e["train_seconds"] for e in seeds) / 60
+        lines.append(
+            f"| {r['index']} | {r['row']} | {r['start']} | {', '.join(str(e['seed']) for e in seeds)} | "
+            f"{mean_sd([e['clean_acc'] for e in seeds])} | {mean_sd([e['robust_acc'] for e in seeds])} | "
+            f"{_per_seed(seeds, 'vs_baseline') if r['index'] else '-'} | {_check_cell(seeds)} | {human(r['params'])} "
+            f"| {human(r['macs'])} | {r['feature_map']} | {minutes:.1f} |")
+    return lines
+
+
+def _findings(table: dict[str, Any]) -> list[str]:
+    out = ["", "## What the table shows, row by row", ""]
+    labels = {r["index"]: r["row"] for r in table["rows"]}
+    planned = len(table["settings"]["seeds"])
+    for r in table["rows"]:
+        if r["index"] == 0:
+            continue
+        text = f"- {r['index']}. {r['row']}: {verdict(r['seeds'], 'vs_baseline', 'the baseline')}"
+        if any("vs_reference" in e for e in r["seeds"]):
+            ref = next(e["vs_reference"]["row"] for e in r["seeds"] if "vs_reference" in e)
+            what = f"row {ref}"
+            text += (f". Against row {ref} ({labels[ref]}): {verdict(r['seeds'], 'vs_reference', what)} "
+                     f"[{_per_seed(r['seeds'], 'vs_reference')}]")
+        if len(r["seeds"]) < planned:
+            text += f" ({len(r['seeds'])} of the protocol's {planned} seeds measured so far)"
+        out.append(text + ".")
+    return out
+
+
+def _pieces(table: dict[str, Any]) -> list[str]:
+    out = ["", "## Pieces", "", "| piece | date (UTC) | device | rows | seeds | command |", "|---|---|---|---|---|---|"]
+    for i, p in enumerate(table["pieces"]):
+        out.append(f"| {i} | {p['date']} | {p['device']} | {', '.join(map(str, p['rows']))} | "
+                   f"{', '.join(map(str, p['seeds']))} | `{p['command']}` |")
+    return out
+
+
+FOOTNOTE = ("p: two-sided exact McNemar test on the test images that only one of the two models (same seed) "
+            "withstands; it covers the choice of test images. The spread over seeds (sd) is the training noise. "
+            f"A row differs from the baseline only where p < {ALPHA} in every seed with the same sign.")
+
+
+def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
+    """Write ``out`` (markdown) and ``out.json`` atomically; return the markdown."""
+    warned = sorted({(r["index"], w) for r in table["rows"] for e in r["seeds"] for w in e.get("warnings", [])})
+    lines = _header(table, reason) + _rows_table(table) + ["", FOOTNOTE] + _findings(table)
+    if warned:
+        lines += ["", "Warnings of the evaluations (harden's checks and AutoAttack's own): "
+                  + "; ".join(f"row {i}: {w}" for i, w in warned)]
+    lines += _pieces(table)
+    text = "\n".join(lines) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    with atomic_path(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(table, indent=1) + "\n")
+    return text

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from harden import distributed as hd
 from harden.cli import main
 from harden.cli._options import model_options, resolve_model, show_progress
 from harden.errors import UsageError
@@ -62,6 +61,7 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
                      steps: str | None, step_size: str | None, report: str | None, resume: bool, into: str | None,
                      eps_sweep: str | None, plot: str | None, quiet: bool, as_json: bool, **model_opts) -> None:
     """Evaluate MODEL (a harden file or a model spec) against adversarial attacks on --data."""
+    from harden import distributed as hd
     from harden import evaluation
     from harden.data import check_spec
 

@@ -12,6 +12,11 @@ from harden.cli import main
 from harden.cli._options import model_options, resolve_model, show_progress
 from harden.errors import UsageError
 
+# Options of `harden finetune` that are not training settings (FinetuneConfig): `harden search` copies the others.
+FINETUNE_COMMAND_ONLY = frozenset({"model", "num_classes", "input_size", "weights", "pretrained", "mean", "std",
+                                   "trust_code", "data", "output", "resume", "force", "download", "quiet", "as_json",
+                                   "track"})
+
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0

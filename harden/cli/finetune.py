@@ -109,17 +109,22 @@ def _pct(v: float | None) -> str:
 @click.option("--download", is_flag=True, help="Allow the data source to download its data.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finetune entry as JSON.")
+@click.option("--track", default=None, metavar="mlflow[:URI]",
+              help="Record the run in MLflow (parameters, metrics, artefacts); URI default: MLflow's local store.")
 def finetune_command(model: str, data: str, output: str, resume: bool, force: bool, download: bool, quiet: bool,
                      as_json: bool, num_classes, input_size, weights, pretrained, mean, std, trust_code,
-                     **settings: Any) -> None:
+                     track: str | None = None, **settings: Any) -> None:
     """Adversarially fine-tune MODEL (a model spec or a harden file) on --data, writing -o OUT."""
+    from harden.tracking import check_track
     from harden.training import curves_path_for, finetune
+
+    check_track(track)
 
     base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
                          pretrained=pretrained, mean=mean, std=std, trust_code=trust_code,
                          init_seed=settings["seed"])
     result = finetune(base, data, output=output, resume=resume, force=force, download=download,
-                      progress=show_progress(quiet), trust_code=trust_code, **settings)
+                      progress=show_progress(quiet), trust_code=trust_code, tracker=track, **settings)
     if not _is_main_process():
         return
     entry = result.recipe["finetune"]

@@ -123,13 +123,11 @@ def open_tracker(spec: str | Tracker | None, *, run_name: str | None = None) -> 
     """The sink ``spec`` names (``None``: none). Processes other than torchrun's rank 0 get a no-op."""
     if spec is None:
         return NullTracker()
-    if not isinstance(spec, str):
-        return spec
-    _sink, uri = parse_track(spec)
-    _mlflow()  # a missing package is a usage error on every rank
+    if isinstance(spec, str):
+        check_track(spec)  # a malformed spec or a missing package is a usage error on every rank
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return NullTracker()
-    return MLflowTracker(uri, run_name=run_name)
+    return MLflowTracker(parse_track(spec)[1], run_name=run_name) if isinstance(spec, str) else spec
 
 
 def epoch_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
@@ -158,6 +156,25 @@ def report_params(report: Mapping[str, Any]) -> dict[str, Any]:
     selection = report.get("selection") or {}
     out.update({f"selection.{k}": v for k, v in selection.items() if isinstance(v, (str, int, float, bool))})
     return out
+
+
+class Prefixed:
+    """Another tracker's run, with every parameter and metric name prefixed (one stage of ``harden run``)."""
+
+    def __init__(self, inner: Tracker, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def params(self, values: Mapping[str, Any]) -> None:
+        self.inner.params({self.prefix + k: v for k, v in flatten(values).items()})
+
+    def metrics(self, values: Mapping[str, float], step: int | None = None) -> None:
+        self.inner.metrics({self.prefix + k: v for k, v in values.items()}, step=step)
+
+    def artifact(self, path: str | os.PathLike[str]) -> None:
+        self.inner.artifact(path)
+
+    def close(self, failed: bool = False) -> None:
+        pass  # the stage ends; the run goes on
 
 
 class Session:

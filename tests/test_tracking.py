@@ -6,6 +6,7 @@ Each test reads the run back from a local MLflow store in its own temporary fold
 from __future__ import annotations
 
 import builtins
+import json
 import math
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def test_parse_track() -> None:
     assert isinstance(NullTracker(), Tracker)
 
 
+@pytest.mark.slow  # a fresh sqlite store (schema migrations) plus a tiny training or attack
 def test_cli_finetune_records_params_epochs_and_files(tmp_path: Path, store: str) -> None:
     out = tmp_path / "m.safetensors"
     result = CliRunner().invoke(main, ["finetune", SPEC, *TINY, "--data", "sample", "-o", str(out), *TRAIN,
@@ -73,6 +75,7 @@ def test_cli_finetune_records_params_epochs_and_files(tmp_path: Path, store: str
     assert {"m.safetensors", "m.curves.png"} <= _artifacts(client, run)
 
 
+@pytest.mark.slow  # a fresh sqlite store (schema migrations) plus a tiny training or attack
 def test_library_evaluate_logs_into_the_callers_active_run(store: str) -> None:
     from tests.tiny_models import tiny_cnn
 
@@ -93,6 +96,7 @@ def test_library_evaluate_logs_into_the_callers_active_run(store: str) -> None:
     assert _artifacts(client, run) == {"r.json"}
 
 
+@pytest.mark.slow  # a fresh sqlite store (schema migrations) plus a tiny training or attack
 def test_library_finetune_takes_a_tracker_object(tmp_path: Path, store: str) -> None:
     from tests.tiny_models import tiny_cnn
 
@@ -122,3 +126,29 @@ def test_track_without_mlflow_is_one_line_exit_2(tmp_path: Path, monkeypatch: py
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'harden[mlflow]'" in lines[0]
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.slow  # two tiny fine-tunings and three tiny evaluations
+def test_run_with_tracking_key_records_every_stage(tmp_path: Path, store: str) -> None:
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(f"""\
+name: tiny
+model: {{spec: {SPEC}, num_classes: 10, input_size: 32}}
+data: {{train: sample}}
+transforms: [activation:name=silu]
+finetune: {{method: fgsm-rs, epochs: 1, train_n: 32, batch_size: 16, val_n: 16, val_steps: 1}}
+evaluate: {{attacks: [pgd], steps: 1, n: 12, batch_size: 12}}
+tracking: mlflow:{store}
+""")
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run"), "--quiet"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client, run = _only_run(store)
+    p, m = run.data.params, run.data.metrics
+    assert p["finetune.method"] == "fgsm-rs" and p["baseline.method"] == "fgsm-rs" and p["hardened.epochs"] == "1"
+    table = {r["model"]: r for r in json.loads((tmp_path / "run" / "comparison.json").read_text())["rows"]}
+    for label in ("start", "baseline", "hardened"):
+        assert m[f"{label}.pgd.robust_acc"] == pytest.approx(table[label]["robust"][next(iter(table[label]["robust"]))])
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "hardened.val_robust")] == [1]
+    assert {"comparison.md", "comparison.json", "recipe.yaml", "baseline.safetensors", "hardened.safetensors",
+            "hardened.eval-pgd.json", "hardened.curves.png"} <= _artifacts(client, run)

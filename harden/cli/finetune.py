@@ -164,11 +164,15 @@ def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
 @click.option("--check", is_flag=True, help="Only validate the recipe and print it resolved.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in the same --out folder: finished stages are kept.")
+@click.option("--track", default=None, metavar="mlflow[:URI]",
+              help="Record the run in MLflow (parameters, metrics, artefacts); overrides the recipe's tracking key.")
 def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: bool, check: bool,
-                resume: bool) -> None:
+                resume: bool, track: str | None = None) -> None:
     """Run a YAML recipe: apply -> finetune -> evaluate for the baseline and the hardened model."""
     from harden.recipes import load_recipe, run_recipe
+    from harden.tracking import check_track
 
+    check_track(track)
     spec = load_recipe(recipe, overrides=_parse_sets(sets))
     if check:
         import yaml
@@ -177,7 +181,8 @@ def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: 
         click.echo(yaml.safe_dump(spec.values, sort_keys=False).rstrip())
         return
     say = click.echo if _is_main_process() else None
-    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say, resume=resume)
+    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say, resume=resume,
+                        tracker=track)
     if _is_main_process():
         click.echo("")
         click.echo(result["markdown"].rstrip())

@@ -624,8 +624,8 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
 
         with tracking.Session(tracker, run_name=Path(report).stem if report else None) as sink:
             result = evaluate(**args)
-            sink.params({"command": "evaluate", "model": (result.get("model") or {}).get("spec"),
-                         **tracking.report_params(result)})
+            sink.params({"evaluate": {"model": (result.get("model") or {}).get("spec"),
+                                      **tracking.report_params(result)}})  # apart from a fine-tuning's
             sink.metrics(tracking.report_metrics(result))
             tracking.log_artifacts(sink, report)
         return result

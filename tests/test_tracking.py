@@ -81,6 +81,7 @@ def test_library_evaluate_logs_into_the_callers_active_run(store: str) -> None:
 
     model = harden.wrap(tiny_cnn(), input_size=32)
     with mlflow.start_run(run_name="mine") as mine:
+        mlflow.log_params({"batch_size": 128, "seed": 3})  # as a fine-tuning in the same run would
         report = harden.evaluate(model, "sample", attack="pgd", steps=2, n=12, batch_size=12, eps="8/255",
                                  check_examples=0, report="r.json", tracker="mlflow")
         assert mlflow.active_run().info.run_id == mine.info.run_id  # the caller's run stays open
@@ -92,7 +93,8 @@ def test_library_evaluate_logs_into_the_callers_active_run(store: str) -> None:
     assert (m["robust_ci95_low"], m["robust_ci95_high"]) == pytest.approx(tuple(report["robust_ci95"]))
     assert m["acc.clean"] == pytest.approx(report["clean_acc"])
     assert any(k.startswith("acc.pgd") for k in m), m
-    assert p["attack"] == "pgd" and p["n"] == "12" and math.isclose(float(p["eps"]), 8 / 255)
+    assert p["evaluate.attack"] == "pgd" and p["evaluate.n"] == "12" and p["evaluate.batch_size"] == "12"
+    assert math.isclose(float(p["evaluate.eps"]), 8 / 255) and p["batch_size"] == "128"
     assert _artifacts(client, run) == {"r.json"}
 
 

@@ -623,7 +623,7 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
         from harden import tracking
 
         with tracking.Session(tracker, run_name=Path(report).stem if report else None) as sink:
-            result = evaluate(**args)
+            result = _evaluate_once(**args)
             sink.params({"evaluate": {"model": (result.get("model") or {}).get("spec"),
                                       **tracking.report_params(result)}})  # apart from a fine-tuning's
             sink.metrics(tracking.report_metrics(result))
@@ -687,6 +687,9 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     finally:
         if owns_group:
             hd.shutdown()
+
+
+_evaluate_once = evaluate  # what the tracked call runs: this function itself, whatever later rebinds the name
 
 
 def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[tuple[float, str]] | None, *,

@@ -941,7 +941,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     from harden import tracking
 
     with tracking.Session(tracker, run_name=output.stem if output else None) as sink:
-        sink.params({"model": model.recipe["model"]["spec"], "data": str(data),
+        sink.params({"model": model.recipe["model"]["spec"], "data": str(getattr(data, "spec", data)),
                      **cfg.as_dict()})
         dist, dev = _init_dist(device)
         try:

@@ -148,6 +148,7 @@ tracking: mlflow:{store}
     client, run = _only_run(store)
     p, m = run.data.params, run.data.metrics
     assert p["finetune.method"] == "fgsm-rs" and p["baseline.method"] == "fgsm-rs" and p["hardened.epochs"] == "1"
+    assert p["baseline.data"] == "sample" and p["start.pgd.evaluate.attack"] == "pgd"
     table = {r["model"]: r for r in json.loads((tmp_path / "run" / "comparison.json").read_text())["rows"]}
     for label in ("start", "baseline", "hardened"):
         assert m[f"{label}.pgd.robust_acc"] == pytest.approx(table[label]["robust"][next(iter(table[label]["robust"]))])

@@ -155,3 +155,14 @@ tracking: mlflow:{store}
     assert [h.step for h in client.get_metric_history(run.info.run_id, "hardened.val_robust")] == [1]
     assert {"comparison.md", "comparison.json", "recipe.yaml", "baseline.safetensors", "hardened.safetensors",
             "hardened.eval-pgd.json", "hardened.curves.png"} <= _artifacts(client, run)
+
+
+def test_only_rank_0_records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from harden.tracking import open_tracker
+
+    mine = NullTracker()
+    assert open_tracker(mine) is mine
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    assert isinstance(open_tracker("mlflow"), NullTracker) and open_tracker(mine) is not mine
+    assert not (tmp_path / "never.db").exists()

@@ -7,19 +7,38 @@ Library API::
     model = harden.apply(model, ["upsample:factor=2", "stride-mod"])
     harden.save(model, "resnet18-rcm.safetensors")
     same = harden.load("resnet18-rcm.safetensors")
+
+The names below are imported on first use (PEP 562), so ``import harden`` and the ``harden --help``
+command line start without importing torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from harden.errors import HardenError, UsageError  # noqa: E402
-from harden.evaluation import evaluate  # noqa: E402
-from harden.model import HardenedModel  # noqa: E402
-from harden.pipeline import apply, recipe, wrap  # noqa: E402
-from harden.searching import search  # noqa: E402
-from harden.serialization import load, save  # noqa: E402
-from harden.sources import load_model  # noqa: E402
-from harden.training import finetune  # noqa: E402
-from harden.transforms import Applied, Param, Transform, list_transforms, register_transform  # noqa: E402
+# public name -> the module that defines it
+_EXPORTS = {
+    "HardenError": "harden.errors",
+    "UsageError": "harden.errors",
+    "evaluate": "harden.evaluation",
+    "HardenedModel": "harden.model",
+    "apply": "harden.pipeline",
+    "recipe": "harden.pipeline",
+    "wrap": "harden.pipeline",
+    "search": "harden.searching",
+    "load": "harden.serialization",
+    "save": "harden.serialization",
+    "load_model": "harden.sources",
+    "finetune": "harden.training",
+    "Applied": "harden.transforms",
+    "Param": "harden.transforms",
+    "Transform": "harden.transforms",
+    "list_transforms": "harden.transforms",
+    "register_transform": "harden.transforms",
+}
 
 __all__ = [
     "Applied",
@@ -40,3 +59,35 @@ __all__ = [
     "search",
     "wrap",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name, or a submodule (``harden.transforms``), when it is first used."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if not name.startswith("__"):
+        try:
+            return importlib.import_module(f"harden.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"harden.{name}":
+                raise
+    raise AttributeError(f"module 'harden' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from harden.errors import HardenError, UsageError
+    from harden.evaluation import evaluate
+    from harden.model import HardenedModel
+    from harden.pipeline import apply, recipe, wrap
+    from harden.searching import search
+    from harden.serialization import load, save
+    from harden.sources import load_model
+    from harden.training import finetune
+    from harden.transforms import Applied, Param, Transform, list_transforms, register_transform

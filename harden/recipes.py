@@ -102,6 +102,7 @@ SCHEMA: dict[str, Key] = {
         "random_subset": Key("bool", help="a seeded random subset of n test images (default true; false: the first n)"),
         "skip_bad_images": Key("bool", help="leave out test images that cannot be decoded (the report counts them)"),
     }),
+    "tracking": Key("str", help="mlflow or mlflow:URI: record the run (settings, metrics, files) in MLflow"),
 }
 
 _KIND_TEXT = {"str": "a string", "int": "an integer", "number": "a number (e.g. 0.1 or 8/255)",
@@ -530,14 +531,31 @@ class RunState:
 
 
 def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-               echo: Callable[[str], Any] | None = None, resume: bool = False) -> dict[str, Any]:
+               echo: Callable[[str], Any] | None = None, resume: bool = False, tracker: Any = None) -> dict[str, Any]:
     """apply -> finetune -> evaluate for the baseline and the hardened model(s); write models, reports, table.
 
     Returns the comparison (``rows``, ``notes``, ``markdown``, ``out_dir``). Under torchrun every rank
     trains and evaluates its share; only rank 0 writes. ``resume=True`` continues an interrupted run
     in the same ``out_dir``: finished stages are read back, an interrupted fine-tuning continues from
-    its checkpoint and an interrupted evaluation from its saved batches.
+    its checkpoint and an interrupted evaluation from its saved batches. ``tracker`` (default: the
+    recipe's ``tracking`` key) records one tracking run: the recipe as parameters, each stage's metrics
+    under its name (``baseline.val_robust``, ``hardened.pgd.robust_acc``, ...) and the output files.
     """
+    from harden import tracking
+
+    spec = tracker if tracker is not None else recipe.values.get("tracking")
+    tracking.check_track(spec if isinstance(spec, str) else None)
+    with tracking.Session(spec, run_name=recipe.name) as sink:
+        sink.params(recipe.values)
+        result = _run_recipe(recipe, out_dir=out_dir, progress=progress, echo=echo, resume=resume, sink=sink)
+        out = Path(result["out_dir"])
+        tracking.log_artifacts(sink, out / "comparison.md", out / "comparison.json", out / "recipe.yaml")
+    return result
+
+
+def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progress: bool,
+                echo: Callable[[str], Any] | None, resume: bool, sink: Any) -> dict[str, Any]:
+    """:func:`run_recipe`'s stages, reporting to the tracker ``sink``."""
     import torch
 
     import harden
@@ -546,6 +564,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
     from harden.evaluation import evaluate
     from harden.serialization import atomic_path
     from harden.summary import count_macs
+    from harden.tracking import Prefixed
     from harden.training import _resolve_data, checkpoint_path_for, finetune
 
     say = echo or (lambda _s: None)
@@ -612,7 +631,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
                     steps=ev.get("steps") if attack in ("pgd", "cw") else None,
                     batch_size=ev.get("batch_size", "auto"), random_subset=bool(ev.get("random_subset", True)),
                     progress=progress, into=file, report=path, resume=resume,
-                    skip_bad_images=bool(ev.get("skip_bad_images"))))
+                    skip_bad_images=bool(ev.get("skip_bad_images")), tracker=Prefixed(sink, f"{label}.{attack}.")))
                 state.mark(stage)
             if main:
                 with atomic_path(out / f"{label}.report.json") as tmp:
@@ -629,7 +648,8 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
             again = resume and checkpoint_path_for(path).exists()
             if again:
                 say(f"[{label}] continuing the interrupted fine-tuning from {checkpoint_path_for(path).name}")
-            tuned = finetune(model, train_ds, output=path, force=True, resume=again, progress=progress, **settings)
+            tuned = finetune(model, train_ds, output=path, force=True, resume=again, progress=progress,
+                             tracker=Prefixed(sink, f"{label}."), **settings)
             seconds = round(time.perf_counter() - t0, 1)
             state.mark(stage, seconds=seconds)
             return tuned, seconds

@@ -902,7 +902,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
              resume: bool = False, force: bool = False, checkpoint: str | os.PathLike[str] | None = None,
              progress: bool = True, download: bool = False, device: str | torch.device | None = None,
              callback: Callable[[dict[str, Any]], None] | None = None, curves: bool = True,
-             trust_code: bool = False, **options: Any) -> HardenedModel:
+             trust_code: bool = False, tracker: Any = None, **options: Any) -> HardenedModel:
     """Adversarially fine-tune a copy of ``model`` on the training split of ``data``; return it.
 
     ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
@@ -912,6 +912,8 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     training-curve PNG beside it, and a checkpoint
     (``OUT.ckpt.pt``) is written after every epoch; ``resume=True`` continues from it. ``callback``
     is called after every epoch with that epoch's numbers. Under torchrun only rank 0 writes files.
+    ``tracker`` (``"mlflow"``, ``"mlflow:URI"`` or a :class:`harden.tracking.Tracker`) records the settings,
+    the per-epoch numbers and the output files (see :mod:`harden.tracking`).
     """
     if not isinstance(model, HardenedModel):
         raise UsageError("finetune() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
@@ -936,12 +938,22 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
     teacher = load_teacher(teacher_arg, trust_code=trust_code) if teacher_arg is not None else None
-    dist, dev = _init_dist(device)
-    try:
-        return _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
-                    device=dev, dist=dist, callback=callback, curves=curves, teacher=teacher, download=download)
-    finally:
-        dist.close()
+    from harden import tracking
+
+    with tracking.Session(tracker, run_name=output.stem if output else None) as sink:
+        sink.params({"model": model.recipe["model"]["spec"], "data": str(getattr(data, "spec", data)),
+                     **cfg.as_dict()})
+        dist, dev = _init_dist(device)
+        try:
+            result = _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
+                          device=dev, dist=dist, callback=tracking.epoch_callback(sink, callback), curves=curves,
+                          teacher=teacher, download=download)
+        finally:
+            dist.close()
+        val = result.recipe["finetune"].get("validation") or {}
+        sink.metrics({f"kept_{k}": v for k, v in val.items() if k in ("clean_acc", "robust_acc") and v is not None})
+        tracking.log_artifacts(sink, output, curves_path_for(output) if output else None)
+    return result
 
 
 def _extra_source(cfg: FinetuneConfig, dataset: ImageDataset, data: TrainData, teacher: Teacher | None, *,

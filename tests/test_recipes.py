@@ -64,7 +64,8 @@ def test_shipped_recipes_are_valid() -> None:
 def test_unknown_keys_and_wrong_types_name_the_key_and_line() -> None:
     assert _error(GOOD.replace("finetune:", "finetun:")) == (
         "r.yaml, line 10: unknown key 'finetun' in the recipe; did you mean: finetune? "
-        "(known: name, description, model, data, pretrain, transforms, variants, baseline, finetune, evaluate)")
+        "(known: name, description, model, data, pretrain, transforms, variants, baseline, finetune, evaluate, "
+        "tracking)")
     msg = _error(GOOD.replace("  epochs: 1", "  epochs: ten"))
     assert msg == "r.yaml, line 13: finetune.epochs must be an integer, got 'ten'"
     assert _error(GOOD.replace("  lr: 0.05", "  lrate: 0.05")).startswith(

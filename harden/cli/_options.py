@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import harden
 from harden.errors import UsageError
-from harden.model import HardenedModel
-from harden.transforms import parse_number
+
+if TYPE_CHECKING:
+    from harden.model import HardenedModel
 
 
 def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
     if text is None:
         return None
+    from harden.transforms import parse_number
+
     try:
         return tuple(parse_number(v) for v in text.split(","))
     except ValueError:

@@ -11,9 +11,6 @@ import harden
 from harden.cli import main
 from harden.cli._options import model_options, resolve_model
 from harden.errors import UsageError
-from harden.serialization import read_metadata, read_recipe, read_reports
-from harden.sources import model_sources
-from harden.summary import before_after_table, human, model_facts
 
 
 def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, strides: str | None,
@@ -64,6 +61,8 @@ def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, acti
 
         if Path(output).exists():
             raise UsageError(f"'{output}' exists; pass --force to overwrite it")
+    from harden.summary import before_after_table, model_facts
+
     base = resolve_model(model, **model_opts)
     transforms = [harden.transforms.parse_transform(s) for s in specs]
     before = model_facts(base)
@@ -105,6 +104,8 @@ def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, acti
 @click.option("--trust-code", is_flag=True, help="With --lipschitz: allow a recipe that names a user factory.")
 def inspect_command(path: str, as_json: bool, lipschitz: bool = False, trust_code: bool = False) -> None:
     """Show the recipe and stored reports of a harden file."""
+    from harden.serialization import read_metadata, read_recipe, read_reports
+
     read_metadata(path)
     rec = read_recipe(path)
     reports = read_reports(path)
@@ -177,6 +178,8 @@ def _list_robustbench() -> None:
               help="Also list model names matching PATTERN (e.g. 'resnet*').")
 def list_command(show_models: str | None) -> None:
     """List transforms (with their package), model sources and attacks."""
+    from harden.sources import model_sources
+
     click.echo("transforms:")
     for name, cls in harden.list_transforms().items():
         params = ", ".join(f"{p.name}={p.default}" if not p.required else p.name for p in cls.params)
@@ -200,4 +203,3 @@ def list_command(show_models: str | None) -> None:
             hits = [n for n in src.names() if fnmatch.fnmatch(n, show_models)]
             if hits:
                 click.echo(f"{name} models matching '{show_models}': " + ", ".join(hits[:200]))
-    _ = human

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from harden import distributed as hd
 from harden.cli import main
 from harden.cli._options import model_options, resolve_model, show_progress
 from harden.errors import UsageError
@@ -56,12 +56,30 @@ def _int(text: str | None, what: str, *, allow: tuple[str, ...] = ()) -> int | s
               help="PNG for --eps-sweep (default: REPORT.eps-sweep.png or eps-sweep.png).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
+@click.option("--track", default=None, metavar="mlflow[:URI]",
+              help="Record the run in MLflow (parameters, metrics, artefacts); URI default: MLflow's local store.")
 def evaluate_command(model: str, data: str | None, split: str, download: bool, eps: str, norm: str, attack: str,
                      fast: bool, n: str, random_subset: bool, skip_bad_images: bool, batch_size: str, seed: str,
                      device: str,
                      steps: str | None, step_size: str | None, report: str | None, resume: bool, into: str | None,
-                     eps_sweep: str | None, plot: str | None, quiet: bool, as_json: bool, **model_opts) -> None:
+                     eps_sweep: str | None, plot: str | None, quiet: bool, as_json: bool, track: str | None = None,
+                     **model_opts) -> None:
     """Evaluate MODEL (a harden file or a model spec) against adversarial attacks on --data."""
+    from harden import tracking
+
+    tracking.check_track(track)
+    with tracking.Session(track, run_name=Path(report).stem if report else None) as sink:
+        _evaluate(model, data, split, download, eps, norm, attack, fast, n, random_subset, skip_bad_images,
+                  batch_size, seed, device, steps, step_size, report, resume, into, eps_sweep, plot, quiet, as_json,
+                  sink, model_opts)
+
+
+def _evaluate(model: str, data: str | None, split: str, download: bool, eps: str, norm: str, attack: str,
+              fast: bool, n: str, random_subset: bool, skip_bad_images: bool, batch_size: str, seed: str,
+              device: str, steps: str | None, step_size: str | None, report: str | None, resume: bool,
+              into: str | None, eps_sweep: str | None, plot: str | None, quiet: bool, as_json: bool, sink: Any,
+              model_opts: dict[str, Any]) -> None:
+    from harden import distributed as hd
     from harden import evaluation
     from harden.data import check_spec
 
@@ -100,7 +118,7 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
             n=None if count == "all" else int(count or 1000), seed=plan.seed, batch_size=bs, device=device,
             split=split, random_subset=random_subset, download=download, steps=n_steps,  # type: ignore[arg-type]
             step_size=step, report=report, resume=resume, into=into, eps_sweep=eps_sweep, progress=show_bar,
-            skip_bad_images=skip_bad_images)
+            skip_bad_images=skip_bad_images, tracker=sink)
     except KeyboardInterrupt:
         if progress_file is not None and progress_file.exists():
             click.echo(f"progress saved in {progress_file}; continue with the same command and --resume", err=True)
@@ -119,6 +137,7 @@ def evaluate_command(model: str, data: str | None, split: str, download: bool, e
     if sweep is not None:
         target = plot or (f"{Path(report).with_suffix('')}.eps-sweep.png" if report else "eps-sweep.png")
         evaluation.plot_sweep(result, target)
+        sink.artifact(target)
         click.echo(f"wrote {target}", err=as_json)
     for w in result["warnings"]:
         line = f"warning [{w['name']}]" + (f" (x{w['count']})" if w.get("count", 1) > 1 else "") + f": {w['message']}"

@@ -12,6 +12,11 @@ from harden.cli import main
 from harden.cli._options import model_options, resolve_model, show_progress
 from harden.errors import UsageError
 
+# Options of `harden finetune` that are not training settings (FinetuneConfig): `harden search` copies the others.
+FINETUNE_COMMAND_ONLY = frozenset({"model", "num_classes", "input_size", "weights", "pretrained", "mean", "std",
+                                   "trust_code", "data", "output", "resume", "force", "download", "quiet", "as_json",
+                                   "track"})
+
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
@@ -104,17 +109,22 @@ def _pct(v: float | None) -> str:
 @click.option("--download", is_flag=True, help="Allow the data source to download its data.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--json", "as_json", is_flag=True, help="Print the finetune entry as JSON.")
+@click.option("--track", default=None, metavar="mlflow[:URI]",
+              help="Record the run in MLflow (parameters, metrics, artefacts); URI default: MLflow's local store.")
 def finetune_command(model: str, data: str, output: str, resume: bool, force: bool, download: bool, quiet: bool,
                      as_json: bool, num_classes, input_size, weights, pretrained, mean, std, trust_code,
-                     **settings: Any) -> None:
+                     track: str | None = None, **settings: Any) -> None:
     """Adversarially fine-tune MODEL (a model spec or a harden file) on --data, writing -o OUT."""
+    from harden.tracking import check_track
     from harden.training import curves_path_for, finetune
+
+    check_track(track)
 
     base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
                          pretrained=pretrained, mean=mean, std=std, trust_code=trust_code,
                          init_seed=settings["seed"])
     result = finetune(base, data, output=output, resume=resume, force=force, download=download,
-                      progress=show_progress(quiet), trust_code=trust_code, **settings)
+                      progress=show_progress(quiet), trust_code=trust_code, tracker=track, **settings)
     if not _is_main_process():
         return
     entry = result.recipe["finetune"]
@@ -154,11 +164,15 @@ def _parse_sets(values: tuple[str, ...]) -> list[tuple[str, str]]:
 @click.option("--check", is_flag=True, help="Only validate the recipe and print it resolved.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in the same --out folder: finished stages are kept.")
+@click.option("--track", default=None, metavar="mlflow[:URI]",
+              help="Record the run in MLflow (parameters, metrics, artefacts); overrides the recipe's tracking key.")
 def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: bool, check: bool,
-                resume: bool) -> None:
+                resume: bool, track: str | None = None) -> None:
     """Run a YAML recipe: apply -> finetune -> evaluate for the baseline and the hardened model."""
     from harden.recipes import load_recipe, run_recipe
+    from harden.tracking import check_track
 
+    check_track(track)
     spec = load_recipe(recipe, overrides=_parse_sets(sets))
     if check:
         import yaml
@@ -167,7 +181,8 @@ def run_command(recipe: str, out_dir: str | None, sets: tuple[str, ...], quiet: 
         click.echo(yaml.safe_dump(spec.values, sort_keys=False).rstrip())
         return
     say = click.echo if _is_main_process() else None
-    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say, resume=resume)
+    result = run_recipe(spec, out_dir=out_dir, progress=show_progress(quiet), echo=say, resume=resume,
+                        tracker=track)
     if _is_main_process():
         click.echo("")
         click.echo(result["markdown"].rstrip())

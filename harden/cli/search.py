@@ -12,18 +12,20 @@ import click
 
 from harden.cli import main
 from harden.cli._options import _floats, model_options, resolve_model, show_progress
-from harden.cli.finetune import finetune_command
+from harden.cli.finetune import FINETUNE_COMMAND_ONLY, finetune_command
 from harden.errors import UsageError
-from harden.training import CONFIG_FIELDS
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
 def finetune_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The options of ``harden finetune`` that shape one training run, shared rather than declared again."""
+    """The options of ``harden finetune`` that shape one training run, shared rather than declared again.
+
+    Those are every option but the command's own (model, data, output, run control): the names of
+    ``harden.training.FinetuneConfig``, without importing it (and torch) for ``--help``."""
     params = getattr(fn, "__click_params__", [])
     for param in reversed(finetune_command.params):
-        if isinstance(param, click.Option) and param.name in CONFIG_FIELDS:
+        if isinstance(param, click.Option) and param.name not in FINETUNE_COMMAND_ONLY:
             params.append(copy.deepcopy(param))
     fn.__click_params__ = params  # type: ignore[attr-defined]
     return fn

@@ -10,9 +10,6 @@ import click
 import harden
 from harden.cli import main
 from harden.errors import UsageError
-from harden.summary import human
-from harden.zoo.robustresnet import CONFIGS
-from harden.zoo.scaling import count_cost, nearest_published, parse_flops, robust_scaling
 
 
 @main.command("scale")
@@ -32,6 +29,10 @@ def scale_command(flops: str, block: str, num_classes: int, input_size: int, bui
 
     Rule: depths 2:2:1, widening factors 2:2.5:1, total depth : total width = 7:3.
     """
+    from harden.summary import human
+    from harden.zoo.robustresnet import CONFIGS
+    from harden.zoo.scaling import count_cost, nearest_published, parse_flops, robust_scaling
+
     if num_classes < 1:
         raise UsageError(f"--num-classes must be positive, got {num_classes}")
     if input_size < 1:

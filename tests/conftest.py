@@ -27,7 +27,7 @@ def _isolated_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
 # Full-size ImageNet networks make the model sweeps slow on two CPU cores: their cases run in the slow set.
 HEAVY_MODELS = ("tv:resnet50", "timm:resnext50_32x4d", "tv:densenet121", "timm:regnety_008", "tv:convnext_tiny",
                 "tv:wide_resnet50_2", "tv:efficientnet_b0", "timm:efficientnet_b0", "timm:mobilenetv3_large_100",
-                "tv:regnet_y_400mf")
+                "tv:regnet_y_400mf", "tv:vgg16_bn", "timm:convnext_tiny")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

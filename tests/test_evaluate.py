@@ -408,6 +408,7 @@ def test_check_helpers():
     assert log.as_dicts() == [{"name": "a", "message": "same", "source": "harden", "count": 2}]
 
 
+@pytest.mark.slow
 def test_pretrained_resnet18_from_pyautoattack(tmp_path):
     """pyautoattack's own CIFAR-10 ResNet-18 loads as a user model and is accurate but not robust."""
     model = harden.load_model("pyautoattack.examples.resnet:ResNet18", weights=AA_EXAMPLES / "model_test.pt",

@@ -56,6 +56,7 @@ def test_quick_protocol_builds_the_table_in_pieces_of_rows_and_seeds(tmp_path: P
     assert all(0 <= e["robust_acc"] <= e["clean_acc"] <= 100 for r in rows.values() for e in r["seeds"])
 
 
+@pytest.mark.slow
 def test_merge_refuses_a_table_measured_with_other_settings(tmp_path: Path) -> None:
     (tmp_path / "table.json").write_text(json.dumps({"protocol": "quick", "model": "cifar:wrn-16-1", "data": "sample",
                                                      "settings": {}, "device": "elsewhere", "rows": []}))

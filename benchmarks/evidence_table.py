@@ -95,18 +95,33 @@ def _check_cell(seeds: list[dict[str, Any]]) -> str:
     return "-" if e is None else f"{e['check']['clean_acc']:.1f} / {e['check']['robust_acc']:.1f} (s{e['seed']})"
 
 
+def _methods(table: dict[str, Any]) -> list[str]:
+    """One line per row that trains with its own method (the row definitions' fourth entry)."""
+    lines = []
+    for index, definition in enumerate(table.get("row_definitions", [])):
+        if len(definition) > 3 and definition[3]:
+            t = definition[3]
+            extra = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in t.items() if k not in ("method", "steps"))
+            lines.append(f"row {index}: {t['method'].upper()} with a {t['steps']}-step PGD inside (step 2.5 eps / "
+                         f"{t['steps']}){', ' + extra if extra else ''}, otherwise the same training.")
+    return lines
+
+
 def _header(table: dict[str, Any], reason: str) -> list[str]:
     s = table["settings"]
     n_pre = s["pretrain_epochs"]
     steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps)"
+    aside = " (the method aside, in the rows listed next)" if _methods(table) else ""
     return [
         f"# Architecture changes on CIFAR-10: evidence table (protocol `{table['protocol']}`)", "",
         f"model: `{table['model']}` at 32x32; data: `{table['data']}`; updated {table['updated']}",
-        f"training, every row and seed alike: {s['method'].upper()} at eps {s['eps']}"
+        f"training, every row and seed alike{aside}: "
+        f"{s['method'].upper()} at eps {s['eps']}"
         f"{steps}, {s['epochs']} epochs on "
         f"{s['train_n'] or 'all'} training images, lr {s['lr']} {s['schedule']}, batch {s['batch_size']}, the best "
         f"epoch by PGD-{s['val_steps']} on {s['val_n']} held-out training images. The seed sets the "
         "initialisation, the data order and the training attack's random starts.",
+        *_methods(table),
         f"rows marked `pretrained` start from a network of the same seed trained without attacks ({n_pre} epochs, "
         f"lr {s['pretrain_lr']}; trained once per seed and shared by those rows), then get the same adversarial "
         "training. " + reason,

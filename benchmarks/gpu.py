@@ -239,13 +239,14 @@ def fit_epochs(remaining_s: float, row_costs: list[float], epoch_s: float, eval_
     return max(1, min(cap, int(usable // per_epoch)))
 
 
-def row_costs(model_spec: str) -> list[float]:
-    """Each reproduce row's MACs relative to the baseline's (its cost per image)."""
+def row_costs(model_spec: str, s: dict[str, Any]) -> list[float]:
+    """Each reproduce row's cost per image relative to the baseline's: its MACs times its training passes."""
     from harden.summary import model_facts
 
     base = harden.load_model(model_spec, num_classes=10, input_size=32)
     macs0 = model_facts(base).macs
-    return [model_facts(harden.apply(base, t)).macs / macs0 if t else 1.0 for _, t, _ in reproduce.ROWS]
+    return [(model_facts(harden.apply(base, r.transforms)).macs / macs0 if r.transforms else 1.0)
+            * r.training_cost(s) for r in reproduce.ROWS]
 
 
 def rows_settings(cfg: dict, epochs: int) -> dict[str, Any]:
@@ -259,7 +260,7 @@ def rows_settings(cfg: dict, epochs: int) -> dict[str, Any]:
 def step_rows(rec: Recorder, cfg: dict, data: str, work: Path, out_dir: Path, speeds: dict) -> None:
     """(d) the reproduction rows at the FGSM-RS budget that fits the minutes left."""
     with rec.step("rows") as figures:
-        costs = row_costs(cfg["model"])
+        costs = row_costs(cfg["model"], rows_settings(cfg, 1))
         n_train = cfg["rows_train_n"] or 50000 - cfg["val_n"]
         epoch_s = n_train / speeds["fgsm_img_s"]
         eval_s = cfg["rows_n"] / speeds["apgd_img_s"] + cfg["rows_n"] / speeds["aa_fast_img_s"]
@@ -268,7 +269,7 @@ def step_rows(rec: Recorder, cfg: dict, data: str, work: Path, out_dir: Path, sp
         s = rows_settings(cfg, epochs)
         figures.update(epochs=epochs, estimated_epoch_s=round(epoch_s, 1), row_costs=[round(c, 2) for c in costs])
         identity = {"protocol": "gpu-fit", "model": s["model"], "data": data, "settings": s,
-                    "device": rec.data["device"], "row_definitions": [list(r) for r in reproduce.ROWS]}
+                    "device": rec.data["device"], "row_definitions": [r.definition() for r in reproduce.ROWS]}
         piece = {"command": rec.data["command"], "date": rec.data["date"], "device": rec.data["device"],
                  "rows": [], "seeds": [0], "harden": harden.__version__, "torch": torch.__version__}
         fresh, skipped, predicted, actual = [], [], 0.0, 0.0

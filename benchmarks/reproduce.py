@@ -31,7 +31,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -43,19 +43,58 @@ from harden.training import checkpoint_path_for
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_table import merge_results, write_table  # noqa: E402
 
-# (label, transforms, start). start "scratch": random init, adversarial training from it;
-# "pretrained": the protocol's clean-trained network of the same seed, then adversarial fine-tuning.
-ROWS: list[tuple[str, list[str], str]] = [
-    ("baseline", [], "scratch"),
-    ("upsample x2 (Xu et al., rcm)", ["upsample:factor=2"], "scratch"),
-    ("stride-mod: one downsampling step fewer (Xu et al., rcm)", ["stride-mod"], "scratch"),
-    ("SiLU activations (Huang et al. 2023)", ["activation:name=silu"], "scratch"),
-    ("last stage width 0.5 (Huang et al. 2021)", ["last-stage-width:ratio=0.5"], "scratch"),
-    ("clean-trained, fine-tuned as it is", [], "pretrained"),
-    ("clean-trained, SiLU, then fine-tuned (harden's pitch)", ["activation:name=silu"], "pretrained"),
+
+class Row(NamedTuple):
+    """One row of the table: what changes against the baseline.
+
+    ``start`` "scratch": random init, adversarial training from it; "pretrained": the protocol's
+    clean-trained network of the same seed, then adversarial fine-tuning. ``training`` replaces some of
+    the protocol's training settings for this row only (the fine-tuning methods' rows); the epochs, data,
+    learning rate, schedule, batch and seeds stay the protocol's.
+    """
+
+    label: str
+    transforms: list[str]
+    start: str
+    training: dict[str, Any] = {}
+
+    def training_cost(self, s: dict[str, Any]) -> float:
+        """Training passes per image of this row relative to the protocol's method (AWP and TRADES cost more)."""
+        return method_passes({"method": s["method"], "steps": s["steps"], **self.training}) / method_passes(s)
+
+    def definition(self) -> list[Any]:
+        """The row as the table's JSON records it (rows without training changes as they always were)."""
+        return [self.label, self.transforms, self.start] + ([self.training] if self.training else [])
+
+
+def method_passes(t: dict[str, Any]) -> int:
+    """Forward-backward passes per training image: the attack's steps plus the loss (clean and adversarial
+    for TRADES and MART), the loss once more for the AWP step."""
+    if t["method"] in ("clean", "fgsm-rs"):
+        return 1 if t["method"] == "clean" else 2
+    loss = 2 if t["method"] in ("trades", "mart") else 1
+    return t["steps"] + loss + (loss if t.get("awp") else 0)
+
+
+# The inner attack of TRADES and MART: 2 PGD steps (step 2.5 eps / 2), the cheap multi-step attack that
+# fits the CPU budget; harden's default beta 6 for both (TRADES' paper value). AWP with the paper's gamma
+# for TRADES, 0.005, from the first epoch: the paper's 10-epoch warm-up is longer than the whole budget.
+_TRADES = {"method": "trades", "steps": 2, "beta": 6.0}
+ROWS: list[Row] = [
+    Row("baseline", [], "scratch"),
+    Row("upsample x2 (Xu et al., rcm)", ["upsample:factor=2"], "scratch"),
+    Row("stride-mod: one downsampling step fewer (Xu et al., rcm)", ["stride-mod"], "scratch"),
+    Row("SiLU activations (Huang et al. 2023)", ["activation:name=silu"], "scratch"),
+    Row("last stage width 0.5 (Huang et al. 2021)", ["last-stage-width:ratio=0.5"], "scratch"),
+    Row("clean-trained, fine-tuned as it is", [], "pretrained"),
+    Row("clean-trained, SiLU, then fine-tuned (harden's pitch)", ["activation:name=silu"], "pretrained"),
+    Row("TRADES (Zhang et al. 2019), beta 6, PGD-2 inside", [], "scratch", _TRADES),
+    Row("TRADES + AWP gamma 0.005 (Wu et al. 2020)", [], "scratch", {**_TRADES, "awp": 0.005, "awp_warmup": 0}),
+    Row("MART (Wang et al. 2020), beta 6, PGD-2 inside", [], "scratch", {**_TRADES, "method": "mart"}),
 ]
-# Each row's paired comparison besides the baseline: the pitch row against fine-tuning as it is.
-REFERENCE = {6: 5}
+# Each row's paired comparison besides the baseline: the pitch row against fine-tuning as it is; AWP
+# and MART against TRADES with the same budget.
+REFERENCE = {6: 5, 8: 7, 9: 7}
 # Chosen before any result: SiLU is the one transform that keeps every trained weight meaningful
 # (SiLU is close to ReLU away from 0) and costs no extra compute, so the same fine-tuning budget is the
 # same in epochs and in time; Huang et al. 2023 report smooth activations help adversarial training.
@@ -118,7 +157,7 @@ def parse_list(text: str | None, default: list[int], what: str, allowed: range |
 
 
 def _train(model: harden.HardenedModel, data: str, out: Path, s: dict, seed: int, *, clean: bool,
-           progress: bool) -> harden.HardenedModel:
+           progress: bool, training: dict[str, Any] | None = None) -> harden.HardenedModel:
     """Adversarial training of the protocol (or its clean pre-training) of ``model`` with ``seed``."""
     common: dict[str, Any] = {"batch_size": s["batch_size"], "train_n": s["train_n"], "val_n": s["val_n"],
                               "val_steps": s["val_steps"], "eps": s["eps"], "seed": seed}
@@ -128,8 +167,9 @@ def _train(model: harden.HardenedModel, data: str, out: Path, s: dict, seed: int
         return harden.finetune(model, data, output=out, progress=progress, method="clean",
                                epochs=s["pretrain_epochs"], lr=s["pretrain_lr"], schedule=s["schedule"],
                                keep="last", **common)
-    return harden.finetune(model, data, output=out, progress=progress, method=s["method"],
-                           steps=s["steps"], epochs=s["epochs"], lr=s["lr"], schedule=s["schedule"], **common)
+    method = {"method": s["method"], "steps": s["steps"], **(training or {})}
+    return harden.finetune(model, data, output=out, progress=progress, epochs=s["epochs"], lr=s["lr"],
+                           schedule=s["schedule"], **method, **common)
 
 
 def settings_digest(s: dict) -> str:
@@ -147,7 +187,7 @@ def pretrained_start(data: str, work: Path, s: dict, seed: int, progress: bool) 
 
 
 def trained_model(model: harden.HardenedModel, data: str, path: Path, s: dict, seed: int,
-                  progress: bool) -> tuple[harden.HardenedModel, float]:
+                  progress: bool, training: dict[str, Any]) -> tuple[harden.HardenedModel, float]:
     """The protocol's adversarial training of ``model``, or its result from an earlier, interrupted piece.
 
     The file name carries a digest of the settings and data, so only the same training is reused.
@@ -156,7 +196,7 @@ def trained_model(model: harden.HardenedModel, data: str, path: Path, s: dict, s
     if path.exists() and seconds.exists():
         return harden.load(path), json.loads(seconds.read_text())["train_seconds"]
     t0 = time.perf_counter()
-    trained = _train(model, data, path, s, seed, clean=False, progress=progress)
+    trained = _train(model, data, path, s, seed, clean=False, progress=progress, training=training)
     elapsed = round(time.perf_counter() - t0, 1)
     with atomic_path(seconds) as tmp:
         tmp.write_text(json.dumps({"train_seconds": elapsed}))
@@ -179,7 +219,7 @@ def evaluate(model: harden.HardenedModel, data: str, attack: str, n: int, s: dic
 
 def run_one(index: int, seed: int, data: str, work: Path, s: dict, progress: bool) -> dict[str, Any]:
     """Train and evaluate row ``index`` with ``seed``; the per-seed result with its model facts."""
-    label, transforms, start = ROWS[index]
+    label, transforms, start, training = ROWS[index]
     t0 = time.perf_counter()
     if start == "pretrained":
         model = pretrained_start(data, work, s, seed, progress)
@@ -189,13 +229,15 @@ def run_one(index: int, seed: int, data: str, work: Path, s: dict, progress: boo
     model = harden.apply(model, transforms) if transforms else model
     facts = model_facts(model)
     t1 = time.perf_counter()
-    trained, train_seconds = trained_model(model, data, work / f"row{index}-{settings_digest({**s, 'data': data})}"
-                                           f"-seed{seed}.safetensors", s, seed, progress)
+    digest = settings_digest({**s, "data": data, **({"training": training} if training else {})})
+    trained, train_seconds = trained_model(model, data, work / f"row{index}-{digest}-seed{seed}.safetensors", s,
+                                           seed, progress, training)
     result = {"seed": seed, **evaluate(trained, data, s["attack"], s["n"], s),
               "pretrain_seconds": round(t1 - t0, 1), "train_seconds": train_seconds}
     if s["check_attack"] and seed == s["seeds"][0]:
         result["check"] = evaluate(trained, data, s["check_attack"], s["check_n"], s)
-    return {"index": index, "row": label, "transforms": transforms, "start": start, "params": facts.params,
+    return {"index": index, "row": label, "transforms": transforms, "start": start,
+            **({"training": training} if training else {}), "params": facts.params,
             "macs": facts.macs, "feature_map": facts.feature_map_text(), "seed_result": result}
 
 
@@ -205,6 +247,15 @@ def protocol_settings(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if args.model:
         s["model"] = args.model
     return name, s
+
+
+def mismatched(saved: dict[str, Any], identity: dict[str, Any]) -> list[str]:
+    """What a saved table was measured with otherwise; rows added since (at the end) do not count."""
+    differ = [k for k in identity if k != "row_definitions" and saved.get(k) != identity[k]]
+    before = saved.get("row_definitions")
+    if not isinstance(before, list) or before != identity["row_definitions"][:len(before)]:
+        differ.append("row_definitions")
+    return differ
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,11 +282,11 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out or f"benchmarks/results/evidence-{name}.md")
     data = args.data or cifar_folder(Path(args.shared), Path(args.cache))
     identity = {"protocol": name, "model": s["model"], "data": data, "settings": s, "device": device_name(),
-                "row_definitions": [list(r) for r in ROWS]}
+                "row_definitions": [r.definition() for r in ROWS]}
     saved = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").exists() \
         else None
     if saved is not None:
-        differ = [k for k in identity if saved.get(k) != identity[k]]
+        differ = mismatched(saved, identity)
         if differ:
             print(f"error: --merge: '{out.with_suffix('.json')}' was measured with other {', '.join(differ)}; "
                   "use the same settings or another --out", file=sys.stderr)

@@ -31,14 +31,16 @@ def _reproduce(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_quick_protocol_builds_the_table_in_pieces_of_rows_and_seeds(tmp_path: Path) -> None:
     for args in (["--rows", "0,5", "--seeds", "0"], ["--rows", "6", "--seeds", "0", "--merge"],
-                 ["--rows", "0,5", "--seeds", "1", "--merge"]):
+                 ["--rows", "0,5", "--seeds", "1", "--merge"], ["--rows", "8", "--seeds", "0", "--merge"]):
         res = _reproduce(tmp_path, *args)
         assert res.returncode == 0, res.stderr[-2000:]
     table = json.loads((tmp_path / "table.json").read_text())
     assert [p["command"].split("--out")[1].split(" ", 2)[-1] for p in table["pieces"]] == [
-        "--rows 0,5 --seeds 0", "--rows 6 --seeds 0 --merge", "--rows 0,5 --seeds 1 --merge"]
+        "--rows 0,5 --seeds 0", "--rows 6 --seeds 0 --merge", "--rows 0,5 --seeds 1 --merge",
+        "--rows 8 --seeds 0 --merge"]
     rows = {r["index"]: r for r in table["rows"]}
-    assert sorted(rows) == [0, 5, 6] and [e["seed"] for e in rows[0]["seeds"]] == [0, 1]
+    assert rows[8]["training"]["method"] == "trades" and rows[8]["training"]["awp"] == 0.005
+    assert sorted(rows) == [0, 5, 6, 8] and [e["seed"] for e in rows[0]["seeds"]] == [0, 1]
     assert [e["seed"] for e in rows[6]["seeds"]] == [0]
     for entry in rows[5]["seeds"]:  # each seed paired with the baseline of the same seed
         base = next(e for e in rows[0]["seeds"] if e["seed"] == entry["seed"])
@@ -51,6 +53,7 @@ def test_quick_protocol_builds_the_table_in_pieces_of_rows_and_seeds(tmp_path: P
     assert len(list((tmp_path / "work" / "quick").glob("pretrain-*-seed0.safetensors"))) == 1  # shared by 5 and 6
     text = (tmp_path / "table.md").read_text()
     assert "robust % (PGD-10, Linf 8/255, n=8), mean ± sd" in text and "(FGSM, Linf 8/255, n=4)" in text
+    assert "row 8: TRADES with a 2-step PGD inside (step 2.5 eps / 2), beta 6.0, awp 0.005" in text
     assert "exact McNemar p" in text and "| 0 | baseline | scratch | 0, 1 |" in text
     assert "## What the table shows, row by row" in text and "(1 of the protocol's 2 seeds measured so far)" in text
     assert all(0 <= e["robust_acc"] <= e["clean_acc"] <= 100 for r in rows.values() for e in r["seeds"])
@@ -63,8 +66,8 @@ def test_merge_refuses_a_table_measured_with_other_settings(tmp_path: Path) -> N
     res = _reproduce(tmp_path, "--rows", "0", "--merge")
     assert res.returncode == 1 and res.stderr.strip().splitlines()[-1].startswith(
         f"error: --merge: '{tmp_path / 'table.json'}' was measured with other settings, device, row_definitions;")
-    res = _reproduce(tmp_path, "--rows", "7")
-    assert res.returncode == 2 and "error: --rows takes numbers from 0 to 6" in res.stderr
+    res = _reproduce(tmp_path, "--rows", "10")
+    assert res.returncode == 2 and "error: --rows takes numbers from 0 to 9" in res.stderr
     res = _reproduce(tmp_path, "--seeds", "a")
     assert res.returncode == 2 and "error: --seeds takes numbers" in res.stderr
     res = _reproduce(tmp_path, "--model", "cifar:no-such-net", "--rows", "0")
@@ -113,4 +116,28 @@ def test_the_cpu_protocol_is_fixed_and_measures_what_the_issue_asks() -> None:
     cpu = reproduce.PROTOCOLS["cpu"]
     assert len(reproduce.ROWS) >= 7 and len(cpu["seeds"]) >= 3 and cpu["n"] >= 1000
     assert cpu["attack"] == "apgd-ce" and cpu["check_attack"].startswith("autoattack") and cpu["eps"] == "8/255"
-    assert [r[2] for r in reproduce.ROWS].count("pretrained") == 2 and reproduce.REFERENCE == {6: 5}
+    assert [r.start for r in reproduce.ROWS].count("pretrained") == 2 and reproduce.REFERENCE == {6: 5, 8: 7, 9: 7}
+    methods = {r.training.get("method", cpu["method"]) for r in reproduce.ROWS}
+    assert methods == {"fgsm-rs", "trades", "mart"}  # the fine-tuning methods' rows (TRADES, TRADES+AWP, MART)
+    awp = [r for r in reproduce.ROWS if r.training.get("awp")]
+    assert len(awp) == 1 and awp[0].training == {**reproduce.ROWS[reproduce.REFERENCE[8]].training,
+                                                 "awp": 0.005, "awp_warmup": 0}  # only AWP differs from TRADES
+
+
+def test_rows_added_at_the_end_still_merge_with_an_older_table() -> None:
+    reproduce = _import("reproduce")
+    identity = {"protocol": "cpu", "settings": {"a": 1}, "row_definitions": [r.definition() for r in reproduce.ROWS]}
+    older = {**identity, "row_definitions": identity["row_definitions"][:7]}
+    assert reproduce.mismatched(older, identity) == []
+    assert older["row_definitions"][0] == ["baseline", [], "scratch"]  # rows without training changes as before
+    changed = {**older, "row_definitions": [["other", [], "scratch"]] + older["row_definitions"][1:]}
+    assert reproduce.mismatched(changed, identity) == ["row_definitions"]
+    assert reproduce.mismatched({**identity, "settings": {"a": 2}}, identity) == ["settings"]
+
+
+def test_training_cost_counts_the_passes_of_each_method() -> None:
+    reproduce = _import("reproduce")
+    s = {"method": "fgsm-rs", "steps": 1}
+    costs = {r.label.split(" (")[0]: r.training_cost(s) for r in reproduce.ROWS}
+    assert costs["baseline"] == 1.0 and costs["TRADES"] == 2.0 and costs["TRADES + AWP gamma 0.005"] == 3.0
+    assert reproduce.method_passes({"method": "pgd", "steps": 10}) == 11

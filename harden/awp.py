@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-# gamma and warm-up epochs of the authors' code, by method
-DEFAULT_GAMMA = {"pgd": 1e-2, "trades": 5e-3, "mart": 5e-3}
-DEFAULT_WARMUP = {"pgd": 0, "trades": 10, "mart": 10}
-METHODS = tuple(DEFAULT_GAMMA)
-MAX_GAMMA = 0.1
+# the authors' gamma and warm-up epochs, by method: fine-tuning settings, kept in its schema
+from harden.schemas.finetune import AWP_DEFAULT_GAMMA as DEFAULT_GAMMA  # noqa: F401
+from harden.schemas.finetune import AWP_DEFAULT_WARMUP as DEFAULT_WARMUP  # noqa: F401
+from harden.schemas.finetune import AWP_MAX_GAMMA as MAX_GAMMA  # noqa: F401
+from harden.schemas.finetune import AWP_METHODS as METHODS  # noqa: F401
+
 _EPS = 1e-20
 
 

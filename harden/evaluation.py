@@ -35,6 +35,7 @@ from harden import distributed as hd
 from harden.attacks import ATTACKS, NORMS, fgsm, pgd
 from harden.data import ImageDataset, Selection, load_dataset, select, skip_unreadable
 from harden.errors import HardenError, UsageError, close_matches
+from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
 from harden.stats import wilson_interval
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -145,6 +146,25 @@ def plan_attack(attack: str = "autoattack", *, eps: str | float = 8 / 255, norm:
         return AttackPlan(attack, ("fgsm",), value, text, norm, seed, step_size=step_size)
     k = steps or DEFAULT_STEPS
     return AttackPlan(attack, (f"{attack}-{k}",), value, text, norm, seed, steps=k, step_size=step_size)
+
+
+def check_settings(cfg: EvaluateConfig) -> tuple[AttackPlan, list[tuple[float, str]] | None]:
+    """Check an evaluation's attack, eps and files before anything loads: its plan and eps sweep (or None)."""
+    step = cfg.step_size
+    if isinstance(step, str):  # command line text
+        step = parse_eps(step, norm="L2")[0] if step.strip() else None
+    plan = plan_attack(cfg.attack, eps=cfg.eps, norm=cfg.norm, fast=cfg.fast, seed=cfg.seed, steps=cfg.steps,
+                       step_size=step)
+    sweep = parse_eps_list(cfg.eps_sweep, norm=cfg.norm) if cfg.eps_sweep is not None else None
+    if cfg.resume and sweep is not None:
+        raise UsageError("--resume does not apply to --eps-sweep; run the sweep again")
+    if cfg.report is not None and Path(cfg.report).is_dir():
+        raise UsageError(f"--report '{cfg.report}' is a directory; give a file name such as report.json")
+    if cfg.into is not None:
+        from harden.serialization import read_recipe
+
+        read_recipe(cfg.into)  # fails early (one line) when it is not a harden model file
+    return plan, sweep
 
 
 class _Attacker:
@@ -631,29 +651,13 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
         return result
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc)
-    plan = plan_attack(attack, eps=eps, norm=norm, fast=fast, seed=seed, steps=steps, step_size=step_size)
-    sweep = parse_eps_list(eps_sweep, norm=norm) if eps_sweep is not None else None
-    if isinstance(batch_size, str):
-        if batch_size.strip().lower() != "auto":
-            try:
-                batch_size = int(batch_size)
-            except ValueError:
-                raise UsageError(f"--batch-size must be a positive number or auto, got '{batch_size}'") from None
-        else:
-            batch_size = None
-    if batch_size is not None and batch_size <= 0:
-        raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    if resume and report is None:
-        raise UsageError("--resume needs --report PATH (progress is kept next to the report)")
-    if resume and sweep is not None:
-        raise UsageError("--resume does not apply to --eps-sweep; run the sweep again")
+    cfg = make_evaluate_config(attack=attack, eps=eps, norm=norm, fast=fast, n=n, seed=seed, batch_size=batch_size,
+                               device=device, split=split, random_subset=random_subset, download=download,
+                               steps=steps, step_size=step_size, report=report, resume=resume, into=into,
+                               eps_sweep=eps_sweep, skip_bad_images=skip_bad_images)
+    plan, sweep = check_settings(cfg)
+    n, batch_size = cfg.n, None if cfg.batch_size == "auto" else cfg.batch_size
     report_path = Path(report) if report is not None else None
-    if report_path is not None and report_path.is_dir():
-        raise UsageError(f"--report '{report_path}' is a directory; give a file name such as report.json")
-    if into is not None:
-        from harden.serialization import read_recipe
-
-        read_recipe(into)  # fails early (one line) when it is not a harden model file
 
     dev = hd.resolve_device(device)
     owns_group = not (hd.dist.is_available() and hd.dist.is_initialized())

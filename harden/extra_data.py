@@ -22,13 +22,9 @@ from torch import nn
 
 from harden.data import ImageDataset, load_dataset
 from harden.errors import UsageError
+from harden.schemas.finetune import extra_count
 
 _LABEL_BATCH = 256
-
-
-def extra_count(fraction: float, batch_size: int) -> int:
-    """Extra examples per batch: ``round(fraction * batch_size)``."""
-    return int(round(fraction * batch_size))
 
 
 @dataclass

@@ -17,7 +17,6 @@ one-line error naming the key and its line (PyYAML's node marks give the lines).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 import re
@@ -30,8 +29,9 @@ from typing import Any
 import yaml
 
 from harden.errors import HardenError, UsageError, close_matches
-from harden.training import ATTACK_MODES, KEEP, METHODS, NORMS, PRECISIONS, SCHEDULES, FinetuneConfig
-from harden.transforms import parse_number
+from harden.schemas.evaluate import EvaluateConfig
+from harden.schemas.fields import parse_number, yaml_keys
+from harden.schemas.finetune import FinetuneConfig, make_config
 
 # ------------------------------------------------------------------------------------------ schema
 
@@ -47,15 +47,9 @@ class Key:
     help: str = ""
 
 
-def _finetune_keys() -> dict[str, Key]:
-    choices = {"method": METHODS, "schedule": SCHEDULES, "attack_mode": ATTACK_MODES, "precision": PRECISIONS,
-               "keep": KEEP, "norm": NORMS}
-    kinds = {"float": "number", "int": "int", "bool": "bool", "str": "str"}
-    out = {}
-    for f in dataclasses.fields(FinetuneConfig):
-        base = str(f.type).replace(" ", "").replace("|None", "")
-        out[f.name] = Key(kinds[base], choices=tuple(choices.get(f.name, ())))
-    return out
+def _schema_keys(schema: type) -> dict[str, Key]:
+    """The recipe keys of a command's schema (its fields marked as YAML keys), in the declared order."""
+    return {name: Key(s.kind, choices=s.choices, help=s.help) for name, s in yaml_keys(schema).items()}
 
 
 def _attack_names() -> tuple[str, ...]:
@@ -83,25 +77,17 @@ SCHEMA: dict[str, Key] = {
         "test": Key("str", help="data spec for evaluation (its test split; default: the train spec)"),
         "download": Key("bool"),
     }),
-    "pretrain": Key("map", children=_finetune_keys(),
+    "pretrain": Key("map", children=_schema_keys(FinetuneConfig),
                     help="optional clean training of the base model first (method defaults to clean)"),
     "transforms": Key("list[str]", help="the hardened model's transforms, in order"),
     "variants": Key("variants", help="several hardened models: name -> list of transforms"),
     "baseline": Key("bool", help="also fine-tune and evaluate the model without transforms (default true)"),
-    "finetune": Key("map", children=_finetune_keys()),
+    "finetune": Key("map", children=_schema_keys(FinetuneConfig)),
     "evaluate": Key("map", children={
         "attacks": Key("list[str]", choices=_attack_names(), help="attacks to run, each a column of the table"),
-        "eps": Key("number"),
-        "norm": Key("str", choices=NORMS),
-        "n": Key("int"),
-        "seed": Key("int"),
-        "steps": Key("int", help="steps of pgd / cw"),
-        "batch_size": Key("int"),
-        "fast": Key("bool", help="AutoAttack's fast version (APGD-CE + APGD-T)"),
+        **_schema_keys(EvaluateConfig),
         "start": Key("bool", help="also evaluate the starting model (default true)"),
-        "random_subset": Key("bool", help="a seeded random subset of n test images (default true; false: the first n)"),
-        "skip_bad_images": Key("bool", help="leave out test images that cannot be decoded (the report counts them)"),
-    }),
+    }),  # random_subset defaults to true in a recipe
     "tracking": Key("str", help="mlflow or mlflow:URI: record the run (settings, metrics, files) in MLflow"),
 }
 
@@ -343,7 +329,6 @@ def _option_key(message: str, section: dict[str, Any]) -> str | None:
 
 def _check_semantics(recipe: Recipe) -> None:
     """Checks across keys and value ranges, each error pointing at the key's line."""
-    from harden.training import make_config
     from harden.transforms import parse_transform
 
     v = recipe.values

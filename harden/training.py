@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -40,191 +39,30 @@ from torch import nn
 
 from harden import distributed as hd
 from harden.attacks import l2_normalize, project
-from harden.awp import DEFAULT_WARMUP as AWP_DEFAULT_WARMUP
-from harden.awp import MAX_GAMMA as AWP_MAX_GAMMA
-from harden.awp import METHODS as AWP_METHODS
 from harden.awp import WeightPerturbation
 from harden.data import DamagedImage, ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
-from harden.extra_data import ExtraData, Teacher, extra_count, load_extra, load_teacher, teacher_name
+from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
 from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
+from harden.schemas.finetune import (  # noqa: F401  (the settings' schema; its names stay importable from here)
+    ATTACK_MODES,
+    CONFIG_FIELDS,
+    KEEP,
+    METHODS,
+    NORMS,
+    PRECISIONS,
+    SCHEDULES,
+    FinetuneConfig,
+    check_config,
+    make_config,
+)
 from harden.serialization import atomic_path, save
-from harden.transforms import parse_number
 
-METHODS = ("pgd", "trades", "fgsm-rs", "clean", "mart")
-SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
-ATTACK_MODES = ("eval", "train")
-PRECISIONS = ("auto", "fp32", "bf16")
-KEEP = ("best", "last")
-NORMS = ("Linf", "L2")
 CHECKPOINT_FORMAT = "harden.checkpoint/1"
 
 # Settings that change how a run computes but not what it computes: a resumed run may change them.
 _NOT_FINGERPRINTED = ("compile", "workers", "log_every", "cache_limit_gb")
-
-
-# --------------------------------------------------------------------------------------- settings
-
-
-@dataclass
-class FinetuneConfig:
-    """Hyper-parameters of :func:`finetune`; the CLI options and the recipe keys use the same names."""
-
-    method: str = "pgd"
-    eps: float = 8 / 255
-    steps: int = 10
-    step_size: float | None = None
-    beta: float = 6.0
-    norm: str = "Linf"
-    epochs: int = 10
-    lr: float = 0.01
-    schedule: str = "cosine"
-    batch_size: int = 128
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    ema: bool = False
-    ema_decay: float = 0.999
-    label_smoothing: float = 0.0
-    eps_warmup: float = 1.0
-    val_n: int = 512
-    val_steps: int = 10
-    attack_mode: str = "eval"
-    bn_recalib: bool = True
-    bn_recalib_n: int = 2048
-    augment: bool = True
-    keep: str = "best"
-    patience: int | None = None
-    train_n: int | None = None
-    seed: int = 0
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    lipschitz_reg: float = 0.0
-    awp: float = 0.0
-    awp_warmup: int | None = None
-    extra_data: str | None = None
-    extra_fraction: float | None = None
-    pseudo_label: str | None = None
-    workers: int | None = None
-    log_every: int = 10
-    cache_limit_gb: float = 8.0
-    skip_bad_images: bool = False
-
-    def resolved_step_size(self) -> float:
-        """The attack step: given, else 1.25 eps for FGSM-RS, else 2.5 eps / steps (2/255 for PGD-10 at 8/255)."""
-        if self.step_size is not None:
-            return float(self.step_size)
-        if self.method == "fgsm-rs":
-            return 1.25 * self.eps
-        return 2.5 * self.eps / self.steps
-
-    def resolved_awp_warmup(self) -> int:
-        """Epochs before AWP starts: given, else the AWP authors' default for the method (0 for PGD-AT, 10 else)."""
-        if self.awp_warmup is not None:
-            return int(self.awp_warmup)
-        return AWP_DEFAULT_WARMUP.get(self.method, 0)
-
-    def extra_per_batch(self) -> int:
-        """Examples of the extra data in every batch (0 without extra data)."""
-        return extra_count(self.extra_fraction, self.batch_size) if self.extra_data and self.extra_fraction else 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
-
-
-def _choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise UsageError(f"{name} must be one of {', '.join(choices)}, got '{value}'")
-
-
-def make_config(**options: Any) -> FinetuneConfig:
-    """Build and check a :class:`FinetuneConfig`; eps-like values may be strings such as ``"8/255"``.
-
-    Raises :class:`UsageError` naming the option for an unknown name or an out-of-range value.
-    """
-    unknown = [k for k in options if k not in CONFIG_FIELDS]
-    if unknown:
-        from harden.errors import close_matches
-
-        raise UsageError(f"unknown fine-tuning setting '{unknown[0]}'{close_matches(unknown[0], CONFIG_FIELDS)}")
-    values = {k: v for k, v in options.items() if v is not None or k in ("step_size", "patience", "train_n")}
-    for key in ("eps", "step_size", "lr", "weight_decay", "beta", "eps_warmup", "ema_decay", "label_smoothing",
-                "momentum", "lipschitz_reg", "cache_limit_gb", "awp", "extra_fraction"):
-        if isinstance(values.get(key), str):
-            try:
-                values[key] = parse_number(values[key])
-            except ValueError as exc:
-                raise UsageError(f"{key.replace('_', '-')}: {exc}") from None
-    if values.get("extra_data") and values.get("extra_fraction") is None:
-        values["extra_fraction"] = 0.5  # half of every batch, as Carmon et al.
-    cfg = FinetuneConfig(**values)
-    check_config(cfg)
-    return cfg
-
-
-def check_config(cfg: FinetuneConfig) -> None:
-    """Raise :class:`UsageError` for the first setting out of its range."""
-    _choice("--method", cfg.method, METHODS)
-    _choice("--schedule", cfg.schedule, SCHEDULES)
-    _choice("--attack-mode", cfg.attack_mode, ATTACK_MODES)
-    _choice("--precision", cfg.precision, PRECISIONS)
-    _choice("--keep", cfg.keep, KEEP)
-    _choice("--norm", cfg.norm, NORMS)
-    checks: list[tuple[bool, str]] = [
-        (0 < cfg.eps <= 1, f"--eps must be in (0, 1] (images are in [0, 1]; 8/255 is usual), got {cfg.eps:g}"),
-        (cfg.steps >= 1, f"--steps must be at least 1, got {cfg.steps}"),
-        (cfg.step_size is None or cfg.step_size > 0, f"--step-size must be positive, got {cfg.step_size}"),
-        (cfg.beta >= 0, f"--beta must be non-negative, got {cfg.beta:g}"),
-        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
-        (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be positive, got {cfg.lr:g}"),
-        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
-        (cfg.weight_decay >= 0, f"--weight-decay must be non-negative, got {cfg.weight_decay:g}"),
-        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum:g}"),
-        (0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay:g}"),
-        (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing:g}"),
-        (cfg.eps_warmup >= 0, f"--eps-warmup must be non-negative (epochs), got {cfg.eps_warmup:g}"),
-        (cfg.val_n >= 0, f"--val-n must be non-negative (0 turns validation off), got {cfg.val_n}"),
-        (cfg.val_steps >= 1, f"--val-steps must be at least 1, got {cfg.val_steps}"),
-        (cfg.bn_recalib_n >= 1, f"bn_recalib_n must be at least 1, got {cfg.bn_recalib_n}"),
-        (cfg.patience is None or cfg.patience >= 1, f"--patience must be at least 1, got {cfg.patience}"),
-        (cfg.train_n is None or cfg.train_n >= 1, f"--train-n must be at least 1, got {cfg.train_n}"),
-        (cfg.lipschitz_reg >= 0, f"--lipschitz-reg must be non-negative, got {cfg.lipschitz_reg:g}"),
-        (cfg.workers is None or cfg.workers >= 0, f"--workers must be non-negative, got {cfg.workers}"),
-        (cfg.log_every >= 1, f"log_every must be at least 1, got {cfg.log_every}"),
-    ]
-    for ok, message in checks + _extension_checks(cfg):
-        if not ok:
-            raise UsageError(message)
-    if cfg.keep == "best" and cfg.val_n == 0:
-        cfg.keep = "last"
-
-
-def _extension_checks(cfg: FinetuneConfig) -> list[tuple[bool, str]]:
-    """Range checks of the AWP and extra-data settings, as (ok, message) pairs in order."""
-    gamma, frac, warmup = cfg.awp, cfg.extra_fraction, cfg.resolved_awp_warmup()
-    k = extra_count(frac, cfg.batch_size) if frac is not None else None
-    return [
-        (math.isfinite(gamma) and 0 <= gamma <= AWP_MAX_GAMMA,
-         f"--awp must be in [0, {AWP_MAX_GAMMA:g}] (gamma, relative to each layer's weight norm; Wu et al. use 0.005 "
-         f"for TRADES and 0.01 for PGD-AT), got {gamma:g}"),
-        (gamma == 0 or cfg.method in AWP_METHODS,
-         f"--awp works with --method {', '.join(AWP_METHODS)}, not {cfg.method}"),
-        (cfg.awp_warmup is None or cfg.awp_warmup >= 0, f"--awp-warmup must be non-negative, got {cfg.awp_warmup}"),
-        (gamma == 0 or warmup < cfg.epochs,
-         f"AWP would never start: --awp-warmup is {warmup} (the default for {cfg.method}, from Wu et al.'s code, "
-         f"unless given) and the run has {cfg.epochs} epochs; pass a smaller --awp-warmup"),
-        (frac is None or bool(cfg.extra_data), "--extra-fraction needs --extra-data SPEC"),
-        (cfg.pseudo_label is None or bool(cfg.extra_data), "--pseudo-label needs --extra-data SPEC to label"),
-        (frac is None or (math.isfinite(frac) and 0 < frac < 1),
-         f"--extra-fraction must be in (0, 1) (the share of every batch taken from --extra-data), got {frac}"),
-        (k is None or 1 <= k <= cfg.batch_size - 1,
-         f"--extra-fraction {frac} of --batch-size {cfg.batch_size} gives {k} extra examples per batch; both sources "
-         "need at least one: change the fraction or the batch size"),
-    ]
 
 
 # ------------------------------------------------------------------------------- schedules, eps

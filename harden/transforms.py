@@ -10,12 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from importlib import metadata
 from typing import Any, ClassVar
 
 from harden.errors import HardenError, UsageError, close_matches
 from harden.model import HardenedModel
+from harden.schemas.fields import parse_number  # noqa: F401  (importable from here, as before)
 
 ENTRY_POINT_GROUP = "harden.transforms"
 
@@ -189,16 +189,6 @@ def make_transform(name: str, config: dict[str, Any]) -> Transform:
 
 
 # ---------------------------------------------------------------------------- common value parsers
-
-
-def parse_number(text: str | float | int) -> float:
-    """Parse ``0.5``, ``8/255`` or ``1e-3`` into a float."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    try:
-        return float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise ValueError(f"'{text}' is not a number") from None
 
 
 def positive(value: float) -> str | None:

@@ -1,4 +1,4 @@
-"""Options shared by several commands: how a MODEL argument becomes a model."""
+"""Options shared by several commands: how a MODEL argument becomes a model, and options from a schema."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import click
 
 import harden
 from harden.errors import UsageError
+from harden.schemas.fields import Setting, settings_of
 
 if TYPE_CHECKING:
     from harden.model import HardenedModel
@@ -42,6 +43,46 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         fn = option(fn)
     return fn
+
+
+def _option(name: str, default: Any, setting: Setting) -> Callable[[Any], Any]:
+    """The click option of one schema field (see :class:`harden.schemas.fields.Setting`)."""
+    dashed = f"--{name.replace('_', '-')}"
+    decls = [*(setting.flags or (dashed,)), name]
+    kw: dict[str, Any] = {"help": setting.help or None, "metavar": setting.metavar, "required": setting.required}
+    if setting.kind == "bool":
+        if default is None:  # on, off or unset: both spellings
+            decls[0] = f"{dashed}/--no-{dashed[2:]}"
+        else:
+            kw["is_flag"] = True
+        if default:
+            decls[0], kw["flag_value"] = f"--no-{dashed[2:]}", False
+        return click.option(*decls, default=default, **kw)
+    if setting.kind == "list[str]":
+        return click.option(*decls, multiple=True, **kw)
+    if setting.choices and not setting.cli_text:
+        kw["type"] = click.Choice(list(setting.choices))
+    elif setting.path is not None:
+        kw["type"] = click.Path(dir_okay=setting.path == "folder", file_okay=setting.path == "file")
+    elif setting.kind == "int" and not setting.cli_text:
+        kw["type"] = int
+    shown = setting.default_text if setting.default_text is not None else default
+    if shown is not None and setting.cli_text:
+        shown = str(shown)  # the command hands the text over; the library reads it
+    return click.option(*decls, default=shown, show_default=shown is not None, **kw)
+
+
+def schema_options(schema: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding the command line options of ``schema``'s fields, in their declared order."""
+    options = [_option(name, f.default, setting) for name, (f, setting) in settings_of(schema).items()
+               if setting.cli]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def is_model_file(model: str) -> bool:

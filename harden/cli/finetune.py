@@ -9,13 +9,9 @@ from typing import Any
 import click
 
 from harden.cli import main
-from harden.cli._options import model_options, resolve_model, show_progress
+from harden.cli._options import model_options, resolve_model, schema_options, show_progress
 from harden.errors import UsageError
-
-# Options of `harden finetune` that are not training settings (FinetuneConfig): `harden search` copies the others.
-FINETUNE_COMMAND_ONLY = frozenset({"model", "num_classes", "input_size", "weights", "pretrained", "mean", "std",
-                                   "trust_code", "data", "output", "resume", "force", "download", "quiet", "as_json",
-                                   "track"})
+from harden.schemas.finetune import FinetuneConfig
 
 
 def _is_main_process() -> bool:
@@ -49,61 +45,7 @@ def _pct(v: float | None) -> str:
 @model_options
 @click.option("--data", required=True, metavar="SPEC", help="Training data: sample, imagefolder:ROOT, cifar10:ROOT.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output harden .safetensors file.")
-@click.option("--method", type=click.Choice(["pgd", "trades", "mart", "fgsm-rs", "clean"]), default="pgd",
-              show_default=True,
-              help="PGD-AT (Madry), TRADES (Zhang), MART (Wang), FGSM with random start (Wong), or clean training.")
-@click.option("--eps", default="8/255", show_default=True, help="Perturbation budget (images in [0, 1]).")
-@click.option("--norm", type=click.Choice(["Linf", "L2"]), default="Linf", show_default=True)
-@click.option("--steps", type=int, default=10, show_default=True, help="Attack steps during training.")
-@click.option("--step-size", default=None, help="Attack step [default: 2.5*eps/steps, 1.25*eps for fgsm-rs].")
-@click.option("--beta", default="6", show_default=True, help="TRADES / MART trade-off weight.")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--lr", default="0.01", show_default=True, help="Peak learning rate (SGD, momentum 0.9).")
-@click.option("--schedule", type=click.Choice(["cosine", "multistep", "onecycle", "constant"]), default="cosine",
-              show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Per process.")
-@click.option("--weight-decay", default="5e-4", show_default=True)
-@click.option("--momentum", default="0.9", show_default=True)
-@click.option("--ema", is_flag=True, help="Validate and keep an exponential moving average of the weights.")
-@click.option("--ema-decay", default="0.999", show_default=True)
-@click.option("--label-smoothing", default="0", show_default=True)
-@click.option("--eps-warmup", default="1", show_default=True, metavar="EPOCHS",
-              help="Ramp eps linearly from 0 over the first EPOCHS epochs (0: full eps from the start).")
-@click.option("--val-n", type=int, default=512, show_default=True,
-              help="Training examples held out for per-epoch validation (0: none, keep the last epoch).")
-@click.option("--val-steps", type=int, default=10, show_default=True, help="PGD steps of the validation attack.")
-@click.option("--attack-mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True,
-              help="Model mode while crafting training attacks (eval: batch-norm statistics untouched).")
-@click.option("--no-bn-recalib", "bn_recalib", is_flag=True, flag_value=False, default=True,
-              help="Do not recompute batch-norm statistics on clean data before training.")
-@click.option("--no-augment", "augment", is_flag=True, flag_value=False, default=True,
-              help="No random crop and flip.")
-@click.option("--keep", type=click.Choice(["best", "last"]), default="best", show_default=True,
-              help="Keep the best robust validation epoch or the last one.")
-@click.option("--patience", type=int, default=None, help="Stop after this many epochs without a better robust score.")
-@click.option("--train-n", type=int, default=None, help="Train on at most this many examples.")
-@click.option("--lipschitz-reg", default="0", show_default=True, metavar="LAMBDA",
-              help="Add LAMBDA times harden.lipschitz's spectral penalty to the loss.")
-@click.option("--awp", default="0", show_default=True, metavar="GAMMA",
-              help="Adversarial weight perturbation (Wu et al.) of relative size GAMMA, with pgd, trades or mart "
-                   "(the paper: 0.01 for pgd, 0.005 for trades).")
-@click.option("--awp-warmup", type=int, default=None, metavar="EPOCHS",
-              help="Epochs before AWP starts [default: the paper's code, 0 for pgd, 10 for trades and mart].")
-@click.option("--extra-data", default=None, metavar="SPEC",
-              help="A second training source mixed into every batch (its train split).")
-@click.option("--extra-fraction", default=None, metavar="F",
-              help="Share of every batch taken from --extra-data, in (0, 1) [default: 0.5].")
-@click.option("--pseudo-label", default=None, metavar="MODEL",
-              help="Label --extra-data with the predictions (eval mode) of this teacher, a harden file.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
-              help="auto: bf16 autocast on GPU, fp32 on CPU.")
-@click.option("--channels-last/--no-channels-last", default=None, help="[default: on GPU only]")
-@click.option("--compile", is_flag=True, help="torch.compile the model (GPU; first epoch pays the compile time).")
-@click.option("--workers", type=int, default=None, help="Data decoding processes.")
-@click.option("--skip-bad-images", is_flag=True,
-              help="Leave out images that cannot be decoded (the model file counts them) instead of stopping.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seeds the data order, the attacks and a model spec's random initialisation.")
+@schema_options(FinetuneConfig)
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT.ckpt.pt.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output or start over despite a checkpoint.")
 @click.option("--download", is_flag=True, help="Allow the data source to download its data.")

@@ -11,6 +11,7 @@ from typing import Any
 from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
+from harden.schemas.search import SearchConfig, make_search_config
 from harden.searching.report import (
     SearchResult,
     best_recipe,
@@ -103,15 +104,10 @@ def _storage_url(out: Path | None, storage: str | None, resume: bool) -> str:
     return f"sqlite:///{db.resolve()}"
 
 
-def _check_args(model: Any, trials: Any, timeout: float | None, recipe_epochs: int | None) -> None:
+def _check_args(model: Any, **settings: Any) -> SearchConfig:
     if not isinstance(model, HardenedModel):
         raise UsageError("search() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
-    if not isinstance(trials, int) or trials < 1:
-        raise UsageError(f"--trials must be at least 1, got {trials}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {timeout}")
-    if recipe_epochs is not None and recipe_epochs < 1:
-        raise UsageError(f"--recipe-epochs must be at least 1, got {recipe_epochs}")
+    return make_search_config(**settings)
 
 
 def _open_study(url: str, fingerprint: dict[str, Any], *, resume: bool,
@@ -169,7 +165,7 @@ def collect(study: Any, base: dict[str, Any], attack: dict[str, Any], space: Sea
 
 def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | None = None,
            budget_macs: str | float | None = None, budget_params: str | float | None = None, trials: int = 20,
-           timeout: float | None = None, storage: str | None = None, resume: bool = False,
+           timeout: float | str | None = None, storage: str | None = None, resume: bool = False,
            space: str | Sequence[str] | None = None, extra: Sequence[str] = (), pruner: str = "halving",
            recipe_epochs: int | None = None,
            model_block: dict[str, Any] | None = None, sampler_seed: int | None = None, progress: bool = False,
@@ -193,7 +189,9 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     from harden.training import _resolve_data, make_config
 
     say = echo or (lambda _s: None)
-    _check_args(model, trials, timeout, recipe_epochs)
+    timeout = _check_args(model, out=out, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
+                          timeout=timeout, storage=storage, resume=resume, space=space, extra=extra, pruner=pruner,
+                          recipe_epochs=recipe_epochs).timeout  # seconds, also when given as "2h"
     cfg = make_config(**options)
     if cfg.val_n == 0:
         raise UsageError("a search scores each trial on held-out images: --val-n must be positive")

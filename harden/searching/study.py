@@ -19,12 +19,12 @@ from typing import Any
 from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
+from harden.schemas.search import PRUNERS
 from harden.searching.proxies import candidate_proxies
 from harden.searching.space import SearchSpace
 
 STUDY_NAME = "harden-search"
 DB_NAME = "study.db"
-PRUNERS = ("halving", "hyperband", "median", "none")
 HEARTBEAT_S = 30
 # Trials that count towards --trials: candidates within budget that were (or are being) trained.
 TRAINED = ("measured", "pruned", "error", "training")

@@ -1,0 +1,190 @@
+"""The settings of adversarial fine-tuning: :class:`FinetuneConfig`, the schema of ``harden finetune``.
+
+Its fields are the command's training options (in ``--help`` order), the keys of a recipe's
+``finetune:`` and ``pretrain:`` sections and the keyword arguments of :func:`harden.finetune`;
+:func:`make_config` builds and checks one. No torch here: the command line reads it for ``--help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from harden.errors import UsageError
+from harden.schemas.fields import check_choices, check_names, flag, integer, number, parse_numbers, text
+
+METHODS = ("pgd", "trades", "fgsm-rs", "clean", "mart")
+SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
+ATTACK_MODES = ("eval", "train")
+PRECISIONS = ("auto", "fp32", "bf16")
+KEEP = ("best", "last")
+NORMS = ("Linf", "L2")
+
+# Adversarial weight perturbation (harden.awp): gamma and warm-up epochs of the authors' code, by method
+AWP_DEFAULT_GAMMA = {"pgd": 1e-2, "trades": 5e-3, "mart": 5e-3}
+AWP_DEFAULT_WARMUP = {"pgd": 0, "trades": 10, "mart": 10}
+AWP_METHODS = tuple(AWP_DEFAULT_GAMMA)
+AWP_MAX_GAMMA = 0.1
+
+
+def extra_count(fraction: float, batch_size: int) -> int:
+    """Extra examples per batch: ``round(fraction * batch_size)``."""
+    return int(round(fraction * batch_size))
+
+
+@dataclass
+class FinetuneConfig:
+    """Hyper-parameters of :func:`finetune`; the CLI options and the recipe keys use the same names."""
+
+    method: str = text("pgd", choices=METHODS,
+                       help="PGD-AT (Madry), TRADES (Zhang), MART (Wang), FGSM with random start (Wong), or clean "
+                            "training.")
+    eps: float = number("8/255", help="Perturbation budget (images in [0, 1]).")
+    norm: str = text("Linf", choices=NORMS)
+    steps: int = integer(10, help="Attack steps during training.")
+    step_size: float | None = number(help="Attack step [default: 2.5*eps/steps, 1.25*eps for fgsm-rs].")
+    beta: float = number("6", help="TRADES / MART trade-off weight.")
+    epochs: int = integer(10)
+    lr: float = number("0.01", help="Peak learning rate (SGD, momentum 0.9).")
+    schedule: str = text("cosine", choices=SCHEDULES)
+    batch_size: int = integer(128, help="Per process.")
+    weight_decay: float = number("5e-4")
+    momentum: float = number("0.9")
+    ema: bool = flag(help="Validate and keep an exponential moving average of the weights.")
+    ema_decay: float = number("0.999")
+    label_smoothing: float = number("0")
+    eps_warmup: float = number("1", metavar="EPOCHS",
+                               help="Ramp eps linearly from 0 over the first EPOCHS epochs (0: full eps from the "
+                                    "start).")
+    val_n: int = integer(512, help="Training examples held out for per-epoch validation (0: none, keep the last "
+                                   "epoch).")
+    val_steps: int = integer(10, help="PGD steps of the validation attack.")
+    attack_mode: str = text("eval", choices=ATTACK_MODES,
+                            help="Model mode while crafting training attacks (eval: batch-norm statistics "
+                                 "untouched).")
+    bn_recalib: bool = flag(True, help="Do not recompute batch-norm statistics on clean data before training.")
+    augment: bool = flag(True, help="No random crop and flip.")
+    keep: str = text("best", choices=KEEP, help="Keep the best robust validation epoch or the last one.")
+    patience: int | None = integer(help="Stop after this many epochs without a better robust score.")
+    train_n: int | None = integer(help="Train on at most this many examples.")
+    lipschitz_reg: float = number("0", metavar="LAMBDA",
+                                  help="Add LAMBDA times harden.lipschitz's spectral penalty to the loss.")
+    awp: float = number("0", metavar="GAMMA",
+                        help="Adversarial weight perturbation (Wu et al.) of relative size GAMMA, with pgd, trades "
+                             "or mart (the paper: 0.01 for pgd, 0.005 for trades).")
+    awp_warmup: int | None = integer(metavar="EPOCHS", help="Epochs before AWP starts [default: the paper's code, 0 "
+                                                            "for pgd, 10 for trades and mart].")
+    extra_data: str | None = text(metavar="SPEC", help="A second training source mixed into every batch (its train "
+                                                       "split).")
+    extra_fraction: float | None = number(metavar="F", help="Share of every batch taken from --extra-data, in (0, 1) "
+                                                            "[default: 0.5].")
+    pseudo_label: str | None = text(metavar="MODEL", help="Label --extra-data with the predictions (eval mode) of "
+                                                          "this teacher, a harden file.")
+    precision: str = text("auto", choices=PRECISIONS, help="auto: bf16 autocast on GPU, fp32 on CPU.")
+    channels_last: bool | None = flag(None, help="[default: on GPU only]")
+    compile: bool = flag(help="torch.compile the model (GPU; first epoch pays the compile time).")
+    workers: int | None = integer(help="Data decoding processes.")
+    skip_bad_images: bool = flag(help="Leave out images that cannot be decoded (the model file counts them) instead "
+                                      "of stopping.")
+    seed: int = integer(0, help="Seeds the data order, the attacks and a model spec's random initialisation.")
+    # library and recipe settings without a command line option
+    bn_recalib_n: int = integer(2048, cli=False)
+    log_every: int = integer(10, cli=False)
+    cache_limit_gb: float = number("8", cli=False)
+
+    def resolved_step_size(self) -> float:
+        """The attack step: given, else 1.25 eps for FGSM-RS, else 2.5 eps / steps (2/255 for PGD-10 at 8/255)."""
+        if self.step_size is not None:
+            return float(self.step_size)
+        if self.method == "fgsm-rs":
+            return 1.25 * self.eps
+        return 2.5 * self.eps / self.steps
+
+    def resolved_awp_warmup(self) -> int:
+        """Epochs before AWP starts: given, else the AWP authors' default for the method (0 for PGD-AT, 10 else)."""
+        if self.awp_warmup is not None:
+            return int(self.awp_warmup)
+        return AWP_DEFAULT_WARMUP.get(self.method, 0)
+
+    def extra_per_batch(self) -> int:
+        """Examples of the extra data in every batch (0 without extra data)."""
+        return extra_count(self.extra_fraction, self.batch_size) if self.extra_data and self.extra_fraction else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
+
+
+def make_config(**options: Any) -> FinetuneConfig:
+    """Build and check a :class:`FinetuneConfig`; eps-like values may be strings such as ``"8/255"``.
+
+    None stands for the default. Raises :class:`UsageError` naming the option for an unknown name or an
+    out-of-range value.
+    """
+    check_names(FinetuneConfig, options, "fine-tuning setting")
+    values = parse_numbers(FinetuneConfig, {k: v for k, v in options.items() if v is not None})
+    if values.get("extra_data") and values.get("extra_fraction") is None:
+        values["extra_fraction"] = 0.5  # half of every batch, as Carmon et al.
+    cfg = FinetuneConfig(**values)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Raise :class:`UsageError` for the first setting out of its range."""
+    check_choices(cfg)
+    checks: list[tuple[bool, str]] = [
+        (0 < cfg.eps <= 1, f"--eps must be in (0, 1] (images are in [0, 1]; 8/255 is usual), got {cfg.eps:g}"),
+        (cfg.steps >= 1, f"--steps must be at least 1, got {cfg.steps}"),
+        (cfg.step_size is None or cfg.step_size > 0, f"--step-size must be positive, got {cfg.step_size}"),
+        (cfg.beta >= 0, f"--beta must be non-negative, got {cfg.beta:g}"),
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be positive, got {cfg.lr:g}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.weight_decay >= 0, f"--weight-decay must be non-negative, got {cfg.weight_decay:g}"),
+        (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum:g}"),
+        (0 < cfg.ema_decay < 1, f"--ema-decay must be in (0, 1), got {cfg.ema_decay:g}"),
+        (0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing:g}"),
+        (cfg.eps_warmup >= 0, f"--eps-warmup must be non-negative (epochs), got {cfg.eps_warmup:g}"),
+        (cfg.val_n >= 0, f"--val-n must be non-negative (0 turns validation off), got {cfg.val_n}"),
+        (cfg.val_steps >= 1, f"--val-steps must be at least 1, got {cfg.val_steps}"),
+        (cfg.bn_recalib_n >= 1, f"bn_recalib_n must be at least 1, got {cfg.bn_recalib_n}"),
+        (cfg.patience is None or cfg.patience >= 1, f"--patience must be at least 1, got {cfg.patience}"),
+        (cfg.train_n is None or cfg.train_n >= 1, f"--train-n must be at least 1, got {cfg.train_n}"),
+        (cfg.lipschitz_reg >= 0, f"--lipschitz-reg must be non-negative, got {cfg.lipschitz_reg:g}"),
+        (cfg.workers is None or cfg.workers >= 0, f"--workers must be non-negative, got {cfg.workers}"),
+        (cfg.log_every >= 1, f"log_every must be at least 1, got {cfg.log_every}"),
+    ]
+    for ok, message in checks + _extension_checks(cfg):
+        if not ok:
+            raise UsageError(message)
+    if cfg.keep == "best" and cfg.val_n == 0:
+        cfg.keep = "last"
+
+
+def _extension_checks(cfg: FinetuneConfig) -> list[tuple[bool, str]]:
+    """Range checks of the AWP and extra-data settings, as (ok, message) pairs in order."""
+    gamma, frac, warmup = cfg.awp, cfg.extra_fraction, cfg.resolved_awp_warmup()
+    k = extra_count(frac, cfg.batch_size) if frac is not None else None
+    return [
+        (math.isfinite(gamma) and 0 <= gamma <= AWP_MAX_GAMMA,
+         f"--awp must be in [0, {AWP_MAX_GAMMA:g}] (gamma, relative to each layer's weight norm; Wu et al. use 0.005 "
+         f"for TRADES and 0.01 for PGD-AT), got {gamma:g}"),
+        (gamma == 0 or cfg.method in AWP_METHODS,
+         f"--awp works with --method {', '.join(AWP_METHODS)}, not {cfg.method}"),
+        (cfg.awp_warmup is None or cfg.awp_warmup >= 0, f"--awp-warmup must be non-negative, got {cfg.awp_warmup}"),
+        (gamma == 0 or warmup < cfg.epochs,
+         f"AWP would never start: --awp-warmup is {warmup} (the default for {cfg.method}, from Wu et al.'s code, "
+         f"unless given) and the run has {cfg.epochs} epochs; pass a smaller --awp-warmup"),
+        (frac is None or bool(cfg.extra_data), "--extra-fraction needs --extra-data SPEC"),
+        (cfg.pseudo_label is None or bool(cfg.extra_data), "--pseudo-label needs --extra-data SPEC to label"),
+        (frac is None or (math.isfinite(frac) and 0 < frac < 1),
+         f"--extra-fraction must be in (0, 1) (the share of every batch taken from --extra-data), got {frac}"),
+        (k is None or 1 <= k <= cfg.batch_size - 1,
+         f"--extra-fraction {frac} of --batch-size {cfg.batch_size} gives {k} extra examples per batch; both sources "
+         "need at least one: change the fraction or the batch size"),
+    ]

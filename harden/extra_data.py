@@ -22,6 +22,7 @@ from torch import nn
 
 from harden.data import ImageDataset, load_dataset
 from harden.errors import UsageError
+from harden.seeding import derive_seed
 
 _LABEL_BATCH = 256
 
@@ -116,8 +117,6 @@ class ExtraData:
         return int(self.y.shape[0])
 
     def _perm(self, cycle: int) -> torch.Tensor:
-        from harden.training import derive_seed
-
         if cycle not in self._perms:
             if len(self._perms) >= 2:
                 self._perms.pop(min(self._perms))

@@ -2,7 +2,8 @@
 
 Shared by the width transforms (``last-stage-width``, ``stage-widths``): the analysis of which
 layers' channels are coupled (residual adds, concatenations, norms, the next layer's input) comes
-from torch-pruning; this module scores and removes channels group by group.
+from torch-pruning; this module scores and removes channels group by group (growing them is
+:mod:`harden.channel_growth`), and reports layer widths and how they changed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harden.graph.tracing import eval_mode, prefer_fake, preserve_state, trace_w
 _MIXING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
 
 CONV = nn.modules.conv._ConvNd
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 def structure_error(net: nn.Module, input_size: tuple[int, ...], who: str, fallback: HardenError,
@@ -173,19 +175,27 @@ def coupled_groups(dg: Any, net: nn.Module, layer_paths: Sequence[str]) -> Itera
         yield path, channels, group, scan
 
 
-def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int],
-                    who: str = "last-stage-width", input_size: tuple[int, ...] | None = None) -> None:
-    """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it
-    (``who`` names the transform in error messages; ``input_size`` lets them name the structure at fault)."""
+def root_layer(dg: Any, net: nn.Module, root: str, channels: int, who: str, fits: bool = True) -> nn.Module:
+    """Layer ``root`` of ``net``, checked to have the ``channels`` output channels a recorded state expects
+    (and ``fits``: the caller's own check of the state); a HardenError naming ``who`` otherwise."""
     try:
         layer = net.get_submodule(root)
     except AttributeError:
         raise HardenError(f"{who}: layer '{root}' is missing; the recorded state does not fit "
                           "this model") from None
     pruner = dg.get_pruner_of_module(layer) if layer in dg.module2node else None
-    if pruner is None or pruner.get_out_channels(layer) != channels or (removed and max(removed) >= channels):
+    if pruner is None or pruner.get_out_channels(layer) != channels or not fits:
         raise HardenError(f"{who}: layer '{root}' does not have the {channels} output channels "
                           "the recorded state expects; the state does not fit this model")
+    return layer
+
+
+def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int],
+                    who: str = "last-stage-width", input_size: tuple[int, ...] | None = None) -> None:
+    """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it
+    (``who`` names the transform in error messages; ``input_size`` lets them name the structure at fault)."""
+    layer = root_layer(dg, net, root, channels, who, fits=not (removed and max(removed) >= channels))
+    pruner = dg.get_pruner_of_module(layer)
     group = dg.get_pruning_group(layer, pruner.prune_out_channels, removed)
     if not dg.check_pruning_group(group):
         plain = HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
@@ -196,3 +206,70 @@ def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: 
 
 def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def layer_names(names: list[str]) -> str:
+    """Up to three layer names, or the first two, the last and the count."""
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]}, {names[1]}, ... {names[-1]} ({len(names)} layers)"
+
+
+def param_change(before: int, after: int) -> str:
+    """``parameters 1,000 -> 800 (-20.0%)``."""
+    return f"parameters {before:,} -> {after:,} ({100 * (after - before) / max(before, 1):+.1f}%)"
+
+
+def is_channel_norm(layer: nn.Module) -> bool:
+    """A norm layer with one entry per channel (a LayerNorm only when it normalises over channels)."""
+    if isinstance(layer, nn.LayerNorm):
+        return len(layer.normalized_shape) == 1
+    return isinstance(layer, _NORMS)
+
+
+def layer_width(layer: nn.Module, dim: str) -> int:
+    """A layer's width: ``out`` or ``in`` channels of a conv/linear layer, ``chan`` of a channel norm."""
+    if dim == "out":
+        return int(layer.out_channels if isinstance(layer, CONV) else layer.out_features)
+    if dim == "in":
+        return int(layer.in_channels if isinstance(layer, CONV) else layer.in_features)
+    if isinstance(layer, nn.GroupNorm):
+        return int(layer.num_channels)
+    if isinstance(layer, nn.LayerNorm):
+        return int(layer.normalized_shape[0])
+    return int(layer.num_features)
+
+
+def layer_widths(net: nn.Module) -> dict[str, tuple[int | None, int | None]]:
+    """(in, out) widths of the conv/linear layers and the channel count of the norms."""
+    found: dict[str, tuple[int | None, int | None]] = {}
+    for name, m in net.named_modules():
+        if isinstance(m, CONV):
+            found[name] = (int(m.in_channels), int(m.out_channels))
+        elif isinstance(m, nn.Linear):
+            found[name] = (int(m.in_features), int(m.out_features))
+        elif is_channel_norm(m):
+            found[name] = (None, layer_width(m, "chan"))
+    return found
+
+
+def width_changes(before: dict[str, tuple[int | None, int | None]],
+                  after: dict[str, tuple[int | None, int | None]]) -> list[str]:
+    """One line per layer whose width changed between two :func:`layer_widths`."""
+    lines = []
+    for name, (in_b, out_b) in before.items():
+        in_a, out_a = after.get(name, (in_b, out_b))
+        parts = []
+        if in_b is not None and in_a != in_b:
+            how = "new input columns zero" if in_a > in_b else f"{in_b - in_a} inputs removed"
+            parts.append(f"in {in_b} -> {in_a} ({how})")
+        if out_a != out_b:
+            if in_b is None:
+                what = f"{out_a - out_b} new, gamma 1 beta 0" if out_a > out_b else f"{out_b - out_a} removed"
+                parts.append(f"{out_b} -> {out_a} channels ({what})")
+            else:
+                what = f"{out_a - out_b} new filters" if out_a > out_b else f"{out_b - out_a} filters removed"
+                parts.append(f"out {out_b} -> {out_a} ({what})")
+        if parts:
+            lines.append(f"{name}: {', '.join(parts)}")
+    return lines

@@ -23,6 +23,7 @@ from torch import nn
 from harden.data import ImageDataset, load_dataset
 from harden.errors import UsageError
 from harden.schemas.finetune import extra_count
+from harden.seeding import derive_seed
 
 _LABEL_BATCH = 256
 
@@ -112,8 +113,6 @@ class ExtraData:
         return int(self.y.shape[0])
 
     def _perm(self, cycle: int) -> torch.Tensor:
-        from harden.training import derive_seed
-
         if cycle not in self._perms:
             if len(self._perms) >= 2:
                 self._perms.pop(min(self._perms))

@@ -1,223 +1,34 @@
 """Model sources: where a base network comes from (timm, torchvision, a user's factory, ...).
 
 A model spec is ``NAME`` (timm first, then torchvision), ``SOURCE:NAME`` for a registered source
-(``timm:``, ``tv:``, ``cifar:``), or ``package.module:factory`` for a user's own model.
+(``timm:``, ``tv:``, ``cifar:``, ``robustbench:``), or ``package.module:factory`` for a user's own
+model. The registry is :mod:`harden.source_registry`; importing this module registers the built-in
+sources (:mod:`harden.library_sources`, then the zoo's).
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from harden import library_sources, zoo  # noqa: F401  (importing them registers the built-in sources, in this order)
 from harden.errors import HardenError, UsageError, close_matches
+from harden.library_sources import timm_kwargs_for_size
 from harden.model import IMAGENET_MEAN, IMAGENET_STD, HardenedModel
+from harden.source_registry import BuiltNet, ModelSource, register_model_source, registered_sources
 
-
-@dataclass(frozen=True)
-class BuiltNet:
-    """A freshly built base network and the defaults its source knows for it."""
-
-    net: nn.Module
-    input_size: tuple[int, int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    #: rewrites a checkpoint's state dict for this network (drops what it holds besides it), or None
-    adapt_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A named place models come from.
-
-    ``build(name, num_classes, pretrained, kwargs)`` returns a :class:`BuiltNet`; ``names()`` lists
-    the names it knows (for ``harden list`` and close-match hints).
-    """
-
-    name: str
-    description: str
-    build: Callable[[str, int | None, bool, dict[str, Any]], BuiltNet]
-    names: Callable[[], Sequence[str]]
-    runs_user_code: bool = False
-
-    def has(self, model_name: str) -> bool:
-        return model_name in set(self.names())
-
-
-_SOURCES: dict[str, ModelSource] = {}
-
-
-def register_model_source(source: ModelSource) -> ModelSource:
-    """Register a model source under ``source.name`` (used as the ``NAME:`` prefix of specs)."""
-    _SOURCES[source.name] = source
-    return source
+__all__ = ["BuiltNet", "ModelSource", "build_net", "load_model", "load_weights_into", "model_sources", "parse_spec",
+           "read_state_dict", "register_model_source"]
 
 
 def model_sources() -> dict[str, ModelSource]:
     """All registered model sources, by prefix."""
-    _load_builtin_sources()
-    return dict(_SOURCES)
-
-
-# ---------------------------------------------------------------------------------------------- timm
-
-
-def _timm_names() -> Sequence[str]:
-    import timm
-
-    return timm.list_models()
-
-
-def _pretrained_error(spec: str, exc: BaseException) -> HardenError:
-    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-    return HardenError(
-        f"could not fetch pretrained weights for {spec} (offline or not cached: {reason}); "
-        "download them where there is network and pass --weights FILE"
-    )
-
-
-def _build_timm(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]) -> BuiltNet:
-    import timm
-
-    if not timm.is_model(name):
-        raise UsageError(f"unknown timm model '{name}'{close_matches(name, timm.list_models())}")
-    kwargs = dict(kwargs)
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    try:
-        net = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if pretrained:
-            raise _pretrained_error(f"timm:{name}", exc) from exc
-        raise
-    except Exception as exc:  # huggingface_hub raises its own hierarchy when offline
-        if pretrained:
-            raise _pretrained_error(f"timm:{name}", exc) from exc
-        raise
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    return BuiltNet(
-        net,
-        input_size=tuple(cfg["input_size"]) if "input_size" in cfg else None,
-        mean=tuple(cfg["mean"]) if "mean" in cfg else None,
-        std=tuple(cfg["std"]) if "std" in cfg else None,
-        kwargs={k: v for k, v in kwargs.items() if k != "num_classes"},
-    )
-
-
-def _timm_kwargs_for_size(name: str, input_size: tuple[int, int, int] | None) -> dict[str, Any]:
-    """Constructor arguments a fixed-input-size timm model (a ViT) needs for another input size."""
-    if input_size is None:
-        return {}
-    import timm
-
-    cfg = timm.get_pretrained_cfg(name)
-    cfg = cfg.to_dict() if cfg is not None and hasattr(cfg, "to_dict") else (cfg or {})
-    if cfg.get("fixed_input_size") and tuple(cfg.get("input_size", ()))[1:] != tuple(input_size[1:]):
-        return {"img_size": tuple(input_size[1:])}
-    return {}
-
-
-# -------------------------------------------------------------------------------------- torchvision
-
-
-def _tv_names() -> Sequence[str]:
-    import torchvision
-
-    return torchvision.models.list_models(module=torchvision.models)
-
-
-def _build_tv(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]) -> BuiltNet:
-    import torchvision
-
-    if name not in set(_tv_names()):
-        raise UsageError(f"unknown torchvision model '{name}'{close_matches(name, _tv_names())}")
-    kwargs = dict(kwargs)
-    weights = None
-    if pretrained:
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-        if num_classes not in (None, len(weights.meta["categories"])):
-            raise UsageError(
-                f"torchvision's pretrained {name} has {len(weights.meta['categories'])} classes; "
-                f"drop --num-classes or load your own fine-tuned weights with --weights"
-            )
-        try:
-            net = torchvision.models.get_model(name, weights=weights, **kwargs)
-        except Exception as exc:
-            raise _pretrained_error(f"tv:{name}", exc) from exc
-    else:
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        net = torchvision.models.get_model(name, weights=None, **kwargs)
-    return BuiltNet(net, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                    kwargs={k: v for k, v in kwargs.items() if k != "num_classes"})
-
-
-# ------------------------------------------------------------------------------------ user factories
-
-
-def _build_import(target: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]) -> BuiltNet:
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise UsageError(f"'{target}' is not a factory spec; write package.module:factory")
-    if pretrained:
-        raise UsageError("--pretrained applies to timm and torchvision models; pass --weights FILE instead")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import '{module_name}' for model '{target}': {exc}") from exc
-    factory = module
-    for part in attr.split("."):
-        if not hasattr(factory, part):
-            raise UsageError(f"module '{module_name}' has no attribute '{attr}'")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise UsageError(f"'{target}' is not callable")
-    kwargs = dict(kwargs)
-    if num_classes is not None:
-        params = _parameters(factory)
-        if params is None or "num_classes" in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-        ):
-            kwargs["num_classes"] = num_classes
-    net = factory(**kwargs)
-    if not isinstance(net, nn.Module):
-        raise HardenError(f"'{target}' returned {type(net).__name__}, not a torch.nn.Module")
-    # A user's model is taken to expect images in [0, 1] unless --mean/--std say otherwise.
-    return BuiltNet(net, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                    kwargs={k: v for k, v in kwargs.items() if k != "num_classes"})
-
-
-def _parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
-    try:
-        return dict(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return None
-
-
-_BUILTINS_LOADED = False
-
-
-def _load_builtin_sources() -> None:
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
-        return
-    _BUILTINS_LOADED = True
-    register_model_source(ModelSource("timm", "timm models (timm.list_models())", _build_timm, _timm_names))
-    register_model_source(ModelSource("tv", "torchvision classification models", _build_tv, _tv_names))
-    register_model_source(ModelSource(
-        "import", "a user's factory: package.module:factory", _build_import, lambda: (), runs_user_code=True))
-    try:  # the CIFAR zoo registers itself when present
-        importlib.import_module("harden.zoo")
-    except ImportError:
-        pass
+    return registered_sources()
 
 
 # ------------------------------------------------------------------------------------------- specs
@@ -292,7 +103,7 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
     size = _size3(input_size)
     kwargs = dict(model_kwargs or {})
     if source == "timm":
-        kwargs = {**_timm_kwargs_for_size(name, size), **kwargs}
+        kwargs = {**timm_kwargs_for_size(name, size), **kwargs}
     built = build_net(source, name, num_classes=num_classes, pretrained=pretrained, kwargs=kwargs)
     net = built.net
     if weights is not None:

@@ -43,6 +43,7 @@ from harden.awp import WeightPerturbation
 from harden.data import DamagedImage, ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
 from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
+from harden.lipschitz import SpectralPenalty
 from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
 from harden.schemas.finetune import (  # noqa: F401  (the settings' schema; its names stay importable from here)
@@ -57,6 +58,7 @@ from harden.schemas.finetune import (  # noqa: F401  (the settings' schema; its 
     check_config,
     make_config,
 )
+from harden.seeding import derive_seed
 from harden.serialization import atomic_path, save
 
 CHECKPOINT_FORMAT = "harden.checkpoint/1"
@@ -441,12 +443,6 @@ class _Pair(nn.Module):
         return self.model(x), self.model(x_adv)
 
 
-def derive_seed(*values: object) -> int:
-    """A 63-bit seed from a run's seed and what it is for (epoch, rank, a name): independent streams."""
-    h = hashlib.sha256(",".join(str(v) for v in values).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
 def state_digest(model: nn.Module) -> str:
     """SHA-256 of a model's state (names, shapes, bytes): which weights a run started from."""
     h = hashlib.sha256()
@@ -731,8 +727,6 @@ def _first_image(ds: ImageDataset) -> torch.Tensor:
 
 def _lipschitz_penalty(model: nn.Module, seed: int) -> Any:
     """The ``--lipschitz-reg`` term: a seeded :class:`harden.lipschitz.SpectralPenalty` of ``model``."""
-    from harden.lipschitz import SpectralPenalty
-
     return SpectralPenalty(model, seed=seed)
 
 

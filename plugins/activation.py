@@ -26,14 +26,12 @@ from typing import Any
 from torch import fx, nn
 
 from harden.errors import HardenError, UsageError
+from harden.graph.activation_families import FAMILY_NAMES, ActivationFamily, get_family
 from harden.graph.activations import (
-    FAMILY_NAMES,
-    ActivationFamily,
     activation_nodes,
     call_name,
     count_kinds,
     find_activation_sites,
-    get_family,
     input_of,
     is_inplace,
     traces_in_both_modes,

@@ -26,6 +26,8 @@ from harden.channels import (
     coupled_groups,
     dependency_graph,
     keep_count,
+    layer_names,
+    param_change,
     param_count,
     remove_channels,
 )
@@ -99,12 +101,6 @@ def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[l
     return plans, skipped
 
 
-def _layer_list(names: list[str]) -> str:
-    if len(names) <= 3:
-        return ", ".join(names)
-    return f"{names[0]}, {names[1]}, ... {names[-1]} ({len(names)} layers)"
-
-
 def _in_width(layer: nn.Module) -> int | None:
     for attr in ("in_channels", "in_features"):
         if hasattr(layer, attr):
@@ -144,7 +140,7 @@ class LastStageWidth(Transform):
                                f"{sum(p.kept for p in rest)} channels in all")
                 break
             grouped = f", same channels in each of {plan.channel_groups} groups" if plan.channel_groups > 1 else ""
-            changes.append(f"{_layer_list(plan.producers)}: {plan.channels} -> {plan.kept} channels{grouped}")
+            changes.append(f"{layer_names(plan.producers)}: {plan.channels} -> {plan.kept} channels{grouped}")
         changes += [f"kept {s}" for s in skipped]
         for path, before in widths.items():
             after = _in_width(net.get_submodule(path))
@@ -153,8 +149,7 @@ class LastStageWidth(Transform):
         if not plans:
             changes.append(f"ratio {ratio:g} removes no channel (groups too small)")
         params_after = param_count(model)
-        changes.append(f"parameters {params_before:,} -> {params_after:,} "
-                       f"({100 * (params_after - params_before) / max(params_before, 1):+.1f}%)")
+        changes.append(param_change(params_before, params_after))
         state = {"groups": [{"root": p.root, "channels": p.channels, "removed": p.removed} for p in plans]}
         return Applied(changes, state)
 

@@ -4,13 +4,8 @@ Analysis only: nothing here edits a model. Transforms (``plugins/``) read these 
 modules in place, so the edited model keeps its own ``forward`` code and its train/eval behaviour.
 """
 
-from harden.graph.activations import (
-    FAMILY_NAMES,
-    ActivationFamily,
-    ActivationSites,
-    find_activation_sites,
-    get_family,
-)
+from harden.graph.activation_families import FAMILY_NAMES, ActivationFamily, get_family
+from harden.graph.activations import ActivationSites, find_activation_sites
 from harden.graph.downsampling import DownsamplingOp, DownsamplingPoint, find_downsampling_points, find_stem
 from harden.graph.stages import Head, Stage, find_head, find_stages, last_stage, node_levels
 from harden.graph.tracing import (

@@ -1,8 +1,8 @@
 """Finding the activation sites of a network: module instances and functional calls in forward code.
 
-An activation *family* (relu, gelu, silu, ...) is a set of module classes, functions and tensor
-methods. :func:`find_activation_sites` traces a network with torch.fx (in train and in eval mode)
-and reports
+An activation *family* (relu, gelu, silu, ...; :mod:`harden.graph.activation_families`) is a set of
+module classes, functions and tensor methods. :func:`find_activation_sites` traces a network with
+torch.fx (in train and in eval mode) and reports
 
 * every module instance of the family (found with ``named_modules``, so activations fused inside
   layers that fx keeps as leaves, such as timm's ``BatchNormAct2d.act``, are included),
@@ -17,11 +17,10 @@ Analysis only: nothing here edits the network (``plugins/activation.py`` does).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,99 +29,16 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from harden.errors import HardenError
+from harden.graph.activation_families import (
+    ActivationFamily,
+    get_family,
+    is_activation_class,
+    torch_functions,
+)
 from harden.graph.tracing import node_module_path, trace
 
-
-def _functions(*items: tuple[Any, str]) -> frozenset[Callable[..., Any]]:
-    """The callables ``owner.name`` that exist in this torch version."""
-    return frozenset(getattr(owner, name) for owner, name in items if hasattr(owner, name))
-
-
-def _timm_classes(*names: str) -> tuple[type[nn.Module], ...]:
-    try:
-        from timm.layers import activations as timm_act
-    except ImportError:  # pragma: no cover - timm is a dependency
-        return ()
-    return tuple(getattr(timm_act, n) for n in names if isinstance(getattr(timm_act, n, None), type))
-
-
 _NN = torch._C._nn
-
-
-@dataclass(frozen=True)
-class ActivationFamily:
-    """Module classes, functions and tensor methods that compute one kind of activation."""
-
-    name: str
-    modules: tuple[type[nn.Module], ...]
-    functions: frozenset[Callable[..., Any]] = frozenset()
-    methods: frozenset[str] = frozenset()
-
-    def matches_module(self, module: nn.Module) -> bool:
-        return isinstance(module, self.modules)
-
-    def matches_call(self, node: fx.Node) -> bool:
-        """Whether ``node`` is a functional call (function or tensor method) of this family."""
-        if node.op == "call_function":
-            try:
-                return node.target in self.functions
-            except TypeError:  # unhashable target
-                return False
-        return node.op == "call_method" and node.target in self.methods
-
-
-FAMILY_NAMES = ("relu", "gelu", "silu", "elu", "celu", "selu", "softplus", "mish", "hardswish")
-
-
-@functools.cache
-def families() -> dict[str, ActivationFamily]:
-    """All activation families by name (built on first use: timm is imported only then)."""
-    return {
-        "relu": ActivationFamily(
-            "relu",
-            (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU),
-            _functions((F, "relu"), (F, "relu_"), (torch, "relu"), (torch, "relu_"), (F, "relu6"),
-                       (_NN, "relu6"), (_NN, "relu6_"), (F, "leaky_relu"), (F, "leaky_relu_"), (_NN, "leaky_relu"),
-                       (_NN, "leaky_relu_"), (F, "rrelu"), (F, "rrelu_"), (torch, "rrelu"), (torch, "rrelu_"),
-                       (F, "prelu"), (torch, "prelu")),
-            frozenset({"relu", "relu_", "prelu"}),
-        ),
-        "gelu": ActivationFamily("gelu", (nn.GELU, *_timm_classes("GELU", "GELUTanh", "QuickGELU")),
-                                 _functions((F, "gelu"), (_NN, "gelu"))),
-        "silu": ActivationFamily("silu", (nn.SiLU, *_timm_classes("Swish")),
-                                 _functions((F, "silu"), (_NN, "silu"), (_NN, "silu_"))),
-        "elu": ActivationFamily("elu", (nn.ELU,), _functions((F, "elu"), (F, "elu_"), (_NN, "elu"), (_NN, "elu_"))),
-        "celu": ActivationFamily("celu", (nn.CELU,),
-                                 _functions((F, "celu"), (F, "celu_"), (torch, "celu"), (torch, "celu_"))),
-        "selu": ActivationFamily("selu", (nn.SELU,),
-                                 _functions((F, "selu"), (F, "selu_"), (torch, "selu"), (torch, "selu_"))),
-        "softplus": ActivationFamily("softplus", (nn.Softplus,), _functions((F, "softplus"), (_NN, "softplus"))),
-        "mish": ActivationFamily("mish", (nn.Mish, *_timm_classes("Mish")),
-                                 _functions((F, "mish"), (_NN, "mish"), (_NN, "mish_"))),
-        "hardswish": ActivationFamily("hardswish", (nn.Hardswish, *_timm_classes("HardSwish")),
-                                      _functions((F, "hardswish"), (_NN, "hardswish"), (_NN, "hardswish_"))),
-    }
-
-
-# Modules of these packages are activation functions; calls made inside one of another family
-# (timm's HardSigmoid computes relu6(x + 3) / 6) belong to that activation and are left alone.
-_ACTIVATION_PACKAGES = ("torch.nn.modules.activation", "timm.layers.activations", "timm.layers.activations_me")
-_RELU6_FUNCTIONS = _functions((F, "relu6"), (_NN, "relu6"), (_NN, "relu6_"))
-
-
-def get_family(family: str | ActivationFamily) -> ActivationFamily:
-    """The activation family called ``family`` (one of :data:`FAMILY_NAMES`; KeyError if unknown)."""
-    return family if isinstance(family, ActivationFamily) else families()[family]
-
-
-def is_activation_class(cls: type) -> bool:
-    """Whether ``cls`` (or a base class) is an activation of torch.nn, timm or one of the families."""
-    if any(issubclass(cls, fam.modules) for fam in families().values()):
-        return True
-    if issubclass(cls, nn.MultiheadAttention):  # lives in torch.nn.modules.activation too
-        return False
-    return any(getattr(c, "__module__", "") in _ACTIVATION_PACKAGES for c in cls.__mro__[:-1]
-               if c is not nn.Module)
+_RELU6_FUNCTIONS = torch_functions((F, "relu6"), (_NN, "relu6"), (_NN, "relu6_"))
 
 
 def call_name(node: fx.Node) -> str:

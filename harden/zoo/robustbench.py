@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError, UsageError, close_matches
-from harden.sources import BuiltNet, ModelSource, build_net, register_model_source
+from harden.library_sources import build_timm, build_tv
+from harden.source_registry import BuiltNet, ModelSource, register_model_source
 from harden.zoo import cifar, rb_archs
 from harden.zoo.robustbench_entries import ENTRIES, Entry
 from harden.zoo.robustresnet import CONFIGS, RobustResNet
@@ -66,8 +67,8 @@ _BUILDERS: dict[str, Callable[[Entry, int], nn.Module]] = {
     "resnet": lambda e, n: rb_archs.ShortcutResNet(e.kwargs["layers"], n, bottleneck=e.kwargs["bottleneck"]),
     "robust-wrn": lambda e, n: rb_archs.RobustWideResNet(e.kwargs["channels"], e.kwargs["depths"], n),
     "wrn-a": _wrn_a,
-    "tv": lambda e, n: build_net("tv", e.kwargs["name"], num_classes=n).net,
-    "timm": lambda e, n: build_net("timm", e.kwargs["name"], num_classes=n).net,
+    "tv": lambda e, n: build_tv(e.kwargs["name"], n, False, {}).net,
+    "timm": lambda e, n: build_timm(e.kwargs["name"], n, False, {}).net,
 }
 
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from harden.runtime.modes import modes_kept
+
 # gamma and warm-up epochs of the authors' code, by method
 DEFAULT_GAMMA = {"pgd": 1e-2, "trades": 5e-3, "mart": 5e-3}
 DEFAULT_WARMUP = {"pgd": 0, "trades": 10, "mart": 10}
@@ -64,15 +66,10 @@ class WeightPerturbation:
 
     def compute(self, loss_fn: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
         """The perturbation (one tensor per weight) that raises ``loss_fn()``, evaluated in train mode."""
-        modes = {m: m.training for m in self.model.modules()}
-        try:
-            with buffers_preserved(self.model):
-                self.model.train()
-                loss = loss_fn()
-                grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
-        finally:
-            for m, t in modes.items():
-                m.training = t
+        with modes_kept(self.model), buffers_preserved(self.model):
+            self.model.train()
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
         grads = self._mean_over_processes([torch.zeros_like(w) if g is None else g.detach()
                                            for w, g in zip(self.weights, grads)])
         with torch.no_grad():

@@ -79,9 +79,9 @@ def _evaluate(model: str, data: str | None, split: str, download: bool, eps: str
               device: str, steps: str | None, step_size: str | None, report: str | None, resume: bool,
               into: str | None, eps_sweep: str | None, plot: str | None, quiet: bool, as_json: bool, sink: Any,
               model_opts: dict[str, Any]) -> None:
-    from harden import distributed as hd
     from harden import evaluation
     from harden.data import check_spec
+    from harden.runtime import distributed as hd
 
     if not data:
         raise UsageError("--data is required: sample, imagefolder:ROOT, cifar10:ROOT or cifar100:ROOT")

@@ -31,6 +31,7 @@ from torch import fx, nn
 
 from harden.errors import HardenError
 from harden.graph.tracing import node_module_path, trace
+from harden.runtime.modes import modes_kept
 
 
 def _functions(*items: tuple[Any, str]) -> frozenset[Callable[..., Any]]:
@@ -277,15 +278,11 @@ def _needs_own_scan(module: nn.Module) -> bool:
 
 def _traces(module: nn.Module, **kwargs: Any) -> list[fx.GraphModule]:
     """fx traces of ``module`` in train and in eval mode (modes restored afterwards)."""
-    modes = {m: m.training for m in module.modules()}
     out = []
-    try:
+    with modes_kept(module):
         for training in (True, False):
             module.train(training)
             out.append(trace(module, **kwargs))
-    finally:
-        for m, t in modes.items():
-            m.training = t
     return out
 
 

@@ -1,9 +1,8 @@
-"""Small helpers around :mod:`torch.distributed` shared by evaluation and fine-tuning.
+"""Collectives over :mod:`torch.distributed`, and where a torchrun process finds its rank and device.
 
 A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT`` in its environment; :func:`init_from_env` joins the process group (``nccl`` when the
-device is a GPU, ``gloo`` otherwise). Every helper is a no-op in a single process, so callers write
-one code path.
+``MASTER_PORT`` in its environment; :func:`harden.runtime.session.session` joins the process group.
+Every helper is a no-op in a single process, so callers write one code path.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import torch
 import torch.distributed as dist
 
 from harden.errors import HardenError
-
-_OWNED = False  # whether harden created the process group (and so may destroy it)
 
 
 def env_world_size() -> int:
@@ -80,36 +77,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise HardenError(f"device '{device}' asked for but no CUDA GPU is available; use --device cpu")
     return dev
-
-
-def init_from_env(device: torch.device | None = None, backend: str | None = None) -> bool:
-    """Join the process group described by torchrun's environment; True when running distributed.
-
-    Does nothing (and returns False) when ``WORLD_SIZE`` is 1 or unset. The backend defaults to
-    ``nccl`` for a CUDA device and ``gloo`` otherwise.
-    """
-    global _OWNED
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1
-    if env_world_size() <= 1:
-        return False
-    if not dist.is_available():
-        raise HardenError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
-    dev = device if device is not None else resolve_device("auto")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
-    dist.init_process_group(backend=chosen)
-    _OWNED = True
-    return dist.get_world_size() > 1
-
-
-def shutdown() -> None:
-    """Leave the process group if :func:`init_from_env` created it."""
-    global _OWNED
-    if _OWNED and dist.is_initialized():
-        dist.destroy_process_group()
-    _OWNED = False
 
 
 def _comm_device() -> torch.device:

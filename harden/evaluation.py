@@ -425,7 +425,8 @@ def _run_stages(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _P
             prog.save(log, prog.elapsed + time.perf_counter() - start_time)
             events.emit(ev.ProgressMade(int(sum(len(batches[b]) for b in range(r0, done))),
                                         status=f"acc {100 * _count_correct(status, s) / n:.2f}%"))
-            events.emit(ev.BatchDone({"stage": name, "batch": done, "batches": len(batches), "rank": rank}))
+            events.emit(ev.Record("batch", {"stage": name, "batch": done, "batches": len(batches),
+                                            "rank": rank}))
         prog.stage_seconds[s] += time.perf_counter() - t0
         prog.stage, prog.batches_done = s + 1, 0
         prog.save(log, prog.elapsed + time.perf_counter() - start_time)
@@ -623,7 +624,7 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
                                       report_path=report_path, resume=resume, events=events,
                                       check_examples=check_examples, t_start=t_start, started=started,
                                       skip_bad_images=skip_bad_images)
-        events.emit(ev.ReportReady(result))
+        events.emit(ev.Record("report", result))
         if main and report_path is not None:
             progress_store(report_path).remove()
         if main and into is not None:

@@ -32,7 +32,7 @@ import yaml
 from harden import tracking
 from harden.errors import HardenError, UsageError, close_matches
 from harden.runtime.atomic import atomic_path
-from harden.runtime.events import ArtifactWritten, Events, Settings
+from harden.runtime.events import ArtifactWritten, Events, Record
 from harden.runtime.session import session
 from harden.runtime.store import Store, as_json, checkpoint_path_for, differences
 from harden.tracking import Prefixed
@@ -540,7 +540,7 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
     tracking.check_track(spec if isinstance(spec, str) else None)
     with tracking.Session(spec, run_name=recipe.name) as sink:
         events = Events(tracking.TrackerSink(sink))
-        events.emit(Settings(recipe.values))
+        events.emit(Record("settings", recipe.values))
         result = _run_recipe(recipe, out_dir=out_dir, progress=progress, echo=echo, resume=resume, sink=sink)
         out = Path(result["out_dir"])
         for name in ("comparison.md", "comparison.json", "recipe.yaml"):

@@ -204,15 +204,17 @@ class TrackerSink:
 
     def handle(self, event: events.Event) -> None:
         t = self.tracker
-        if isinstance(event, events.Settings):
-            t.params(event.values)
-        elif isinstance(event, events.EpochEnded):
-            t.metrics(epoch_metrics(event.entry), step=int(event.entry["epoch"]))
-        elif isinstance(event, events.Figures):
-            t.metrics(event.values, step=event.step)
-        elif isinstance(event, events.ReportReady):
-            t.params({"evaluate": {"model": (event.report.get("model") or {}).get("spec"),
-                                   **report_params(event.report)}})
-            t.metrics(report_metrics(event.report))
-        elif isinstance(event, events.ArtifactWritten) and event.path is not None and Path(event.path).is_file():
-            t.artifact(event.path)
+        if isinstance(event, events.ArtifactWritten):
+            if event.path is not None and Path(event.path).is_file():
+                t.artifact(event.path)
+        elif isinstance(event, events.Record):
+            values = event.values
+            if event.kind == "settings":
+                t.params(values)
+            elif event.kind == "epoch":
+                t.metrics(epoch_metrics(values), step=int(values["epoch"]))
+            elif event.kind == "figures":
+                t.metrics(values, step=event.step)
+            elif event.kind == "report":
+                t.params({"evaluate": {"model": (values.get("model") or {}).get("spec"), **report_params(values)}})
+                t.metrics(report_metrics(values))

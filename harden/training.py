@@ -866,13 +866,13 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     with tracking.Session(tracker, run_name=output.stem if output else None) as tracked, session(device) as dist:
         events = ev.Events(tracking.TrackerSink(tracked), ev.Callbacks(on_epoch=callback),
                            ev.Terminal() if progress and dist.is_main else None)
-        events.emit(ev.Settings({"model": model.recipe["model"]["spec"], "data": str(getattr(data, "spec", data)),
-                                 **cfg.as_dict()}))
+        events.emit(ev.Record("settings", {"model": model.recipe["model"]["spec"],
+                                           "data": str(getattr(data, "spec", data)), **cfg.as_dict()}))
         result = _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, dist=dist,
                       events=events, curves=curves, teacher=teacher, download=download)
         val = result.recipe["finetune"].get("validation") or {}
-        events.emit(ev.Figures({f"kept_{k}": v for k, v in val.items()
-                                if k in ("clean_acc", "robust_acc") and v is not None}))
+        events.emit(ev.Record("figures", {f"kept_{k}": v for k, v in val.items()
+                                          if k in ("clean_acc", "robust_acc") and v is not None}))
         events.emit(ev.ArtifactWritten(output))
         events.emit(ev.ArtifactWritten(curves_path_for(output) if output else None))
     return result
@@ -1033,7 +1033,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                 "bad_epochs": bad_epochs,
                 "bn_seen": bn_seen,
             })
-        events.emit(ev.EpochEnded(dict(entry)))
+        events.emit(ev.Record("epoch", dict(entry)))
 
     # the weights to keep, back on the CPU in fp32 and the default layout
     final = trainer.eval_model()

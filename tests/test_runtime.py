@@ -161,7 +161,8 @@ def test_events_reach_every_sink_in_order(tmp_path: Path) -> None:
     epochs: list[dict[str, Any]] = []
     events = ev.Events(first, None, ev.Callbacks(on_epoch=epochs.append), tracking.TrackerSink(tracker), second)
     entry = {"epoch": 2, "loss": 0.5, "val_clean": 50.0, "stopped": False}
-    for event in (ev.Settings({"lr": 0.1}), ev.EpochEnded(entry), ev.Figures({"kept_robust_acc": 40.0})):
+    for event in (ev.Record("settings", {"lr": 0.1}), ev.Record("epoch", entry),
+                  ev.Record("figures", {"kept_robust_acc": 40.0})):
         events.emit(event)
     assert [e for _, e in first.calls] == [e for _, e in second.calls] and len(first.calls) == 3
     assert epochs == [entry]
@@ -175,7 +176,7 @@ def test_report_goes_to_the_json_file_and_the_tracker(tmp_path: Path) -> None:
               "clean_ci95": [70.0, 90.0], "per_attack": [{"attack": "clean", "acc": 80.0}]}
     path = tmp_path / "r.json"
     events = ev.Events(ev.ReportFile(path), tracking.TrackerSink(tracker))
-    events.emit(ev.ReportReady(report))
+    events.emit(ev.Record("report", report))
     events.emit(ev.ArtifactWritten(path))
     events.emit(ev.ArtifactWritten(tmp_path / "missing.png"))
     events.emit(ev.ArtifactWritten(None))
@@ -183,6 +184,8 @@ def test_report_goes_to_the_json_file_and_the_tracker(tmp_path: Path) -> None:
     assert tracker.calls[0] == ("params", {"evaluate": {"model": "m", "attack": "pgd", "n": 10}})
     assert tracker.calls[1][1][0]["robust_acc"] == 30.0 and tracker.calls[1][1][0]["clean_ci95_low"] == 70.0
     assert tracker.calls[2:] == [("artifact", "r.json")]
+    with pytest.raises(ValueError, match="unknown record kind 'epochs'"):
+        ev.Record("epochs", {})
 
 
 def test_terminal_draws_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,20 +17,22 @@ import torch.distributed as dist
 from harden.errors import HardenError
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer torchrun puts in the environment, ``default`` when it is missing or not a number."""
+    try:
+        return int(os.environ.get(name, str(default)))
+    except ValueError:
+        return default
+
+
 def env_world_size() -> int:
     """``WORLD_SIZE`` from the environment (1 when not started by torchrun)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
+    return _env_int("WORLD_SIZE", 1)
 
 
 def env_rank() -> int:
     """``RANK`` from the environment (0 when not started by torchrun); valid before and after the group."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("RANK", 0)
 
 
 def is_distributed() -> bool:
@@ -50,10 +52,7 @@ def world_size() -> int:
 
 def local_rank() -> int:
     """This process's index on its machine (``LOCAL_RANK``; 0 in a single process)."""
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("LOCAL_RANK", 0)
 
 
 def is_main() -> bool:
@@ -85,22 +84,22 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+def _all_reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
     if not is_distributed():
         return tensor
     buf = tensor.detach().to(_comm_device()).clone()
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buf, op=op)
     return buf.to(tensor.device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``tensor`` over all ranks."""
-    if not is_distributed():
-        return tensor
-    buf = tensor.detach().to(_comm_device()).clone()
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return buf.to(tensor.device)
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def all_reduce_counts(counts: Sequence[int | float]) -> list[float]:

@@ -18,41 +18,27 @@ from typing import Any, Protocol
 
 from harden.runtime.atomic import write_text
 
+RECORD_KINDS = ("settings", "epoch", "batch", "figures", "report")
+
 
 @dataclass(frozen=True)
-class Settings:
-    """The command's configuration, once at the start."""
+class Record:
+    """Named values a run reports, by ``kind``:
 
+    - ``settings``: the command's configuration, once at the start
+    - ``epoch``: one fine-tuning epoch's numbers (``epoch``, ``loss``, ``val_clean``, ...)
+    - ``batch``: an evaluation batch finished on every rank (``stage``, ``batch``, ``batches``, ``rank``)
+    - ``figures``: named numbers of the run, at ``step`` if given
+    - ``report``: an evaluation's final report
+    """
+
+    kind: str
     values: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class EpochEnded:
-    """One fine-tuning epoch's numbers (``epoch``, ``loss``, ``val_clean``, ...)."""
-
-    entry: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class BatchDone:
-    """A batch of an evaluation stage has finished on every rank (``stage``, ``batch``, ``batches``, ``rank``)."""
-
-    info: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class Figures:
-    """Named numbers of the run, optionally at a step."""
-
-    values: Mapping[str, float]
     step: int | None = None
 
-
-@dataclass(frozen=True)
-class ReportReady:
-    """An evaluation's final report."""
-
-    report: Mapping[str, Any]
+    def __post_init__(self) -> None:
+        if self.kind not in RECORD_KINDS:
+            raise ValueError(f"unknown record kind '{self.kind}' (known: {', '.join(RECORD_KINDS)})")
 
 
 @dataclass(frozen=True)
@@ -86,8 +72,7 @@ class ProgressEnded:
     """The progress line is complete (or abandoned)."""
 
 
-Event = (Settings | EpochEnded | BatchDone | Figures | ReportReady | ArtifactWritten | ProgressStarted
-         | ProgressMade | ProgressEnded)
+Event = Record | ArtifactWritten | ProgressStarted | ProgressMade | ProgressEnded
 
 
 class Sink(Protocol):
@@ -140,8 +125,8 @@ class ReportFile:
         self.path = path
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, ReportReady):
-            write_text(self.path, json.dumps(event.report, indent=2) + "\n")
+        if isinstance(event, Record) and event.kind == "report":
+            write_text(self.path, json.dumps(event.values, indent=2) + "\n")
 
 
 class Callbacks:
@@ -152,7 +137,8 @@ class Callbacks:
         self.on_epoch, self.on_batch = on_epoch, on_batch
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, EpochEnded) and self.on_epoch is not None:
-            self.on_epoch(dict(event.entry))
-        elif isinstance(event, BatchDone) and self.on_batch is not None:
-            self.on_batch(dict(event.info))
+        if not isinstance(event, Record):
+            return
+        call = {"epoch": self.on_epoch, "batch": self.on_batch}.get(event.kind)
+        if call is not None:
+            call(dict(event.values))

@@ -26,7 +26,7 @@ import torch
 import harden
 from harden import evaluation
 from harden.data import load_dataset, load_tensors, select
-from harden.distributed import resolve_device
+from harden.runtime.distributed import resolve_device
 
 
 def _sync(device: torch.device) -> None:

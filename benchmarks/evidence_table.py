@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from harden.serialization import atomic_path
+from harden.runtime.atomic import atomic_path
 from harden.stats import paired_difference
 from harden.summary import human
 

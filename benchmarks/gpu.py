@@ -40,8 +40,9 @@ from typing import Any
 import torch
 
 import harden
-from harden.serialization import atomic_path
-from harden.training import TrainData, Trainer, _Dist, make_config
+from harden.runtime.atomic import atomic_path
+from harden.runtime.session import DistSession
+from harden.training import TrainData, Trainer, make_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce  # noqa: E402
@@ -121,7 +122,7 @@ def one_process_group(device: torch.device) -> Iterator[str]:
                 os.environ[k] = v
 
 
-class _GroupOfOne(_Dist):
+class _GroupOfOne(DistSession):
     """harden's process view with DDP switched on although the group has one process."""
 
     @property
@@ -136,13 +137,14 @@ def check_trainer(base: harden.HardenedModel, device: torch.device, batch: int, 
     gpu = device.type == "cuda"
     cfg = make_config(method="pgd", steps=2, batch_size=batch, precision="auto" if gpu else "bf16",
                       channels_last=None if gpu else True)
-    trainer = Trainer(_copy(base), cfg, device=device, dist=_Dist())
+    trainer = Trainer(_copy(base), cfg, device=device, dist=DistSession())
     require(trainer.bf16 and trainer.channels_last, "bf16 autocast with channels-last is not on")
     require(not gpu or trainer.optimizer.param_groups[0].get("fused") is True, "the fused optimizer is not used")
     loss, _ = trainer.train_step(x, y, eps=8 / 255, lr=0.01)
     require(bool(torch.isfinite(loss)), "non-finite loss under bf16 autocast")
     figures.update(bf16=True, channels_last=True, fused_sgd=bool(trainer.optimizer.param_groups[0].get("fused")))
-    compiled = Trainer(_copy(base), make_config(**{**cfg.as_dict(), "compile": True}), device=device, dist=_Dist())
+    compiled = Trainer(_copy(base), make_config(**{**cfg.as_dict(), "compile": True}), device=device,
+                       dist=DistSession())
     for _ in range(2):
         loss, _ = compiled.train_step(x, y, eps=8 / 255, lr=0.01)
     require(bool(torch.isfinite(loss)), "non-finite loss under torch.compile")
@@ -168,7 +170,7 @@ def check_resident_data(data: str, device: torch.device, figures: dict) -> None:
     from harden.data import load_dataset
 
     dataset = load_dataset(data, split="train", image_size=32)
-    td = TrainData(dataset, list(range(64)), batch_size=32, device=device, dist=_Dist(), seed=0, workers=0,
+    td = TrainData(dataset, list(range(64)), batch_size=32, device=device, dist=DistSession(), seed=0, workers=0,
                    cache_limit_gb=8.0)
     require(td.x is not None and td.x.dtype == torch.uint8 and td.x.device.type == device.type,
             f"training images are not resident on {device} as uint8")

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import torch
 
 import harden
-from harden.serialization import atomic_path
+from harden.runtime.atomic import atomic_path
 from harden.summary import model_facts
 from harden.training import checkpoint_path_for
 

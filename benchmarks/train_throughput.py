@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import harden
-from harden.training import Trainer, _Dist, make_config
+from harden.runtime.session import DistSession
+from harden.training import Trainer, make_config
 
 EPS, STEP = 8 / 255, 2 / 255
 
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     for label, compiled in variants:
         cfg = make_config(method="pgd", eps=EPS, steps=args.steps, step_size=STEP, lr=0.1, batch_size=args.batch_size,
                           compile=compiled)
-        trainer = Trainer(copy.deepcopy(base), cfg, device=device, dist=_Dist())
+        trainer = Trainer(copy.deepcopy(base), cfg, device=device, dist=DistSession())
         precision = "bf16 autocast" if trainer.bf16 else "fp32"
         layout = "channels-last" if trainer.channels_last else "NCHW"
         results[label] = time_loop(

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from harden.runtime.modes import modes_kept
+
 # the authors' gamma and warm-up epochs, by method: fine-tuning settings, kept in its schema
 from harden.schemas.finetune import AWP_DEFAULT_GAMMA as DEFAULT_GAMMA  # noqa: F401
 from harden.schemas.finetune import AWP_DEFAULT_WARMUP as DEFAULT_WARMUP  # noqa: F401
@@ -65,15 +67,10 @@ class WeightPerturbation:
 
     def compute(self, loss_fn: Callable[[], torch.Tensor]) -> list[torch.Tensor]:
         """The perturbation (one tensor per weight) that raises ``loss_fn()``, evaluated in train mode."""
-        modes = {m: m.training for m in self.model.modules()}
-        try:
-            with buffers_preserved(self.model):
-                self.model.train()
-                loss = loss_fn()
-                grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
-        finally:
-            for m, t in modes.items():
-                m.training = t
+        with modes_kept(self.model), buffers_preserved(self.model):
+            self.model.train()
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, self.weights, allow_unused=True)
         grads = self._mean_over_processes([torch.zeros_like(w) if g is None else g.detach()
                                            for w, g in zip(self.weights, grads)])
         with torch.no_grad():

@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,10 +30,17 @@ import torch
 from torch import nn
 
 from harden import checks as chk
-from harden import distributed as hd
+from harden import tracking
 from harden.attacks import ATTACKS, NORMS, fgsm, pgd
 from harden.data import ImageDataset, Selection, load_dataset, select, skip_unreadable
 from harden.errors import HardenError, UsageError, close_matches
+from harden.runtime import distributed as hd
+from harden.runtime import events as ev
+from harden.runtime.atomic import save_figure
+from harden.runtime.modes import eval_mode
+from harden.runtime.session import session
+from harden.runtime.stamp import REPORT_LIBRARIES, device_text, versions
+from harden.runtime.store import Store, as_json, differences, state_digest
 from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
 from harden.stats import wilson_interval
 
@@ -260,17 +266,6 @@ class Examples:
         return h.hexdigest()[:16]
 
 
-def model_digest(model: nn.Module) -> str:
-    """A short hash of a model's weights and buffers (to tell whether a progress file is ours)."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------------ batch size
 
 
@@ -321,9 +316,16 @@ class Interrupted(HardenError):
     """Raised (by a callback) to stop an evaluation after a batch; its progress file stays."""
 
 
+def progress_store(report_path: Path) -> Store:
+    """Where an evaluation writing ``report_path`` keeps its per-batch progress: ``REPORT.progress``."""
+    return Store(Path(str(report_path) + ".progress"), format=PROGRESS_FORMAT,
+                 unreadable="progress file '{path}' is unreadable ({reason}); delete it to start again",
+                 foreign="'{path}' is not a harden evaluation progress file; delete it to start again")
+
+
 @dataclass
 class _Progress:
-    path: Path | None
+    store: Store | None
     fingerprint: dict[str, Any]
     batch_size: int
     status: torch.Tensor
@@ -336,39 +338,31 @@ class _Progress:
     resumed: bool = False
 
     def save(self, log: chk.WarningLog, elapsed: float) -> None:
-        if self.path is None or not hd.is_main():
+        if self.store is None or not hd.is_main():
             return
-        from harden.serialization import atomic_path
-
-        state = {
+        self.store.save({
             "format": PROGRESS_FORMAT, "fingerprint": self.fingerprint, "batch_size": self.batch_size,
             "stage": self.stage, "batches_done": self.batches_done, "status": self.status.tolist(),
             "stage_seconds": self.stage_seconds, "elapsed": elapsed, "warnings": log.as_dicts(),
             "x_range": list(self.x_range) if math.isfinite(self.x_range[0]) else None,
-        }
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps(state))
+        })
 
     @classmethod
-    def load(cls, path: Path, fingerprint: dict[str, Any], batch_size: int | None) -> _Progress | None:
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
+    def load(cls, store: Store, fingerprint: dict[str, Any], batch_size: int | None) -> _Progress | None:
+        state = store.load()
+        if state is None:
             return None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise HardenError(f"progress file '{path}' is unreadable ({exc}); delete it to start again") from exc
-        if state.get("format") != PROGRESS_FORMAT:
-            raise HardenError(f"'{path}' is not a harden evaluation progress file; delete it to start again")
-        old = state.get("fingerprint", {})
-        for key, value in fingerprint.items():
-            if old.get(key) != value:
-                raise UsageError(f"progress file '{path}' belongs to another run ({key} was {old.get(key)!r}, "
-                                 f"now {value!r}); delete it or run without --resume")
+        path = store.path
+        old = state.get("fingerprint")
+        for key, was, now in differences(old if isinstance(old, dict) else {}, as_json(fingerprint), depth=1):
+            if key in fingerprint:
+                raise UsageError(f"progress file '{path}' belongs to another run ({key} was {was!r}, "
+                                 f"now {now!r}); delete it or run without --resume")
         if batch_size is not None and batch_size != state["batch_size"]:
             raise UsageError(f"progress file '{path}' was written with --batch-size {state['batch_size']}; "
                              "resume with the same batch size (or auto)")
         rng = state.get("x_range")
-        return cls(path, fingerprint, int(state["batch_size"]), torch.tensor(state["status"], dtype=torch.long),
+        return cls(store, fingerprint, int(state["batch_size"]), torch.tensor(state["status"], dtype=torch.long),
                    int(state["stage"]), int(state["batches_done"]), list(state["stage_seconds"]),
                    float(state["elapsed"]), list(state.get("warnings") or []),
                    (rng[0], rng[1]) if rng else (math.inf, -math.inf), True)
@@ -384,8 +378,8 @@ def _robust_at_start(status: torch.Tensor, stage: int) -> torch.Tensor:
 
 
 def _run_stages(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _Progress, *,
-                device: torch.device, log: chk.WarningLog, bar: Any = None,
-                on_batch: Callable[[dict[str, Any]], None] | None = None, start_time: float) -> None:
+                device: torch.device, log: chk.WarningLog, events: ev.Events | None = None,
+                start_time: float) -> None:
     """Clean pass then each attack of ``plan``, batch by batch, dealt out round-robin to the ranks."""
     n, bs = examples.n, prog.batch_size
     rank, world = hd.rank(), hd.world_size()
@@ -395,21 +389,18 @@ def _run_stages(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _P
         prog.stage_seconds = [0.0] * len(names)
     status = prog.status
     first_output_checked = prog.resumed
-    if bar is not None:
-        done_units = n * min(prog.stage, len(names))
-        if prog.stage < len(names):
-            pos = torch.arange(n) if prog.stage == 0 else torch.nonzero(_robust_at_start(status, prog.stage)).flatten()
-            done_units += (n - len(pos)) + min(len(pos), prog.batches_done * bs)
-        bar.update(done_units)
+    events = events or ev.Events()
+    done_units = n * min(prog.stage, len(names))
+    if prog.stage < len(names):
+        pos = torch.arange(n) if prog.stage == 0 else torch.nonzero(_robust_at_start(status, prog.stage)).flatten()
+        done_units += (n - len(pos)) + min(len(pos), prog.batches_done * bs)
+    events.emit(ev.ProgressMade(done_units))
     for s in range(prog.stage, len(names)):
         name = names[s]
         positions = torch.arange(n) if s == 0 else torch.nonzero(_robust_at_start(status, s)).flatten()
         batches = _split(positions, bs)
         first = prog.batches_done if s == prog.stage else 0
-        if bar is not None:
-            bar.set_description(name)
-            if first == 0 and s > 0:
-                bar.update(n - len(positions))
+        events.emit(ev.ProgressMade(n - len(positions) if first == 0 and s > 0 else 0, label=name))
         t0 = time.perf_counter()
         for r0 in range(first, len(batches), world):
             mine = r0 + rank
@@ -452,12 +443,10 @@ def _run_stages(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _P
             prog.stage_seconds[s] += time.perf_counter() - t0
             t0 = time.perf_counter()
             prog.save(log, prog.elapsed + time.perf_counter() - start_time)
-            if bar is not None:
-                units = int(sum(len(batches[b]) for b in range(r0, done)))
-                bar.update(units)
-                bar.set_postfix_str(f"acc {100 * _count_correct(status, s) / n:.2f}%")
-            if on_batch is not None:
-                on_batch({"stage": name, "batch": done, "batches": len(batches), "rank": rank})
+            events.emit(ev.ProgressMade(int(sum(len(batches[b]) for b in range(r0, done))),
+                                        status=f"acc {100 * _count_correct(status, s) / n:.2f}%"))
+            events.emit(ev.Record("batch", {"stage": name, "batch": done, "batches": len(batches),
+                                            "rank": rank}))
         prog.stage_seconds[s] += time.perf_counter() - t0
         prog.stage, prog.batches_done = s + 1, 0
         prog.save(log, prog.elapsed + time.perf_counter() - start_time)
@@ -508,28 +497,6 @@ def _outcomes(status: torch.Tensor, stages: Sequence[str]) -> list[str]:
         else:
             out.append("pending")
     return out
-
-
-def _versions() -> dict[str, str]:
-    """Versions of everything the number depends on (read from package metadata: no imports)."""
-    from importlib import metadata
-
-    from harden import __version__
-
-    out = {"harden": __version__, "torch": torch.__version__}
-    for dist_name in ("pyautoattack", "torchvision", "timm", "torch-pruning", "numpy"):
-        try:
-            out[dist_name.replace("-", "_")] = metadata.version(dist_name)
-        except metadata.PackageNotFoundError:
-            pass
-    out["python"] = platform.python_version()
-    return out
-
-
-def _device_text(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _model_info(model: nn.Module) -> dict[str, Any]:
@@ -638,17 +605,6 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     ``tracker`` (``"mlflow"``, ``"mlflow:URI"`` or a :class:`harden.tracking.Tracker`) records what was
     measured, the figures (accuracy after each attack, 95% intervals) and the report file.
     """
-    if tracker is not None:
-        args = {k: v for k, v in locals().items() if k != "tracker"}
-        from harden import tracking
-
-        with tracking.Session(tracker, run_name=Path(report).stem if report else None) as sink:
-            result = _evaluate_once(**args)
-            sink.params({"evaluate": {"model": (result.get("model") or {}).get("spec"),
-                                      **tracking.report_params(result)}})  # apart from a fine-tuning's
-            sink.metrics(tracking.report_metrics(result))
-            tracking.log_artifacts(sink, report)
-        return result
     t_start = time.perf_counter()
     started = _dt.datetime.now(_dt.timezone.utc)
     cfg = make_evaluate_config(attack=attack, eps=eps, norm=norm, fast=fast, n=n, seed=seed, batch_size=batch_size,
@@ -659,48 +615,36 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     n, batch_size = cfg.n, None if cfg.batch_size == "auto" else cfg.batch_size
     report_path = Path(report) if report is not None else None
 
-    dev = hd.resolve_device(device)
-    owns_group = not (hd.dist.is_available() and hd.dist.is_initialized())
-    hd.init_from_env(dev)
-    try:
-        model = _resolve_model(model, trust_code).to(dev)
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        try:
+    with tracking.Session(tracker, run_name=report_path.stem if report_path else None) as tracked, \
+            session(device) as dist:
+        model = _resolve_model(model, trust_code).to(dist.device)
+        main = dist.is_main
+        events = ev.Events(ev.Terminal() if progress and main else None, ev.Callbacks(on_batch=on_batch),
+                           ev.ReportFile(report_path) if report_path is not None and main else None,
+                           tracking.TrackerSink(tracked))
+        with eval_mode(model):
             result = _evaluate_loaded(model, data, plan, sweep, n=n, split=split, random_subset=random_subset,
-                                      download=download, batch_size=batch_size, device=dev, report_path=report_path,
-                                      resume=resume, progress=progress, check_examples=check_examples,
-                                      on_batch=on_batch, t_start=t_start, started=started,
+                                      download=download, batch_size=batch_size, device=dist.device,
+                                      report_path=report_path, resume=resume, events=events,
+                                      check_examples=check_examples, t_start=t_start, started=started,
                                       skip_bad_images=skip_bad_images)
-        finally:
-            for m, training in modes.items():
-                m.training = training
-        if hd.is_main():
-            if report_path is not None:
-                from harden.serialization import atomic_path
+        events.emit(ev.Record("report", result))
+        if main and report_path is not None:
+            progress_store(report_path).remove()
+        if main and into is not None:
+            from harden.serialization import add_report
 
-                with atomic_path(report_path) as tmp:
-                    tmp.write_text(json.dumps(result, indent=2) + "\n")
-                Path(str(report_path) + ".progress").unlink(missing_ok=True)
-            if into is not None:
-                from harden.serialization import add_report
-
-                add_report(into, {k: v for k, v in result.items() if k != "examples"})
-        hd.barrier()
-        return result
-    finally:
-        if owns_group:
-            hd.shutdown()
-
-
-_evaluate_once = evaluate  # what the tracked call runs: this function itself, whatever later rebinds the name
+            add_report(into, {k: v for k, v in result.items() if k != "examples"})
+        events.emit(ev.ArtifactWritten(report_path))
+        dist.barrier()
+    return result
 
 
 def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[tuple[float, str]] | None, *,
                      n: int | None, split: str, random_subset: bool, download: bool, batch_size: int | None,
-                     device: torch.device, report_path: Path | None, resume: bool, progress: bool,
-                     check_examples: int | None, on_batch: Callable[[dict[str, Any]], None] | None, t_start: float,
-                     started: _dt.datetime, skip_bad_images: bool = False) -> dict[str, Any]:
+                     device: torch.device, report_path: Path | None, resume: bool, events: ev.Events,
+                     check_examples: int | None, t_start: float, started: _dt.datetime,
+                     skip_bad_images: bool = False) -> dict[str, Any]:
     buffers = chk.snapshot_buffers(model)
     examples, selection = _select_examples(data, model, n=n, split=split, random_subset=random_subset,
                                            seed=plan.seed, download=download, skip_bad_images=skip_bad_images)
@@ -709,34 +653,28 @@ def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[
     log = chk.WarningLog()
     world = hd.world_size()
     per_rank = math.ceil(examples.n / world)
-    progress_path = Path(str(report_path) + ".progress") if report_path is not None else None
+    store = progress_store(report_path) if report_path is not None else None
     fingerprint: dict[str, Any] = {}
-    if progress_path is not None:  # what a progress file must match to be resumed
+    if store is not None:  # what a progress file must match to be resumed
         fingerprint = {
             "attack": plan.attack, "attacks": list(plan.stages), "eps": plan.eps, "norm": plan.norm,
             "seed": plan.seed, "steps": plan.steps, "step_size": plan.step_size, "n": examples.n,
-            "examples": examples.digest(), "model": model_digest(model),
+            "examples": examples.digest(), "model": state_digest(model, short=True),
         }
     prog: _Progress | None = None
-    if resume and progress_path is not None:
-        prog = _Progress.load(progress_path, fingerprint, batch_size)
+    if resume and store is not None:
+        prog = _Progress.load(store, fingerprint, batch_size)
         if prog is not None:
             log.merge_max(prog.warnings or [])
-            prog.path = progress_path
     if prog is None:
         if batch_size is None:
             shape = tuple(examples.get(torch.arange(1))[0].shape[1:])
             batch_size = pick_batch_size(model, shape, device, per_rank)
             batch_size = int(-hd.all_reduce_max(torch.tensor([-batch_size])).item())
-        prog = _Progress(progress_path, fingerprint, batch_size, torch.full((examples.n,), PENDING, dtype=torch.long))
+        prog = _Progress(store, fingerprint, batch_size, torch.full((examples.n,), PENDING, dtype=torch.long))
     bs = prog.batch_size
 
-    bar = None
-    if progress and hd.is_main():
-        from tqdm import tqdm
-
-        bar = tqdm(total=examples.n * (1 + len(plan.stages)), unit="ex", file=sys.stderr, dynamic_ncols=True,
-                   leave=False)
+    events.emit(ev.ProgressStarted(examples.n * (1 + len(plan.stages)), unit="ex"))
     t_run = time.perf_counter()
     try:
         pre = chk.WarningLog()  # merged without double counting what a resumed run saw before
@@ -746,11 +684,9 @@ def _evaluate_loaded(model: nn.Module, data: Any, plan: AttackPlan, sweep: list[
                            check_examples=check_examples)
         log.merge_max(pre.as_dicts())
         with chk.capture_autoattack(log):
-            _run_stages(model, examples, plan, prog, device=device, log=log, bar=bar, on_batch=on_batch,
-                        start_time=t_run)
+            _run_stages(model, examples, plan, prog, device=device, log=log, events=events, start_time=t_run)
     finally:
-        if bar is not None:
-            bar.close()
+        events.emit(ev.ProgressEnded())
     run_seconds = prog.elapsed + time.perf_counter() - t_run
     status = prog.status
 
@@ -856,11 +792,11 @@ def _build_report(model: nn.Module, plan: AttackPlan, examples: Examples, select
                      "outcome": _outcomes(status, plan.stages)},
         "seconds": round(total_seconds, 3),
         "attack_seconds": round(run_seconds, 3),
-        "device": _device_text(device),
+        "device": device_text(device),
         "world_size": hd.world_size(),
         "resumed": prog.resumed,
         "created": started.isoformat(timespec="seconds"),
-        "versions": _versions(),
+        "versions": versions(REPORT_LIBRARIES, python=True),
         "warnings": log.as_dicts(),
     }
     if full_aa:
@@ -944,8 +880,6 @@ def plot_sweep(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harden.serialization import atomic_path
-
     rows = report.get("eps_sweep") or []
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     xs = [r["eps"] * (255 if report["norm"] == "Linf" else 1) for r in rows]
@@ -963,8 +897,7 @@ def plot_sweep(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     ax.set_title(f"{report['model'].get('spec')} - {attack}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path)
+    finally:
+        plt.close(fig)

@@ -22,6 +22,8 @@ from torch import nn
 
 from harden.data import ImageDataset, load_dataset
 from harden.errors import UsageError
+from harden.runtime.modes import eval_mode
+from harden.runtime.store import state_digest
 from harden.schemas.finetune import extra_count
 from harden.seeding import derive_seed
 
@@ -45,8 +47,6 @@ def teacher_name(module: nn.Module) -> str:
 
 def load_teacher(teacher: str | nn.Module, *, trust_code: bool = False) -> Teacher:
     """The ``--pseudo-label`` model: a harden file (or, in the library, a module)."""
-    from harden.training import state_digest
-
     if isinstance(teacher, nn.Module):
         return Teacher(teacher, teacher_name(teacher), state_digest(teacher))
     if not isinstance(teacher, str) or not os.path.isfile(teacher):
@@ -61,9 +61,7 @@ def load_teacher(teacher: str | nn.Module, *, trust_code: bool = False) -> Teach
 def pseudo_labels(teacher: nn.Module, x_u8: torch.Tensor, *, num_classes: int, device: torch.device,
                   batch_size: int = _LABEL_BATCH) -> torch.Tensor:
     """The teacher's argmax class for each uint8 image, computed in eval mode and fp32 (modes restored)."""
-    modes = {m: m.training for m in teacher.modules()}
-    teacher.to(device).eval()
-    try:
+    with eval_mode(teacher.to(device)):
         out = []
         for i in range(0, x_u8.shape[0], batch_size):
             logits = teacher(x_u8[i:i + batch_size].to(device).float().div_(255))
@@ -73,9 +71,6 @@ def pseudo_labels(teacher: nn.Module, x_u8: torch.Tensor, *, num_classes: int, d
                                  "classes")
             out.append(logits.argmax(1))
         return torch.cat(out).to(device)
-    finally:
-        for m, t in modes.items():
-            m.training = t
 
 
 def check_extra_dataset(extra: ImageDataset, main: ImageDataset, image_shape: tuple[int, ...], *,

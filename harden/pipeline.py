@@ -12,6 +12,7 @@ from torch import nn
 from harden.errors import HardenError, UsageError
 from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
+from harden.runtime.modes import eval_mode
 from harden.sources import build_net
 from harden.transforms import Transform, make_transform, parse_transform
 
@@ -44,18 +45,13 @@ def wrap(net: nn.Module, *, input_size: int | Sequence[int], num_classes: int | 
 
 
 def _check_runs(model: HardenedModel, what: str) -> None:
-    was = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad(), preserve_state(model), shape_run(model.net_input_size(), model):
+        with eval_mode(model), torch.no_grad(), preserve_state(model), shape_run(model.net_input_size(), model):
             dev = next((p.device for p in model.parameters()), torch.device("cpu"))
             out = model(torch.zeros(1, *model.input_size, device=dev))
     except Exception as exc:
         raise HardenError(f"{what} left a model that does not run: "
                           f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}") from exc
-    finally:
-        for m, t in was.items():
-            m.training = t
     if tuple(out.shape) != (1, model.num_classes):
         raise HardenError(f"{what} changed the output shape to {tuple(out.shape)[1:]}; "
                           f"expected ({model.num_classes},)")

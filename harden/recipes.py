@@ -28,10 +28,16 @@ from typing import Any
 
 import yaml
 
+from harden import tracking
 from harden.errors import HardenError, UsageError, close_matches
+from harden.runtime.atomic import atomic_path
+from harden.runtime.events import ArtifactWritten, Events, Record
+from harden.runtime.session import session
+from harden.runtime.store import Store, as_json, checkpoint_path_for, differences
 from harden.schemas.evaluate import EvaluateConfig
 from harden.schemas.fields import parse_number, yaml_keys
 from harden.schemas.finetune import FinetuneConfig, make_config
+from harden.tracking import Prefixed
 
 # ------------------------------------------------------------------------------------------ schema
 
@@ -455,16 +461,6 @@ def _finetune_text(entry: dict[str, Any] | None) -> str:
     return f"{entry['method']}{steps}{extras} eps {eps}, {entry['epochs_run']} ep (kept {entry['kept_epoch']})"
 
 
-def _dotted_diffs(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The dotted keys at which two JSON-like values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for k in list(old) + [k for k in new if k not in old]:
-            out += _dotted_diffs(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else str(k))
-        return out
-    return [] if old == new else [prefix or "(the whole recipe)"]
-
-
 class RunState:
     """Which stages of a ``harden run`` have finished, kept in ``OUT/run-state.json``.
 
@@ -477,19 +473,21 @@ class RunState:
 
     def __init__(self, out: Path, values: dict[str, Any], *, resume: bool, writer: bool) -> None:
         self.path = out / self.FILE
-        self.values = json.loads(json.dumps(values))
+        self.store = Store(self.path, indent=2,
+                           unreadable="'{path}' is damaged ({reason}); run without --resume to start over")
+        self.values = as_json(values)
         self.writer = writer
         self.done: dict[str, dict[str, Any]] = {}
         if resume:
             if not self.path.is_file():
                 raise UsageError(f"nothing to resume in '{out}': it holds no {self.FILE} from an earlier "
                                  "`harden run`; run without --resume")
+            saved = self.store.load()
             try:
-                saved = json.loads(self.path.read_text())
-                old, done = saved["recipe"], dict(saved["done"])
+                old, done = saved["recipe"], dict(saved["done"])  # type: ignore[index]
             except (ValueError, KeyError, TypeError) as exc:
-                raise HardenError(f"'{self.path}' is damaged ({exc}); run without --resume to start over") from None
-            diffs = _dotted_diffs(old, self.values)
+                raise self.store.damaged(exc) from None
+            diffs = [key or "(the whole recipe)" for key, _, _ in differences(old, self.values)]
             if diffs:
                 raise UsageError(f"'{out}' holds a run of a different recipe (it differs at {', '.join(diffs[:5])}); "
                                  "resume with the same recipe and --set values, or choose another --out")
@@ -509,10 +507,7 @@ class RunState:
             self._write()
 
     def _write(self) -> None:
-        from harden.serialization import atomic_path
-
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps({"recipe": self.values, "done": self.done}, indent=2) + "\n")
+        self.store.save({"recipe": self.values, "done": self.done})
 
 
 def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None, progress: bool = True,
@@ -526,15 +521,15 @@ def run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None = None,
     recipe's ``tracking`` key) records one tracking run: the recipe as parameters, each stage's metrics
     under its name (``baseline.val_robust``, ``hardened.pgd.robust_acc``, ...) and the output files.
     """
-    from harden import tracking
-
     spec = tracker if tracker is not None else recipe.values.get("tracking")
     tracking.check_track(spec if isinstance(spec, str) else None)
     with tracking.Session(spec, run_name=recipe.name) as sink:
-        sink.params(recipe.values)
+        events = Events(tracking.TrackerSink(sink))
+        events.emit(Record("settings", recipe.values))
         result = _run_recipe(recipe, out_dir=out_dir, progress=progress, echo=echo, resume=resume, sink=sink)
         out = Path(result["out_dir"])
-        tracking.log_artifacts(sink, out / "comparison.md", out / "comparison.json", out / "recipe.yaml")
+        for name in ("comparison.md", "comparison.json", "recipe.yaml"):
+            events.emit(ArtifactWritten(out / name))
     return result
 
 
@@ -544,13 +539,10 @@ def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progr
     import torch
 
     import harden
-    from harden import distributed as hd
     from harden.data import load_dataset
     from harden.evaluation import evaluate
-    from harden.serialization import atomic_path
     from harden.summary import count_macs
-    from harden.tracking import Prefixed
-    from harden.training import _resolve_data, checkpoint_path_for, finetune
+    from harden.training import _resolve_data, finetune
 
     say = echo or (lambda _s: None)
     v = copy.deepcopy(recipe.values)
@@ -570,11 +562,9 @@ def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progr
     variants: list[tuple[str, list[str]]] = [("baseline", [])] if v.get("baseline", True) else []
     variants += list(v["variants"].items()) if "variants" in v else [("hardened", list(v["transforms"]))]
 
-    owns_group = not hd.is_distributed()
-    hd.init_from_env(hd.resolve_device("auto"))
-    main = hd.is_main()
-    t_run = time.perf_counter()
-    try:
+    with session("auto") as dist:
+        main = dist.is_main
+        t_run = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's generator
             torch.manual_seed(m.get("seed", 0))
             base = harden.load_model(m["spec"], num_classes=m.get("num_classes"),
@@ -713,8 +703,5 @@ def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progr
                 tmp.write_text(json.dumps({k: x for k, x in result.items() if k != "markdown"}, indent=2) + "\n")
             with atomic_path(out / "comparison.md") as tmp:
                 tmp.write_text(result["markdown"])
-        hd.barrier()
+        dist.barrier()
         return result
-    finally:
-        if owns_group:
-            hd.shutdown()

@@ -7,72 +7,22 @@ recipe whose base model is a user factory is refused unless the caller opts in w
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from harden import __version__
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.pipeline import rebuild
+from harden.runtime.atomic import atomic_path
+from harden.runtime.stamp import versions
 
 RECIPE_KEY = "harden.recipe"
 REPORTS_KEY = "harden.reports"
-
-
-def versions() -> dict[str, str]:
-    """Versions of harden and the libraries a recipe depends on."""
-    out = {"harden": __version__, "torch": torch.__version__}
-    for name in ("timm", "torchvision", "torch_pruning"):
-        try:
-            module = __import__(name)
-            out[name] = getattr(module, "__version__", "unknown")
-        except ImportError:
-            pass
-    return out
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
-
-    On failure the temporary file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise UsageError(f"'{path}' exists; pass --force to overwrite it")
-    if path.exists() and path.is_dir():
-        raise UsageError(f"'{path}' is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise UsageError(f"cannot write '{path}' ({exc.strerror or type(exc).__name__}); "
-                         "choose a path in a folder you can write to") from None
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _remove_stale_temporaries(path)
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Temporary files of ``path`` left by a writer that was killed (kill -9, power loss) before its rename."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
 
 
 def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,7 +1,8 @@
 """Experiment tracking: a small sink interface, an MLflow sink and a no-op one.
 
-Commands and library calls report to a :class:`Tracker` (parameters, metrics by step, artefact
-files); they never call a tracking library themselves. ``open_tracker("mlflow[:URI]")`` makes the
+Commands and library calls emit events (:mod:`harden.runtime.events`); a :class:`TrackerSink` turns
+them into a :class:`Tracker`'s parameters, metrics by step and artefact files, so no command calls a
+tracking library itself. ``open_tracker("mlflow[:URI]")`` makes the
 sink the ``--track`` option names. Only the first process of a torchrun job records anything.
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from harden.errors import UsageError
+from harden.runtime import events
 
 INSTALL_HINT = "pip install 'harden[mlflow]'"
 SINKS = ("mlflow",)
@@ -192,19 +194,27 @@ class Session:
             self.tracker.close(failed=exc_type is not None)
 
 
-def epoch_callback(tracker: Tracker, callback: Any = None) -> Any:
-    """``callback`` (may be None) plus each fine-tuning epoch's numbers sent to ``tracker`` at step = epoch."""
+class TrackerSink:
+    """A tracker as one sink of a run's events: settings become parameters, each epoch's numbers metrics at
+    step = epoch, an evaluation report its figures (under ``evaluate.`` for its parameters, apart from a
+    fine-tuning's), and the files written artefacts."""
 
-    def on_epoch(entry: dict[str, Any]) -> None:
-        tracker.metrics(epoch_metrics(entry), step=int(entry["epoch"]))
-        if callback is not None:
-            callback(entry)
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
 
-    return on_epoch
-
-
-def log_artifacts(tracker: Tracker, *paths: str | os.PathLike[str] | None) -> None:
-    """Each existing file among ``paths`` as an artefact of the run."""
-    for path in paths:
-        if path is not None and Path(path).is_file():
-            tracker.artifact(path)
+    def handle(self, event: events.Event) -> None:
+        t = self.tracker
+        if isinstance(event, events.ArtifactWritten):
+            if event.path is not None and Path(event.path).is_file():
+                t.artifact(event.path)
+        elif isinstance(event, events.Record):
+            values = event.values
+            if event.kind == "settings":
+                t.params(values)
+            elif event.kind == "epoch":
+                t.metrics(epoch_metrics(values), step=int(values["epoch"]))
+            elif event.kind == "figures":
+                t.metrics(values, step=event.step)
+            elif event.kind == "report":
+                t.params({"evaluate": {"model": (values.get("model") or {}).get("spec"), **report_params(values)}})
+                t.metrics(report_metrics(values))

@@ -22,14 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harden import distributed as hd
+from harden import tracking
 from harden.attacks import l2_normalize, project
 from harden.awp import WeightPerturbation
 from harden.data import DamagedImage, ImageDataset, load_dataset
@@ -46,6 +43,12 @@ from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teac
 from harden.lipschitz import SpectralPenalty
 from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
+from harden.runtime import events as ev
+from harden.runtime.atomic import save_figure
+from harden.runtime.modes import eval_mode, modes_kept
+from harden.runtime.session import DistSession, session
+from harden.runtime.stamp import device_text
+from harden.runtime.store import Store, as_json, checkpoint_path_for, differences, sibling_path, state_digest
 from harden.schemas.finetune import (  # noqa: F401  (the settings' schema; its names stay importable from here)
     ATTACK_MODES,
     CONFIG_FIELDS,
@@ -59,7 +62,7 @@ from harden.schemas.finetune import (  # noqa: F401  (the settings' schema; its 
     make_config,
 )
 from harden.seeding import derive_seed
-from harden.serialization import atomic_path, save
+from harden.serialization import save
 
 CHECKPOINT_FORMAT = "harden.checkpoint/1"
 
@@ -192,24 +195,22 @@ def recalibrate_bn(model: nn.Module, batches: Iterator[torch.Tensor] | Sequence[
     layers = batchnorm_layers(model)
     if not layers:
         return 0
-    modes = {m: m.training for m in model.modules()}
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch counts equally
     seen = 0
     try:
-        model.train()
-        for xb in batches:
-            if xb.shape[0] < 2:
-                continue
-            model(xb)
-            seen += xb.shape[0]
+        with modes_kept(model):
+            model.train()
+            for xb in batches:
+                if xb.shape[0] < 2:
+                    continue
+                model(xb)
+                seen += xb.shape[0]
     finally:
         for m, mom in zip(layers, momenta):
             m.momentum = mom
-        for m, t in modes.items():
-            m.training = t
     return seen
 
 
@@ -251,49 +252,6 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self.module.load_state_dict(state["state"])
-
-
-# ------------------------------------------------------------------------------------ processes
-
-
-@dataclass
-class _Dist:
-    """This process's place in a torchrun job (rank 0 of 1 outside one), over :mod:`harden.distributed`."""
-
-    rank: int = 0
-    world: int = 1
-    owns_group: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of ``t`` over the processes (a new tensor; ``t`` itself in a single process)."""
-        return hd.all_reduce_sum(t) if self.active else t
-
-    def barrier(self) -> None:
-        hd.barrier()
-
-    def close(self) -> None:
-        if self.owns_group:
-            hd.shutdown()
-
-
-def _init_dist(device: torch.device | str | None) -> tuple[_Dist, torch.device]:
-    """Join the torchrun job the environment describes (nccl on GPU, gloo on CPU) and pick the device."""
-    dev = hd.resolve_device(device if device is not None else "auto")
-    owns = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    if dev.type == "cuda":
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(dev)
-    hd.init_from_env(dev)
-    return _Dist(hd.rank(), hd.world_size(), owns and hd.world_size() > 1), dev
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -344,7 +302,7 @@ class TrainData:
     """
 
     def __init__(self, dataset: ImageDataset, indices: Sequence[int], *, batch_size: int, device: torch.device,
-                 dist: _Dist, seed: int, workers: int, cache_limit_gb: float) -> None:
+                 dist: DistSession, seed: int, workers: int, cache_limit_gb: float) -> None:
         self.dataset = dataset
         self.indices = list(indices)
         self.batch_size = batch_size
@@ -443,14 +401,6 @@ class _Pair(nn.Module):
         return self.model(x), self.model(x_adv)
 
 
-def state_digest(model: nn.Module) -> str:
-    """SHA-256 of a model's state (names, shapes, bytes): which weights a run started from."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _recipe_for_fingerprint(model: HardenedModel) -> dict[str, Any]:
@@ -459,18 +409,9 @@ def _recipe_for_fingerprint(model: HardenedModel) -> dict[str, Any]:
     return rec
 
 
-def checkpoint_path_for(output: str | os.PathLike[str]) -> Path:
-    """Where the per-epoch checkpoint of a run writing ``output`` lives: ``OUT.ckpt.pt`` beside it."""
-    p = Path(output)
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    return p.with_name(stem + ".ckpt.pt")
-
-
 def curves_path_for(output: str | os.PathLike[str]) -> Path:
     """Where the training-curve PNG of a run writing ``output`` goes: ``OUT.curves.png``."""
-    p = Path(output)
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    return p.with_name(stem + ".curves.png")
+    return sibling_path(output, ".curves.png")
 
 
 class Trainer:
@@ -479,7 +420,7 @@ class Trainer:
     :func:`finetune` drives it; ``benchmarks/train_throughput.py`` calls :meth:`train_step` directly.
     """
 
-    def __init__(self, model: HardenedModel, cfg: FinetuneConfig, *, device: torch.device, dist: _Dist) -> None:
+    def __init__(self, model: HardenedModel, cfg: FinetuneConfig, *, device: torch.device, dist: DistSession) -> None:
         self.cfg = cfg
         self.device = device
         self.dist = dist
@@ -592,13 +533,11 @@ class Trainer:
         process's shard of the validation slice, summed over processes."""
         cfg = self.cfg
         model = self.eval_model()
-        was = {m: m.training for m in model.modules()}
-        model.eval()
         gen = torch.Generator(device=self.generator.device).manual_seed(derive_seed(cfg.seed, "validation"))
         shard = torch.arange(self.dist.rank, x_val.shape[0], self.dist.world)
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
         params = list(model.parameters())
-        try:
+        with eval_mode(model):
             for i in range(0, shard.numel(), max(1, cfg.batch_size)):
                 idx = shard[i:i + cfg.batch_size].to(x_val.device)
                 xb = x_val.index_select(0, idx).float().div_(255).contiguous(memory_format=self.memory_format)
@@ -612,9 +551,6 @@ class Trainer:
                     robust = (model(x_adv).argmax(1) == yb).sum()
                 counts += torch.stack([clean.double(), robust.double(), torch.tensor(float(yb.numel()),
                                                                                      device=self.device)])
-        finally:
-            for m, t in was.items():
-                m.training = t
         counts = self.dist.all_sum(counts)
         total = max(1.0, counts[2].item())
         return 100 * counts[0].item() / total, 100 * counts[1].item() / total
@@ -630,29 +566,21 @@ class Trainer:
 # ------------------------------------------------------------------------------------ artefacts
 
 
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise HardenError(f"checkpoint '{path}' could not be read ({str(exc).splitlines()[0][:120]}); "
-                          "it may be damaged: start over with --force") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise HardenError(f"'{path}' is not a harden fine-tuning checkpoint")
-    return ckpt
+def checkpoint_store(path: Path) -> Store:
+    """The per-epoch checkpoint of a fine-tuning run (a torch file holding tensors and the run's fingerprint)."""
+    return Store(path, codec="torch", format=CHECKPOINT_FORMAT,
+                 unreadable="checkpoint '{path}' could not be read ({reason}); it may be damaged: "
+                            "start over with --force",
+                 foreign="'{path}' is not a harden fine-tuning checkpoint")
 
 
 def _fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's fingerprint and this run's, in words (each setting by name)."""
     diffs = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
+    for key, a, b in sorted(differences(saved, current, depth=1), key=lambda d: d[0]):
         if key == "config" and isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
+            diffs += [f"{k} ({x!r} -> {y!r})" for k, x, y in sorted(differences(a, b, depth=1), key=lambda d: d[0])]
+        else:
             diffs.append({"recipe": "model recipe", "weights": "starting weights", "data": "data"}.get(key, key)
                          + (f" ({a!r} -> {b!r})" if key == "data" else ""))
     return diffs
@@ -687,10 +615,7 @@ def write_curves(path: str | os.PathLike[str], history: Sequence[dict[str, Any]]
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------- API
@@ -770,26 +695,23 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
     teacher = load_teacher(teacher_arg, trust_code=trust_code) if teacher_arg is not None else None
-    from harden import tracking
-
-    with tracking.Session(tracker, run_name=output.stem if output else None) as sink:
-        sink.params({"model": model.recipe["model"]["spec"], "data": str(getattr(data, "spec", data)),
-                     **cfg.as_dict()})
-        dist, dev = _init_dist(device)
-        try:
-            result = _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, progress=progress,
-                          device=dev, dist=dist, callback=tracking.epoch_callback(sink, callback), curves=curves,
-                          teacher=teacher, download=download)
-        finally:
-            dist.close()
+    with tracking.Session(tracker, run_name=output.stem if output else None) as tracked, session(device) as dist:
+        events = ev.Events(tracking.TrackerSink(tracked), ev.Callbacks(on_epoch=callback),
+                           ev.Terminal() if progress and dist.is_main else None)
+        events.emit(ev.Record("settings", {"model": model.recipe["model"]["spec"],
+                                           "data": str(getattr(data, "spec", data)), **cfg.as_dict()}))
+        result = _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, dist=dist,
+                      events=events, curves=curves, teacher=teacher, download=download)
         val = result.recipe["finetune"].get("validation") or {}
-        sink.metrics({f"kept_{k}": v for k, v in val.items() if k in ("clean_acc", "robust_acc") and v is not None})
-        tracking.log_artifacts(sink, output, curves_path_for(output) if output else None)
+        events.emit(ev.Record("figures", {f"kept_{k}": v for k, v in val.items()
+                                          if k in ("clean_acc", "robust_acc") and v is not None}))
+        events.emit(ev.ArtifactWritten(output))
+        events.emit(ev.ArtifactWritten(curves_path_for(output) if output else None))
     return result
 
 
 def _extra_source(cfg: FinetuneConfig, dataset: ImageDataset, data: TrainData, teacher: Teacher | None, *,
-                  device: torch.device, dist: _Dist, workers: int, download: bool) -> ExtraData | None:
+                  device: torch.device, dist: DistSession, workers: int, download: bool) -> ExtraData | None:
     """The run's extra data (checked, pseudo-labelled), or None without ``extra_data``."""
     if not cfg.extra_data:
         return None
@@ -809,12 +731,10 @@ def _split(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
 
 
 def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, output: Path | None,
-         ckpt_path: Path | None, resume: bool, progress: bool, device: torch.device, dist: _Dist,
-         callback: Callable[[dict[str, Any]], None] | None, curves: bool, teacher: Teacher | None = None,
-         download: bool = False) -> HardenedModel:
-    from tqdm.auto import tqdm
-
+         ckpt_path: Path | None, resume: bool, dist: DistSession, events: ev.Events, curves: bool,
+         teacher: Teacher | None = None, download: bool = False) -> HardenedModel:
     start_time = time.perf_counter()
+    device = dist.device
     workers = _default_workers() if cfg.workers is None else cfg.workers
     fingerprint = {
         "recipe": _recipe_for_fingerprint(model),
@@ -825,11 +745,14 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
     }
     if teacher is not None:
         fingerprint["teacher"] = teacher.digest
+    store = checkpoint_store(ckpt_path) if ckpt_path is not None else None
     ckpt = None
     if resume:
-        assert ckpt_path is not None
-        ckpt = _load_checkpoint(ckpt_path)
-        diffs = _fingerprint_diff(json.loads(ckpt["fingerprint"]), json.loads(json.dumps(fingerprint)))
+        assert store is not None
+        ckpt = store.load()
+        if ckpt is None:
+            raise UsageError(f"nothing to resume: no checkpoint at '{ckpt_path}'")
+        diffs = _fingerprint_diff(json.loads(ckpt["fingerprint"]), as_json(fingerprint))
         if diffs:
             raise HardenError(f"checkpoint '{ckpt_path}' comes from a different run: {'; '.join(diffs[:6])}; "
                               "resume with the same model, data and settings, or start over with --force")
@@ -871,7 +794,6 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
             trainer.ema = EMA(trainer.model, cfg.ema_decay)
 
     select_on = "clean" if cfg.method == "clean" else "robust"
-    show = progress and dist.is_main
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.patience is not None and bad_epochs >= cfg.patience:
@@ -882,8 +804,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
-        bar = tqdm(total=iters, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show, leave=True,
-                   file=sys.stderr, dynamic_ncols=True, unit="batch")
+        events.emit(ev.ProgressStarted(iters, f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", keep=True))
         eps_now = cfg.eps
         for i, (xb, yb) in enumerate(data.batches(epoch)):
             if extra is not None:  # the same share of extra examples in every batch
@@ -896,17 +817,17 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
             loss_sum += loss_b
             correct += correct_b
             seen += yb.shape[0]
+            shown = None
             if (i + 1) % cfg.log_every == 0 or i + 1 == iters:
                 flag = torch.tensor([0.0 if torch.isfinite(loss_sum) else 1.0], device=device)
                 if dist.all_sum(flag).item() > 0:
-                    bar.close()
+                    events.emit(ev.ProgressEnded())
                     raise NonFiniteLoss(_nonfinite_message(epoch, i, ckpt_path, start_epoch, history))
                 shown = {"loss": f"{loss_sum.item() / seen:.3f}", "acc": f"{100 * correct.item() / seen:.1f}%",
                          "lr": f"{lr:.3g}"}
                 if cfg.method != "clean":
                     shown["eps"] = f"{eps_now * 255:.2f}/255"
-                bar.set_postfix(shown, refresh=False)
-            bar.update(1)
+            events.emit(ev.ProgressMade(1, status=shown))
         totals = dist.all_sum(torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64,
                                                                            device=device)]))
         entry: dict[str, Any] = {
@@ -916,8 +837,9 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         }
         if val_idx:
             entry["val_clean"], entry["val_robust"] = trainer.validate(x_val, y_val)
-            bar.set_postfix(loss=f"{entry['loss']:.3f}", clean=f"{entry['val_clean']:.1f}%",
-                            robust=f"{entry['val_robust']:.1f}%", refresh=False)
+            events.emit(ev.ProgressMade(0, status={"loss": f"{entry['loss']:.3f}",
+                                                   "clean": f"{entry['val_clean']:.1f}%",
+                                                   "robust": f"{entry['val_robust']:.1f}%"}))
             score = entry["val_clean"] if select_on == "clean" else entry["val_robust"]
             if score > best["score"]:
                 best = {"epoch": epoch + 1, "score": score, "clean": entry["val_clean"], "robust": entry["val_robust"],
@@ -926,10 +848,10 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
             else:
                 bad_epochs += 1
         entry["seconds"] = round(time.perf_counter() - t0, 3)
-        bar.close()
+        events.emit(ev.ProgressEnded())
         history.append(entry)
-        if ckpt_path is not None and dist.is_main:
-            _save_checkpoint(ckpt_path, {
+        if store is not None and dist.is_main:
+            store.save({
                 "format": CHECKPOINT_FORMAT,
                 "fingerprint": json.dumps(fingerprint, sort_keys=True),
                 "epoch": epoch + 1,
@@ -943,8 +865,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                 "bad_epochs": bad_epochs,
                 "bn_seen": bn_seen,
             })
-        if callback is not None:
-            callback(dict(entry))
+        events.emit(ev.Record("epoch", dict(entry)))
 
     # the weights to keep, back on the CPU in fp32 and the default layout
     final = trainer.eval_model()
@@ -993,7 +914,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
                        "clean_acc": kept.get("val_clean"), "robust_acc": kept.get("val_robust")},
         "history": history,
         "seconds": round(time.perf_counter() - start_time, 2),
-        "device": _device_name(device),
+        "device": device_text(device, detail=False),
     }
     previous = result.recipe.get("finetune")
     if previous:
@@ -1004,8 +925,8 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         if curves and history:
             write_curves(curves_path_for(output), history, best_epoch=kept_epoch,
                          title=f"{result.recipe['model'].get('spec', '')}: {cfg.method} eps {cfg.eps * 255:.3g}/255")
-        if ckpt_path is not None and ckpt_path.exists():
-            ckpt_path.unlink()
+        if store is not None:
+            store.remove()
     dist.barrier()
     return result
 
@@ -1019,7 +940,4 @@ def _nonfinite_message(epoch: int, step: int, ckpt_path: Path | None, start_epoc
     return f"{where} before any checkpoint was written; lower --lr or check the data"
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return "cpu"
+

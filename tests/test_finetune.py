@@ -17,10 +17,10 @@ from harden.attacks import pgd
 from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
 from harden.errors import HardenError, UsageError
+from harden.runtime.session import DistSession
 from harden.serialization import read_recipe
 from harden.training import (
     Trainer,
-    _Dist,
     augment,
     checkpoint_path_for,
     curves_path_for,
@@ -191,7 +191,7 @@ def test_recalibrate_bn_matches_the_data_statistics() -> None:
 def test_training_attacks_run_in_eval_mode_unless_asked(mode, updates) -> None:
     model = tiny()
     cfg = make_config(method="pgd", steps=3, attack_mode=mode, augment=False)
-    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=_Dist())
+    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=DistSession())
     bn = trainer.model.net[1]
     before = int(bn.num_batches_tracked)
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
@@ -227,7 +227,7 @@ def test_lipschitz_regularizer_enters_the_loss() -> None:
 
 def _three_steps(model: harden.HardenedModel, **settings) -> tuple[list[float], Trainer]:
     cfg = make_config(method="pgd", steps=2, augment=False, **settings)
-    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=_Dist())
+    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=DistSession())
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, 10, (16,), generator=gen)

@@ -21,8 +21,9 @@ from harden.errors import UsageError
 from harden.extra_data import ExtraData, pseudo_labels
 from harden.losses import mart_loss, method_loss
 from harden.recipes import _finetune_text, parse_recipe
+from harden.runtime.session import DistSession
 from harden.serialization import read_recipe
-from harden.training import Trainer, _Dist, checkpoint_path_for, finetune, make_config
+from harden.training import Trainer, checkpoint_path_for, finetune, make_config
 from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
 
@@ -95,7 +96,7 @@ def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_one_awp_step_equals_the_step_computed_by_hand() -> None:
     cfg = make_config(method="pgd", steps=1, augment=False, awp=0.01, awp_warmup=0, weight_decay=5e-4)
-    trainer = Trainer(tiny(), cfg, device=torch.device("cpu"), dist=_Dist())
+    trainer = Trainer(tiny(), cfg, device=torch.device("cpu"), dist=DistSession())
     ref = copy.deepcopy(trainer.model)
     x_u8, y = _batch()
     eps, lr = 8 / 255, 0.1
@@ -125,14 +126,14 @@ def test_one_awp_step_equals_the_step_computed_by_hand() -> None:
     assert all(torch.equal(got[k], want[k]) for k in want), [k for k in want if not torch.equal(got[k], want[k])]
 
     plain = Trainer(tiny(), make_config(method="pgd", steps=1, augment=False), device=torch.device("cpu"),
-                    dist=_Dist())
+                    dist=DistSession())
     plain.train_step(x_u8, y, eps=eps, lr=lr)
     assert not torch.equal(plain.model.net[0].weight, got["net.0.weight"])  # AWP changed the step
 
 
 def test_awp_perturbation_is_removed_exactly_and_leaves_the_statistics_alone() -> None:
     cfg = make_config(method="trades", steps=1, augment=False, awp=0.05, awp_warmup=0)
-    trainer = Trainer(tiny(), cfg, device=torch.device("cpu"), dist=_Dist())
+    trainer = Trainer(tiny(), cfg, device=torch.device("cpu"), dist=DistSession())
     before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     bn = trainer.model.net[1]
     tracked = int(bn.num_batches_tracked)
@@ -168,7 +169,7 @@ def test_awp_waits_for_its_warmup() -> None:
     cfg = make_config(method="trades", awp=0.005, epochs=12)
     assert cfg.resolved_awp_warmup() == 10  # the paper's code: TRADES-AWP starts after 10 epochs
     assert make_config(method="pgd", awp=0.01).resolved_awp_warmup() == 0
-    trainer = Trainer(tiny(), cfg, device=torch.device("cpu"), dist=_Dist())
+    trainer = Trainer(tiny(), cfg, device=torch.device("cpu"), dist=DistSession())
     trainer.reseed(9)
     assert not trainer.awp_active()
     trainer.reseed(10)
@@ -375,7 +376,7 @@ def test_cli_records_and_inspect_shows_awp_and_extra_data(tmp_path, monkeypatch)
 
 def _steps(model: harden.HardenedModel, **settings) -> list[float]:
     cfg = make_config(method="mart", steps=1, augment=False, awp=0.01, awp_warmup=0, **settings)
-    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=_Dist())
+    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=DistSession())
     x_u8, y = _batch(8)
     return [float(trainer.train_step(x_u8, y, eps=8 / 255, lr=0.05)[0]) / 8 for _ in range(2)]
 

@@ -44,9 +44,9 @@ def evaluate_command(model: str, data: str | None, plot: str | None, quiet: bool
 
 def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: str | None, quiet: bool,
               as_json: bool, sink: Any, model_opts: dict[str, Any]) -> None:
-    from harden import distributed as hd
     from harden import evaluation
     from harden.data import check_spec
+    from harden.runtime import distributed as hd
 
     if not data:
         raise UsageError("--data is required: sample, imagefolder:ROOT, cifar10:ROOT or cifar100:ROOT")

@@ -36,6 +36,7 @@ from harden.graph.activation_families import (
     torch_functions,
 )
 from harden.graph.tracing import node_module_path, trace
+from harden.runtime.modes import modes_kept
 
 _NN = torch._C._nn
 _RELU6_FUNCTIONS = torch_functions((F, "relu6"), (_NN, "relu6"), (_NN, "relu6_"))
@@ -193,15 +194,11 @@ def _needs_own_scan(module: nn.Module) -> bool:
 
 def _traces(module: nn.Module, **kwargs: Any) -> list[fx.GraphModule]:
     """fx traces of ``module`` in train and in eval mode (modes restored afterwards)."""
-    modes = {m: m.training for m in module.modules()}
     out = []
-    try:
+    with modes_kept(module):
         for training in (True, False):
             module.train(training)
             out.append(trace(module, **kwargs))
-    finally:
-        for m, t in modes.items():
-            m.training = t
     return out
 
 

@@ -13,6 +13,7 @@ from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 from torch.fx.passes.shape_prop import ShapeProp
 
 from harden.errors import HardenError
+from harden.runtime.modes import eval_mode
 
 
 def _notrace() -> tuple[set[type[nn.Module]], set]:
@@ -38,18 +39,6 @@ class HardenTracer(fx.Tracer):
         if self._leaf_types and isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[None]:
-    """Temporarily put ``module`` in eval mode (analysis must not touch batch-norm statistics)."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 @contextlib.contextmanager

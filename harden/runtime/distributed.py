@@ -1,9 +1,8 @@
-"""Small helpers around :mod:`torch.distributed` shared by evaluation and fine-tuning.
+"""Collectives over :mod:`torch.distributed`, and where a torchrun process finds its rank and device.
 
 A process started by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT`` in its environment; :func:`init_from_env` joins the process group (``nccl`` when the
-device is a GPU, ``gloo`` otherwise). Every helper is a no-op in a single process, so callers write
-one code path.
+``MASTER_PORT`` in its environment; :func:`harden.runtime.session.session` joins the process group.
+Every helper is a no-op in a single process, so callers write one code path.
 """
 
 from __future__ import annotations
@@ -17,23 +16,23 @@ import torch.distributed as dist
 
 from harden.errors import HardenError
 
-_OWNED = False  # whether harden created the process group (and so may destroy it)
+
+def _env_int(name: str, default: int) -> int:
+    """An integer torchrun puts in the environment, ``default`` when it is missing or not a number."""
+    try:
+        return int(os.environ.get(name, str(default)))
+    except ValueError:
+        return default
 
 
 def env_world_size() -> int:
     """``WORLD_SIZE`` from the environment (1 when not started by torchrun)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
+    return _env_int("WORLD_SIZE", 1)
 
 
 def env_rank() -> int:
     """``RANK`` from the environment (0 when not started by torchrun); valid before and after the group."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("RANK", 0)
 
 
 def is_distributed() -> bool:
@@ -53,10 +52,7 @@ def world_size() -> int:
 
 def local_rank() -> int:
     """This process's index on its machine (``LOCAL_RANK``; 0 in a single process)."""
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("LOCAL_RANK", 0)
 
 
 def is_main() -> bool:
@@ -82,58 +78,28 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def init_from_env(device: torch.device | None = None, backend: str | None = None) -> bool:
-    """Join the process group described by torchrun's environment; True when running distributed.
-
-    Does nothing (and returns False) when ``WORLD_SIZE`` is 1 or unset. The backend defaults to
-    ``nccl`` for a CUDA device and ``gloo`` otherwise.
-    """
-    global _OWNED
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1
-    if env_world_size() <= 1:
-        return False
-    if not dist.is_available():
-        raise HardenError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
-    dev = device if device is not None else resolve_device("auto")
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
-    dist.init_process_group(backend=chosen)
-    _OWNED = True
-    return dist.get_world_size() > 1
-
-
-def shutdown() -> None:
-    """Leave the process group if :func:`init_from_env` created it."""
-    global _OWNED
-    if _OWNED and dist.is_initialized():
-        dist.destroy_process_group()
-    _OWNED = False
-
-
 def _comm_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+def _all_reduce(tensor: torch.Tensor, op: Any) -> torch.Tensor:
     if not is_distributed():
         return tensor
     buf = tensor.detach().to(_comm_device()).clone()
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    dist.all_reduce(buf, op=op)
     return buf.to(tensor.device)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over all ranks (returns a new tensor on the input's device)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``tensor`` over all ranks."""
-    if not is_distributed():
-        return tensor
-    buf = tensor.detach().to(_comm_device()).clone()
-    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
-    return buf.to(tensor.device)
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def all_reduce_counts(counts: Sequence[int | float]) -> list[float]:

@@ -35,6 +35,7 @@ from harden import distributed as hd
 from harden.attacks import ATTACKS, NORMS, fgsm, pgd
 from harden.data import ImageDataset, Selection, load_dataset, select, skip_unreadable
 from harden.errors import HardenError, UsageError, close_matches
+from harden.model import HardenedModel
 from harden.stats import wilson_interval
 
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -513,11 +514,10 @@ def _device_text(device: torch.device) -> str:
 
 
 def _model_info(model: nn.Module) -> dict[str, Any]:
-    rec = getattr(model, "recipe", None)
-    if isinstance(rec, dict) and "model" in rec:
-        return {"spec": rec["model"].get("spec"), "num_classes": rec["model"].get("num_classes"),
-                "input_size": rec["model"].get("input_size"),
-                "transforms": [t.get("name") for t in rec.get("transforms", [])]}
+    if isinstance(model, HardenedModel):
+        m = model.provenance.model
+        return {"spec": m.spec, "num_classes": m.num_classes, "input_size": list(m.input_size),
+                "transforms": [t.name for t in model.provenance.transforms]}
     return {"spec": type(model).__name__}
 
 
@@ -651,9 +651,9 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     if report_path is not None and report_path.is_dir():
         raise UsageError(f"--report '{report_path}' is a directory; give a file name such as report.json")
     if into is not None:
-        from harden.serialization import read_recipe
+        from harden.serialization import read_provenance
 
-        read_recipe(into)  # fails early (one line) when it is not a harden model file
+        read_provenance(into)  # fails early (one line) when it is not a harden model file
 
     dev = hd.resolve_device(device)
     owns_group = not (hd.dist.is_available() and hd.dist.is_initialized())
@@ -884,7 +884,7 @@ def _published(model: nn.Module) -> dict[str, Any] | None:
         from harden.zoo.robustbench import published
     except ImportError:
         return None
-    return published(getattr(model, "recipe", None))
+    return published(model.provenance if isinstance(model, HardenedModel) else None)
 
 
 # ---------------------------------------------------------------------------------------- output

@@ -49,6 +49,7 @@ from harden.errors import HardenError, UsageError
 from harden.extra_data import ExtraData, Teacher, extra_count, load_extra, load_teacher, teacher_name
 from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
+from harden.provenance import FinetuneEntry
 from harden.serialization import atomic_path, save
 from harden.transforms import parse_number
 
@@ -619,10 +620,8 @@ def state_digest(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _recipe_for_fingerprint(model: HardenedModel) -> dict[str, Any]:
-    rec = copy.deepcopy(model.recipe)
-    rec.pop("versions", None)
-    return rec
+def _provenance_for_fingerprint(model: HardenedModel) -> dict[str, Any]:
+    return model.provenance.without_versions().to_dict()
 
 
 def checkpoint_path_for(output: str | os.PathLike[str]) -> Path:
@@ -908,7 +907,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
     ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` (the
     teacher) may be a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
-    result is written as a harden safetensors file whose recipe gains a ``finetune`` entry, with a
+    result is written as a harden safetensors file whose provenance gains a ``finetune`` entry, with a
     training-curve PNG beside it, and a checkpoint
     (``OUT.ckpt.pt``) is written after every epoch; ``resume=True`` continues from it. ``callback``
     is called after every epoch with that epoch's numbers. Under torchrun only rank 0 writes files.
@@ -941,7 +940,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     from harden import tracking
 
     with tracking.Session(tracker, run_name=output.stem if output else None) as sink:
-        sink.params({"model": model.recipe["model"]["spec"], "data": str(getattr(data, "spec", data)),
+        sink.params({"model": model.spec, "data": str(getattr(data, "spec", data)),
                      **cfg.as_dict()})
         dist, dev = _init_dist(device)
         try:
@@ -950,8 +949,9 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
                           teacher=teacher, download=download)
         finally:
             dist.close()
-        val = result.recipe["finetune"].get("validation") or {}
-        sink.metrics({f"kept_{k}": v for k, v in val.items() if k in ("clean_acc", "robust_acc") and v is not None})
+        val = result.provenance.finetune.validation
+        sink.metrics({f"kept_{k}": v for k, v in (("clean_acc", val.clean_acc), ("robust_acc", val.robust_acc))
+                      if v is not None})
         tracking.log_artifacts(sink, output, curves_path_for(output) if output else None)
     return result
 
@@ -985,7 +985,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
     start_time = time.perf_counter()
     workers = _default_workers() if cfg.workers is None else cfg.workers
     fingerprint = {
-        "recipe": _recipe_for_fingerprint(model),
+        "recipe": _provenance_for_fingerprint(model),  # the key checkpoints of 0.1.0 hold
         "weights": state_digest(model),
         "data": dataset.spec,
         "config": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
@@ -1163,15 +1163,12 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         "seconds": round(time.perf_counter() - start_time, 2),
         "device": _device_name(device),
     }
-    previous = result.recipe.get("finetune")
-    if previous:
-        entry["previous"] = previous
-    result.recipe["finetune"] = entry
+    result.provenance.record_finetune(FinetuneEntry.from_dict(entry, "finetune"))
     if dist.is_main and output is not None:
         save(result, output, overwrite=True)
         if curves and history:
             write_curves(curves_path_for(output), history, best_epoch=kept_epoch,
-                         title=f"{result.recipe['model'].get('spec', '')}: {cfg.method} eps {cfg.eps * 255:.3g}/255")
+                         title=f"{result.spec}: {cfg.method} eps {cfg.eps * 255:.3g}/255")
         if ckpt_path is not None and ckpt_path.exists():
             ckpt_path.unlink()
     dist.barrier()

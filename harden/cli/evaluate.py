@@ -100,9 +100,9 @@ def _evaluate(model: str, data: str | None, split: str, download: bool, eps: str
     if resume and not report:
         raise UsageError("--resume needs --report PATH (progress is kept next to the report)")
     if into:
-        from harden.serialization import read_recipe
+        from harden.serialization import read_provenance
 
-        read_recipe(into)
+        read_provenance(into)
     check_spec(data, split, download=download)
     progress_file = Path(f"{report}.progress") if report else None
     first_rank = hd.env_rank() == 0  # prints and writes; the others stay quiet

@@ -97,7 +97,7 @@ def test_resnet18_last_stage_halves_and_keeps_the_largest_l1_channels() -> None:
     assert torch.equal(net.layer4[1].bn1.running_mean, old.layer4[1].bn1.running_mean[kept["layer4.1.conv1"]])
     assert torch.equal(net.fc.weight, old.fc.weight[:, residual])
     assert torch.equal(net.layer4[0].downsample[0].weight, old.layer4[0].downsample[0].weight[residual])
-    text = "\n".join(entry["changes"])
+    text = "\n".join(entry.changes)
     assert "512 -> 256 channels" in text and "fc: input 512 -> 256" in text and "parameters" in text
     assert old.fc.in_features == 512, "apply must not change its input"
 

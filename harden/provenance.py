@@ -41,10 +41,11 @@ class UnknownFormatError(ProvenanceError):
     """A provenance whose ``format`` is neither the current one nor a legacy one (a newer harden wrote it)."""
 
 
+@dataclass(kw_only=True)
 class _Record:
     """Typed fields read from and written to a JSON mapping; unknown keys are kept in ``extras``."""
 
-    extras: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls: type[R], data: Any, where: str = "") -> R:
@@ -131,7 +132,6 @@ class ModelEntry(_Record):
     std: list[float]
     pretrained: bool = False
     weights: str | None = None  # the file name of the starting weights, if any
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -143,7 +143,6 @@ class TransformEntry(_Record):
     config: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -153,7 +152,6 @@ class AwpEntry(_Record):
     gamma: float
     warmup: int
     paper: str
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -168,7 +166,6 @@ class ExtraDataEntry(_Record):
     labels: str  # "given" or "pseudo"
     teacher: str | None = None  # the pseudo-labelling model, when labels are "pseudo"
     teacher_digest: str | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -181,7 +178,6 @@ class ValidationEntry(_Record):
     norm: str
     clean_acc: float | None
     robust_acc: float | None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -224,7 +220,6 @@ class FinetuneEntry(_Record):
     seconds: float
     device: str
     previous: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the fine-tuning before this one
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(kw_only=True)
@@ -236,7 +231,6 @@ class Provenance(_Record):
     transforms: list[TransformEntry] = field(default_factory=list)
     finetune: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)
     versions: dict[str, str] = field(default_factory=dict, metadata=_OMIT_EMPTY)  # package -> version
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "") -> Provenance:
@@ -246,7 +240,7 @@ class Provenance(_Record):
         fmt = data.get("format")
         if fmt != FORMAT and fmt not in LEGACY_FORMATS:
             raise UnknownFormatError(f"unknown provenance format {fmt!r}; this harden reads "
-                                  f"{', '.join((FORMAT, *LEGACY_FORMATS))} (a newer harden may have written it)")
+                                     f"{', '.join((FORMAT, *LEGACY_FORMATS))} (a newer harden may have written it)")
         return super().from_dict(data, where)
 
     @classmethod
@@ -256,7 +250,10 @@ class Provenance(_Record):
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ProvenanceError(f"provenance is not valid JSON ({str(exc)[:120]})") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except RecursionError:
+            raise ProvenanceError("provenance is nested too deeply") from None
 
     def to_json(self) -> str:
         """JSON text with sorted keys, as stored in a model file."""

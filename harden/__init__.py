@@ -26,8 +26,10 @@ _EXPORTS = {
     "evaluate": "harden.evaluation",
     "HardenedModel": "harden.model",
     "apply": "harden.pipeline",
-    "recipe": "harden.pipeline",
+    "provenance_of": "harden.pipeline",
+    "recipe": "harden.pipeline",  # deprecated: provenance_of
     "wrap": "harden.pipeline",
+    "Provenance": "harden.provenance",
     "search": "harden.searching",
     "load": "harden.serialization",
     "save": "harden.serialization",
@@ -45,6 +47,7 @@ __all__ = [
     "HardenError",
     "HardenedModel",
     "Param",
+    "Provenance",
     "Transform",
     "UsageError",
     "apply",
@@ -53,6 +56,7 @@ __all__ = [
     "list_transforms",
     "load",
     "load_model",
+    "provenance_of",
     "recipe",
     "register_transform",
     "save",
@@ -85,7 +89,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from harden.errors import HardenError, UsageError
     from harden.evaluation import evaluate
     from harden.model import HardenedModel
-    from harden.pipeline import apply, recipe, wrap
+    from harden.pipeline import apply, provenance_of, recipe, wrap
+    from harden.provenance import Provenance
     from harden.searching import search
     from harden.serialization import load, save
     from harden.sources import load_model

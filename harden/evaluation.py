@@ -34,6 +34,7 @@ from harden import tracking
 from harden.attacks import ATTACKS, NORMS, fgsm, pgd
 from harden.data import ImageDataset, Selection, load_dataset, select, skip_unreadable
 from harden.errors import HardenError, UsageError, close_matches
+from harden.model import HardenedModel
 from harden.runtime import distributed as hd
 from harden.runtime import events as ev
 from harden.runtime.atomic import save_figure
@@ -167,9 +168,9 @@ def check_settings(cfg: EvaluateConfig) -> tuple[AttackPlan, list[tuple[float, s
     if cfg.report is not None and Path(cfg.report).is_dir():
         raise UsageError(f"--report '{cfg.report}' is a directory; give a file name such as report.json")
     if cfg.into is not None:
-        from harden.serialization import read_recipe
+        from harden.serialization import read_provenance
 
-        read_recipe(cfg.into)  # fails early (one line) when it is not a harden model file
+        read_provenance(cfg.into)  # fails early (one line) when it is not a harden model file
     return plan, sweep
 
 
@@ -500,11 +501,10 @@ def _outcomes(status: torch.Tensor, stages: Sequence[str]) -> list[str]:
 
 
 def _model_info(model: nn.Module) -> dict[str, Any]:
-    rec = getattr(model, "recipe", None)
-    if isinstance(rec, dict) and "model" in rec:
-        return {"spec": rec["model"].get("spec"), "num_classes": rec["model"].get("num_classes"),
-                "input_size": rec["model"].get("input_size"),
-                "transforms": [t.get("name") for t in rec.get("transforms", [])]}
+    if isinstance(model, HardenedModel):
+        m = model.provenance.model
+        return {"spec": m.spec, "num_classes": m.num_classes, "input_size": list(m.input_size),
+                "transforms": [t.name for t in model.provenance.transforms]}
     return {"spec": type(model).__name__}
 
 
@@ -824,7 +824,7 @@ def _published(model: nn.Module) -> dict[str, Any] | None:
         from harden.zoo.robustbench import published
     except ImportError:
         return None
-    return published(getattr(model, "recipe", None))
+    return published(model.provenance if isinstance(model, HardenedModel) else None)
 
 
 # ---------------------------------------------------------------------------------------- output

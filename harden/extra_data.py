@@ -22,6 +22,7 @@ from torch import nn
 
 from harden.data import ImageDataset, load_dataset
 from harden.errors import UsageError
+from harden.model import HardenedModel
 from harden.runtime.modes import eval_mode
 from harden.runtime.store import state_digest
 from harden.schemas.finetune import extra_count
@@ -40,9 +41,8 @@ class Teacher:
 
 
 def teacher_name(module: nn.Module) -> str:
-    """How a teacher given as a module is recorded: ``module:`` and its recipe's model spec, else its class."""
-    recipe = getattr(module, "recipe", None) or {}
-    return "module:" + str((recipe.get("model") or {}).get("spec") or type(module).__name__)
+    """How a teacher given as a module is recorded: ``module:`` and its model spec (a HardenedModel), else its class."""
+    return "module:" + (module.spec if isinstance(module, HardenedModel) else type(module).__name__)
 
 
 def load_teacher(teacher: str | nn.Module, *, trust_code: bool = False) -> Teacher:

@@ -1,12 +1,13 @@
-"""The hardened model container: normalization, input transforms and the network, plus its recipe."""
+"""The hardened model container: normalization, input transforms and the network, plus its provenance."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
+
+from harden.provenance import Provenance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,7 +20,7 @@ class Normalize(nn.Module):
         super().__init__()
         if len(mean) != len(std):
             raise ValueError("mean and std must have the same length")
-        # Non-persistent: mean/std are part of the recipe, not of the weights.
+        # Non-persistent: mean/std are part of the provenance, not of the weights.
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1), False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1), False)
 
@@ -33,33 +34,34 @@ class Normalize(nn.Module):
 class HardenedModel(nn.Module):
     """An image classifier taking images in [0, 1]: ``net(input_transforms(normalize(x)))``.
 
-    ``recipe`` records how to rebuild the model from scratch: the base model source and the ordered
-    transforms with their parameters and replay state. :func:`harden.save` writes it into the
-    safetensors metadata and :func:`harden.load` replays it.
+    ``provenance`` (a :class:`harden.provenance.Provenance`) records how to rebuild the model from
+    scratch: the base model source and the ordered transforms with their parameters and replay state,
+    and any fine-tuning. :func:`harden.save` writes it into the safetensors metadata and
+    :func:`harden.load` replays it.
     """
 
     def __init__(self, net: nn.Module, *, mean: Sequence[float], std: Sequence[float],
-                 recipe: dict[str, Any]) -> None:
+                 provenance: Provenance) -> None:
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.input_transforms = nn.Sequential()
         self.net = net
-        self.recipe = recipe
+        self.provenance = provenance
 
     @property
     def input_size(self) -> tuple[int, int, int]:
         """(channels, height, width) of the images the model takes."""
-        return tuple(self.recipe["model"]["input_size"])  # type: ignore[return-value]
+        return tuple(self.provenance.model.input_size)  # type: ignore[return-value]
 
     @property
     def spec(self) -> str:
         """The model spec it was built from (``timm:resnet18``, ``cifar:wrn-34-10``, ...)."""
-        model = self.recipe["model"]
-        return str(model.get("spec") or model.get("name"))
+        model = self.provenance.model
+        return model.spec or model.name
 
     @property
     def num_classes(self) -> int:
-        return int(self.recipe["model"]["num_classes"])
+        return self.provenance.model.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.input_transforms(self.normalize(x)))

@@ -1,8 +1,10 @@
-"""Applying transforms to a model and replaying a recorded recipe."""
+"""Applying transforms to a model and replaying a recorded provenance."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +14,7 @@ from torch import nn
 from harden.errors import HardenError, UsageError
 from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
+from harden.provenance import ModelEntry, Provenance, TransformEntry
 from harden.runtime.modes import eval_mode
 from harden.sources import build_net
 from harden.transforms import Transform, make_transform, parse_transform
@@ -22,7 +25,7 @@ def wrap(net: nn.Module, *, input_size: int | Sequence[int], num_classes: int | 
          name: str | None = None) -> HardenedModel:
     """Wrap a plain ``nn.Module`` (images in [0, 1] after ``mean``/``std``) as a HardenedModel.
 
-    Its recipe cannot rebuild the base network from a file; ``harden.load(path, base=...)`` takes it.
+    Its provenance cannot rebuild the base network from a file; ``harden.load(path, base=...)`` takes it.
     """
     size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) == 2:
@@ -34,14 +37,9 @@ def wrap(net: nn.Module, *, input_size: int | Sequence[int], num_classes: int | 
             num_classes = int(net((torch.zeros(1, *size) - torch.tensor(mean).view(1, -1, 1, 1))
                                   / torch.tensor(std).view(1, -1, 1, 1)).shape[-1])
             net.train(was)
-    recipe = {
-        "format": "harden.recipe/1",
-        "model": {"spec": name or type(net).__name__, "source": "object", "name": name or type(net).__qualname__,
-                  "kwargs": {}, "num_classes": num_classes, "input_size": list(size), "mean": list(mean),
-                  "std": list(std), "pretrained": False, "weights": None},
-        "transforms": [],
-    }
-    return HardenedModel(net, mean=mean, std=std, recipe=recipe)
+    entry = ModelEntry(spec=name or type(net).__name__, source="object", name=name or type(net).__qualname__,
+                       num_classes=num_classes, input_size=list(size), mean=list(mean), std=list(std))
+    return HardenedModel(net, mean=mean, std=std, provenance=Provenance(model=entry))
 
 
 def _check_runs(model: HardenedModel, what: str) -> None:
@@ -59,7 +57,7 @@ def _check_runs(model: HardenedModel, what: str) -> None:
 
 def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transform, *,
           input_size: int | Sequence[int] | None = None) -> HardenedModel:
-    """Return a copy of ``model`` with ``transforms`` applied in order, each recorded in its recipe.
+    """Return a copy of ``model`` with ``transforms`` applied in order, each recorded in its provenance.
 
     ``transforms`` are strings like ``"upsample:factor=2"`` or :class:`Transform` objects.
     A plain ``nn.Module`` is wrapped first (``input_size`` is then required).
@@ -71,7 +69,7 @@ def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transf
         out = copy.deepcopy(model)
         if input_size is not None:
             size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-            out.recipe["model"]["input_size"] = list(size if len(size) == 3 else (3, *size))
+            out.provenance.model.input_size = list(size if len(size) == 3 else (3, *size))
     else:
         if input_size is None:
             raise UsageError("apply() on a plain nn.Module needs input_size=")
@@ -79,40 +77,51 @@ def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transf
     for t in parsed:
         applied = t.apply(out)
         _check_runs(out, f"transform '{t.spec()}'")
-        out.recipe["transforms"].append({
-            "name": t.name,
-            "provider": t.provider,
-            "config": dict(t.config),
-            "state": applied.state,
-            "changes": list(applied.changes),
-        })
+        out.provenance.transforms.append(TransformEntry(name=t.name, provider=t.provider, config=dict(t.config),
+                                                        state=applied.state, changes=list(applied.changes)))
     return out
 
 
+def provenance_of(model: HardenedModel) -> Provenance:
+    """A copy of the provenance that describes how ``model`` was built."""
+    if not isinstance(model, HardenedModel):
+        raise UsageError("provenance_of() takes a model made by harden.load_model / harden.apply / harden.load")
+    return copy.deepcopy(model.provenance)
+
+
 def recipe(model: HardenedModel) -> dict[str, Any]:
-    """A copy of the recipe that describes how ``model`` was built."""
+    """Deprecated: ``provenance_of(model).to_dict()``, the provenance as plain JSON values.
+
+    Kept because harden 0.1.0 published it; "recipe" now names only the YAML files of ``harden run``.
+    """
+    warnings.warn("harden.recipe(model) is deprecated; use harden.provenance_of(model) (a typed Provenance, "
+                  ".to_dict() for plain values)", DeprecationWarning, stacklevel=2)
     if not isinstance(model, HardenedModel):
         raise UsageError("recipe() takes a model made by harden.load_model / harden.apply / harden.load")
-    return copy.deepcopy(model.recipe)
+    return model.provenance.to_dict()
 
 
-def rebuild(recipe_: dict[str, Any], *, trust_code: bool = False, base: nn.Module | None = None) -> HardenedModel:
-    """Build the model a recipe describes, with fresh weights: base network, then each transform replayed."""
-    if recipe_.get("format") != "harden.recipe/1":
-        raise HardenError(f"unsupported recipe format {recipe_.get('format')!r}")
-    spec = recipe_["model"]
+def rebuild(provenance: Provenance | dict[str, Any], *, trust_code: bool = False,
+            base: nn.Module | None = None) -> HardenedModel:
+    """Build the model a provenance describes, with fresh weights: base network, then each transform replayed.
+
+    A mapping is read with :meth:`Provenance.from_dict` first (a ProvenanceError if it is not one).
+    """
+    if not isinstance(provenance, Provenance):
+        provenance = Provenance.from_dict(provenance)
+    spec = provenance.model
     if base is not None:
         net = copy.deepcopy(base)
-    elif spec["source"] == "object":
+    elif spec.source == "object":
         raise HardenError(
-            f"this file's base model was a Python object ({spec['name']}); pass it as harden.load(path, base=model)")
+            f"this file's base model was a Python object ({spec.name}); pass it as harden.load(path, base=model)")
     else:
-        net = build_net(spec["source"], spec["name"], num_classes=spec["num_classes"], pretrained=False,
-                        kwargs=spec.get("kwargs") or {}, trust_code=trust_code).net
-    model = HardenedModel(net, mean=spec["mean"], std=spec["std"],
-                          recipe={**copy.deepcopy(recipe_), "transforms": []})
-    for entry in recipe_.get("transforms", []):
-        t = make_transform(entry["name"], entry.get("config") or {})
-        t.replay(model, entry.get("state") or {})
-        model.recipe["transforms"].append(copy.deepcopy(entry))
+        net = build_net(spec.source, spec.name, num_classes=spec.num_classes, pretrained=False,
+                        kwargs=spec.kwargs, trust_code=trust_code).net
+    model = HardenedModel(net, mean=spec.mean, std=spec.std,
+                          provenance=dataclasses.replace(copy.deepcopy(provenance), transforms=[]))
+    for entry in provenance.transforms:
+        t = make_transform(entry.name, entry.config)
+        t.replay(model, entry.state)
+        model.provenance.transforms.append(copy.deepcopy(entry))
     return model

@@ -631,7 +631,8 @@ def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progr
 
         def row(label: str, model: Any, transforms: list[str], reports: list[dict[str, Any]],
                 seconds: float | None) -> dict[str, Any]:
-            entry = model.recipe.get("finetune") if label != "start" or pre else None
+            finetune_entry = model.provenance.finetune if label != "start" or pre else None
+            entry = finetune_entry.to_dict() if finetune_entry is not None else None
             if entry:
                 text = ("clean pre-training: " if label == "start" else "") + _finetune_text(entry)
             else:

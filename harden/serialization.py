@@ -1,8 +1,10 @@
 """Saving and loading hardened models as self-describing safetensors files.
 
-The weights are the model's state dict; the metadata holds the recipe (``harden.recipe``) and the
-reports of evaluations (``harden.reports``) as JSON. Loading never runs code named in a file: a
-recipe whose base model is a user factory is refused unless the caller opts in with ``trust_code``.
+The weights are the model's state dict; the metadata holds the provenance (``harden.provenance``,
+see :mod:`harden.provenance`) and the reports of evaluations (``harden.reports``) as JSON. Files
+written by harden 0.1.0 keep their provenance under ``harden.recipe`` and still load. Loading never
+runs code named in a file: a provenance whose base model is a user factory is refused unless the
+caller opts in with ``trust_code``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from torch import nn
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.pipeline import rebuild
+from harden.provenance import Provenance, ProvenanceError, UnknownFormatError
 from harden.runtime.atomic import atomic_path
 from harden.runtime.stamp import versions
 
-RECIPE_KEY = "harden.recipe"
+PROVENANCE_KEY = "harden.provenance"
+LEGACY_PROVENANCE_KEY = "harden.recipe"  # where harden 0.1.0 stored it
 REPORTS_KEY = "harden.reports"
 
 
@@ -42,14 +46,12 @@ def _state_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save(model: HardenedModel, path: str | os.PathLike[str], *, overwrite: bool = True,
          reports: list[dict[str, Any]] | None = None) -> Path:
-    """Write ``model`` (weights + recipe + reports) to ``path`` atomically."""
+    """Write ``model`` (weights + provenance + reports) to ``path`` atomically."""
     from safetensors.torch import save_file
 
     if not isinstance(model, HardenedModel):
         raise UsageError("save() takes a model made by harden.load_model / harden.apply / harden.load")
-    rec = dict(model.recipe)
-    rec["versions"] = versions()
-    metadata = {RECIPE_KEY: json.dumps(rec, sort_keys=True)}
+    metadata = {PROVENANCE_KEY: model.provenance.stamped(versions()).to_json()}
     all_reports = list(getattr(model, "reports", []) or []) if reports is None else reports
     if all_reports:
         metadata[REPORTS_KEY] = json.dumps(all_reports, sort_keys=True)
@@ -77,19 +79,23 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
                           "it may be truncated or of another format") from exc
 
 
-def read_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The recipe stored in a harden safetensors file."""
-    meta = read_metadata(path)
-    if RECIPE_KEY not in meta:
+def _provenance_text(meta: dict[str, str]) -> str | None:
+    """The stored provenance JSON of a file's metadata: the current key, else the one harden 0.1.0 wrote."""
+    return meta.get(PROVENANCE_KEY, meta.get(LEGACY_PROVENANCE_KEY))
+
+
+def read_provenance(path: str | os.PathLike[str]) -> Provenance:
+    """The provenance stored in a harden safetensors file, checked field by field."""
+    text = _provenance_text(read_metadata(path))
+    if text is None:
         raise UsageError(f"'{path}' is a plain safetensors file without a harden recipe; "
                          f"load it with --model SPEC --weights {path}")
     try:
-        rec = json.loads(meta[RECIPE_KEY])
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise HardenError(f"'{path}' has a damaged harden recipe ({str(exc)[:120]})") from exc
-    if not isinstance(rec, dict) or not isinstance(rec.get("model"), dict):
-        raise HardenError(f"'{path}' has a damaged harden recipe (not a mapping with a 'model' entry)")
-    return rec
+        return Provenance.from_json(text)
+    except UnknownFormatError as exc:
+        raise HardenError(f"'{path}' has an {exc}") from None
+    except ProvenanceError as exc:
+        raise HardenError(f"'{path}' has a damaged harden recipe ({str(exc)[:160]})") from exc
 
 
 def read_reports(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -104,13 +110,11 @@ def read_reports(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return reports
 
 
-def _rebuild_stored(path: str | os.PathLike[str], rec: Any, *, trust_code: bool,
+def _rebuild_stored(path: str | os.PathLike[str], provenance: Provenance, *, trust_code: bool,
                     base: nn.Module | None) -> HardenedModel:
-    """The model a stored recipe describes; a recipe that cannot be replayed is a damaged file, not a crash."""
-    if not isinstance(rec, dict) or not isinstance(rec.get("model"), dict):
-        raise HardenError(f"'{path}' has a damaged harden recipe (not a mapping with a 'model' entry)")
+    """The model a stored provenance describes; one that cannot be replayed is a damaged file, not a crash."""
     try:
-        return rebuild(rec, trust_code=trust_code, base=base)
+        return rebuild(provenance, trust_code=trust_code, base=base)
     except HardenError:
         raise
     except Exception as exc:  # a field of the wrong type or shape: the file was altered or damaged
@@ -131,12 +135,11 @@ def _check_shapes(path: str | os.PathLike[str], model: nn.Module, state: dict[st
 
 def load(path: str | os.PathLike[str], *, trust_code: bool = False, base: nn.Module | None = None,
          map_location: str | torch.device = "cpu") -> HardenedModel:
-    """Rebuild the model stored at ``path`` from its recipe and load its weights strictly."""
+    """Rebuild the model stored at ``path`` from its provenance and load its weights strictly."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    rec = read_recipe(path)
-    model = _rebuild_stored(path, rec, trust_code=trust_code, base=base)
+    model = _rebuild_stored(path, read_provenance(path), trust_code=trust_code, base=base)
     try:
         state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -159,7 +162,7 @@ def add_report(path: str | os.PathLike[str], report: dict[str, Any]) -> None:
     from safetensors.torch import load_file, save_file
 
     meta = read_metadata(path)
-    if RECIPE_KEY not in meta:
+    if _provenance_text(meta) is None:
         raise UsageError(f"'{path}' is not a harden model file; reports can only be stored in one")
     reports = read_reports(path)
     reports.append(report)

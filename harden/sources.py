@@ -20,6 +20,7 @@ from harden import library_sources, zoo  # noqa: F401  (importing them registers
 from harden.errors import HardenError, UsageError, close_matches
 from harden.library_sources import timm_kwargs_for_size
 from harden.model import IMAGENET_MEAN, IMAGENET_STD, HardenedModel
+from harden.provenance import ModelEntry, Provenance
 from harden.source_registry import BuiltNet, ModelSource, register_model_source, registered_sources
 
 __all__ = ["BuiltNet", "ModelSource", "build_net", "load_model", "load_weights_into", "model_sources", "parse_spec",
@@ -120,23 +121,10 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
         out = net((torch.zeros(1, *size) - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1))
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise HardenError(f"{spec} does not return logits of shape (batch, classes) at input size {size}")
-    recipe = {
-        "format": "harden.recipe/1",
-        "model": {
-            "spec": spec,
-            "source": source,
-            "name": name,
-            "kwargs": built.kwargs,
-            "num_classes": int(out.shape[1]),
-            "input_size": list(size),
-            "mean": list(mean),
-            "std": list(std),
-            "pretrained": bool(pretrained),
-            "weights": Path(weights).name if weights is not None else None,
-        },
-        "transforms": [],
-    }
-    return HardenedModel(net, mean=mean, std=std, recipe=recipe)
+    entry = ModelEntry(spec=spec, source=source, name=name, kwargs=built.kwargs, num_classes=int(out.shape[1]),
+                       input_size=list(size), mean=list(mean), std=list(std), pretrained=bool(pretrained),
+                       weights=Path(weights).name if weights is not None else None)
+    return HardenedModel(net, mean=mean, std=std, provenance=Provenance(model=entry))
 
 
 # ----------------------------------------------------------------------------------------- weights

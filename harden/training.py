@@ -43,6 +43,7 @@ from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teac
 from harden.lipschitz import SpectralPenalty
 from harden.losses import PAIRED, method_loss
 from harden.model import HardenedModel
+from harden.provenance import FinetuneEntry
 from harden.runtime import events as ev
 from harden.runtime.atomic import save_figure
 from harden.runtime.modes import eval_mode, modes_kept
@@ -403,10 +404,8 @@ class _Pair(nn.Module):
 
 
 
-def _recipe_for_fingerprint(model: HardenedModel) -> dict[str, Any]:
-    rec = copy.deepcopy(model.recipe)
-    rec.pop("versions", None)
-    return rec
+def _provenance_for_fingerprint(model: HardenedModel) -> dict[str, Any]:
+    return model.provenance.without_versions().to_dict()
 
 
 def curves_path_for(output: str | os.PathLike[str]) -> Path:
@@ -665,7 +664,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
     ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` (the
     teacher) may be a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
-    result is written as a harden safetensors file whose recipe gains a ``finetune`` entry, with a
+    result is written as a harden safetensors file whose provenance gains a ``finetune`` entry, with a
     training-curve PNG beside it, and a checkpoint
     (``OUT.ckpt.pt``) is written after every epoch; ``resume=True`` continues from it. ``callback``
     is called after every epoch with that epoch's numbers. Under torchrun only rank 0 writes files.
@@ -698,13 +697,14 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     with tracking.Session(tracker, run_name=output.stem if output else None) as tracked, session(device) as dist:
         events = ev.Events(tracking.TrackerSink(tracked), ev.Callbacks(on_epoch=callback),
                            ev.Terminal() if progress and dist.is_main else None)
-        events.emit(ev.Record("settings", {"model": model.recipe["model"]["spec"],
+        events.emit(ev.Record("settings", {"model": model.spec,
                                            "data": str(getattr(data, "spec", data)), **cfg.as_dict()}))
         result = _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, dist=dist,
                       events=events, curves=curves, teacher=teacher, download=download)
-        val = result.recipe["finetune"].get("validation") or {}
-        events.emit(ev.Record("figures", {f"kept_{k}": v for k, v in val.items()
-                                          if k in ("clean_acc", "robust_acc") and v is not None}))
+        val = result.provenance.finetune.validation
+        events.emit(ev.Record("figures", {f"kept_{k}": v for k, v in (("clean_acc", val.clean_acc),
+                                                                      ("robust_acc", val.robust_acc))
+                                          if v is not None}))
         events.emit(ev.ArtifactWritten(output))
         events.emit(ev.ArtifactWritten(curves_path_for(output) if output else None))
     return result
@@ -737,7 +737,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
     device = dist.device
     workers = _default_workers() if cfg.workers is None else cfg.workers
     fingerprint = {
-        "recipe": _recipe_for_fingerprint(model),
+        "recipe": _provenance_for_fingerprint(model),  # the key checkpoints of 0.1.0 hold
         "weights": state_digest(model),
         "data": dataset.spec,
         "config": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
@@ -916,15 +916,12 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
         "seconds": round(time.perf_counter() - start_time, 2),
         "device": device_text(device, detail=False),
     }
-    previous = result.recipe.get("finetune")
-    if previous:
-        entry["previous"] = previous
-    result.recipe["finetune"] = entry
+    result.provenance.record_finetune(FinetuneEntry.from_dict(entry, "finetune"))
     if dist.is_main and output is not None:
         save(result, output, overwrite=True)
         if curves and history:
             write_curves(curves_path_for(output), history, best_epoch=kept_epoch,
-                         title=f"{result.recipe['model'].get('spec', '')}: {cfg.method} eps {cfg.eps * 255:.3g}/255")
+                         title=f"{result.spec}: {cfg.method} eps {cfg.eps * 255:.3g}/255")
         if store is not None:
             store.remove()
     dist.barrier()

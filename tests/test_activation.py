@@ -13,7 +13,7 @@ from torch import nn
 
 import harden
 from harden.graph import trace
-from harden.serialization import read_recipe
+from harden.serialization import read_provenance
 
 RELU_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.RReLU, nn.PReLU)
 RELU_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.rrelu,
@@ -47,7 +47,7 @@ def logits(model: nn.Module, seed: int = 0) -> torch.Tensor:
 
 
 def changes(model: harden.HardenedModel) -> list[str]:
-    return model.recipe["transforms"][-1]["changes"]
+    return model.provenance.transforms[-1].changes
 
 
 MODELS = ["tv:resnet18", "tv:densenet121", "tv:mobilenet_v3_small", "tv:regnet_y_400mf", "timm:resnet18",
@@ -98,7 +98,7 @@ def test_save_load_round_trip(spec, tmp_path):
     loaded = harden.load(path)
     assert count(loaded, RELU_MODULES) == 0
     assert torch.equal(logits(loaded), logits(out))
-    assert loaded.recipe["transforms"][-1]["state"] == out.recipe["transforms"][-1]["state"]
+    assert loaded.provenance.transforms[-1].state == out.provenance.transforms[-1].state
 
 
 def test_densenet_functional_relu_rewritten():
@@ -108,7 +108,7 @@ def test_densenet_functional_relu_rewritten():
     assert isinstance(out.net, torch.fx.GraphModule)
     # children are shared with the traced forward, not copied into it
     assert out.net.features is out.net.get_submodule("features")
-    assert out.recipe["transforms"][-1]["state"]["functional"] == {"": ["relu"]}
+    assert out.provenance.transforms[-1].state["functional"] == {"": ["relu"]}
     clone = copy.deepcopy(out)  # GraphModule deepcopy keeps every key and the behaviour
     assert list(clone.state_dict()) == list(base.state_dict())
     assert torch.equal(logits(clone), logits(out))
@@ -346,7 +346,7 @@ def test_cli_apply(tmp_path):
                                   "--activation", "silu", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert "-> SiLU" in result.output and out.exists()
-    assert read_recipe(out)["transforms"][0]["config"]["name"] == "silu"
+    assert read_provenance(out).transforms[0].config["name"] == "silu"
     bad = runner.invoke(main, ["apply", "tv:mobilenet_v3_small", "--input-size", "32", "--num-classes", "10",
                                "--activation", "sigmoidish", "-o", str(tmp_path / "bad.safetensors")])
     assert bad.exit_code == 2

@@ -18,7 +18,7 @@ from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
 from harden.errors import HardenError, UsageError
 from harden.runtime.session import DistSession
-from harden.serialization import read_recipe
+from harden.serialization import read_provenance
 from harden.training import (
     Trainer,
     augment,
@@ -70,12 +70,12 @@ def test_pgd_at_raises_robust_accuracy_well_above_the_start() -> None:
     # two): robust accuracy nearly doubles, at a small cost in clean accuracy
     assert robust1 >= robust0 + 0.05 and robust1 >= 1.6 * robust0, (clean0, robust0, clean1, robust1)
     assert clean1 > 0.2
-    entry = hardened.recipe["finetune"]
-    assert entry["method"] == "pgd" and entry["epochs_run"] == 4 and entry["previous"]["method"] == "clean"
+    entry = hardened.provenance.finetune
+    assert entry.method == "pgd" and entry.epochs_run == 4 and entry.previous.method == "clean"
     # the kept epoch is the best robust validation epoch
-    best = max(h["val_robust"] for h in entry["history"])
-    assert entry["validation"]["robust_acc"] == best
-    assert start.recipe["finetune"]["method"] == "clean"  # the input model is left as it was
+    best = max(h["val_robust"] for h in entry.history)
+    assert entry.validation.robust_acc == best
+    assert start.provenance.finetune.method == "clean"  # the input model is left as it was
 
 
 # ------------------------------------------------------------------------------------------- resume
@@ -97,8 +97,8 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path) -> None:
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.recipe["finetune"]["history"]]
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.recipe["finetune"]["history"]] == strip
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.provenance.finetune.history]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.provenance.finetune.history] == strip
     assert not ckpt.exists()  # removed once the output is written
     assert torch.equal(harden.load(part, base=tiny_cnn()).state_dict()["net.0.weight"], b["net.0.weight"])
 
@@ -205,21 +205,21 @@ def test_training_attacks_run_in_eval_mode_unless_asked(mode, updates) -> None:
 def test_other_methods_train_and_record_their_settings(method, tmp_path) -> None:
     out = tmp_path / f"{method}.safetensors"
     model = finetune(tiny(), "sample", output=out, method=method, steps=2, epochs=1, **QUICK)
-    entry = read_recipe(out)["finetune"]
-    assert entry["method"] == method and entry["epochs_run"] == 1 and math.isfinite(entry["history"][0]["loss"])
-    assert entry["beta"] == (6.0 if method == "trades" else None)
-    assert entry["steps"] == (2 if method == "trades" else 1)
-    assert entry["bn_recalibrated_on"] == 256 and entry["precision"] == "fp32"
-    assert model.recipe["finetune"]["data"] == "sample"
+    entry = read_provenance(out).finetune
+    assert entry.method == method and entry.epochs_run == 1 and math.isfinite(entry.history[0]["loss"])
+    assert entry.beta == (6.0 if method == "trades" else None)
+    assert entry.steps == (2 if method == "trades" else 1)
+    assert entry.bn_recalibrated_on == 256 and entry.precision == "fp32"
+    assert model.provenance.finetune.data == "sample"
 
 
 def test_lipschitz_regularizer_enters_the_loss() -> None:
     opts = dict(method="fgsm-rs", epochs=1, train_n=128, batch_size=64, val_n=0, progress=False)
     plain = finetune(tiny(), "sample", **opts)
     reg = finetune(tiny(), "sample", lipschitz_reg=0.05, **opts)
-    assert reg.recipe["finetune"]["lipschitz_reg"] == 0.05 and plain.recipe["finetune"]["lipschitz_reg"] is None
-    assert reg.recipe["finetune"]["history"][0]["loss"] != plain.recipe["finetune"]["history"][0]["loss"]
-    assert reg.recipe["finetune"]["kept"] == "last"  # no validation slice: the last epoch is kept
+    assert reg.provenance.finetune.lipschitz_reg == 0.05 and plain.provenance.finetune.lipschitz_reg is None
+    assert reg.provenance.finetune.history[0]["loss"] != plain.provenance.finetune.history[0]["loss"]
+    assert reg.provenance.finetune.kept == "last"  # no validation slice: the last epoch is kept
 
 
 # --------------------------------------------------- the GPU settings, run on the CPU for their logic
@@ -258,8 +258,8 @@ def test_finetune_with_gpu_settings_writes_a_plain_fp32_model(tmp_path) -> None:
     out = tmp_path / "m.safetensors"
     model = finetune(tiny(), "sample", output=out, method="trades", steps=2, epochs=1, precision="bf16",
                      channels_last=True, compile=True, **QUICK)
-    entry = read_recipe(out)["finetune"]
-    assert entry["precision"] == "bf16" and math.isfinite(entry["history"][0]["loss"])
+    entry = read_provenance(out).finetune
+    assert entry.precision == "bf16" and math.isfinite(entry.history[0]["loss"])
     weights = model.state_dict()
     assert not any("_orig_mod" in k for k in weights)
     assert all(v.dtype in (torch.float32, torch.int64) and v.is_contiguous() for v in weights.values())
@@ -282,12 +282,12 @@ def test_cli_finetune_writes_model_recipe_entry_and_curves(tmp_path) -> None:
                    "--val-steps", "2", "--batch-size", "64", "--schedule", "multistep", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "kept epoch" in result.output and f"wrote {out}" in result.output
-    rec = read_recipe(out)
-    assert rec["model"]["spec"] == SPEC and rec["transforms"] == []
-    entry = rec["finetune"]
-    assert entry["eps"] == pytest.approx(4 / 255) and entry["schedule"] == "multistep" and entry["epochs_run"] == 2
-    assert entry["validation"]["n"] == 64 and entry["validation"]["attack"] == "pgd-2"
-    assert entry["train_n"] == 192 and len(entry["history"]) == 2
+    rec = read_provenance(out)
+    assert rec.model.spec == SPEC and rec.transforms == []
+    entry = rec.finetune
+    assert entry.eps == pytest.approx(4 / 255) and entry.schedule == "multistep" and entry.epochs_run == 2
+    assert entry.validation.n == 64 and entry.validation.attack == "pgd-2"
+    assert entry.train_n == 192 and len(entry.history) == 2
     png = curves_path_for(out)
     assert png == tmp_path / "tiny-pgd.curves.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     loaded = harden.load(out, trust_code=True)

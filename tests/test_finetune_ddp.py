@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harden.serialization import read_recipe
+from harden.serialization import read_provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,8 +27,8 @@ def test_two_process_ddp_finetune_writes_one_output(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     # rank 0 alone writes: the model and its curves, no temporary or checkpoint files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp.curves.png", "ddp.safetensors"]
-    entry = read_recipe(out)["finetune"]
-    assert entry["world_size"] == 2 and entry["epochs_run"] == 2 and entry["train_n"] == 256
+    entry = read_provenance(out).finetune
+    assert entry.world_size == 2 and entry.epochs_run == 2 and entry.train_n == 256
     # rank 0 alone prints: one JSON document, one progress bar per epoch
     printed = json.loads(proc.stdout)
     assert printed["world_size"] == 2 and printed["validation"]["n"] == 64

@@ -22,7 +22,7 @@ from harden.extra_data import ExtraData, pseudo_labels
 from harden.losses import mart_loss, method_loss
 from harden.recipes import _finetune_text, parse_recipe
 from harden.runtime.session import DistSession
-from harden.serialization import read_recipe
+from harden.serialization import read_provenance
 from harden.training import Trainer, checkpoint_path_for, finetune, make_config
 from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
@@ -202,8 +202,8 @@ def test_every_batch_holds_the_exact_share_of_extra_data(tmp_path, monkeypatch) 
         is_extra = (xb == 255).flatten(1).all(1)
         assert int(is_extra.sum()) == k and xb.shape[0] in (16, k + 64 % (16 - k))
         assert is_extra[-k:].all()
-    info = model.recipe["finetune"]["extra_data"]
-    assert info == {"data": extra, "n": 20, "fraction": 0.25, "per_batch": 4, "main_per_batch": 12,
+    info = model.provenance.finetune.extra_data
+    assert info.to_dict() == {"data": extra, "n": 20, "fraction": 0.25, "per_batch": 4, "main_per_batch": 12,
                     "labels": "given", "teacher": None, "teacher_digest": None}
     # 12 batches of 4 draw 48 of the 20 extra images: each at least twice, none a third time before all have
     labels = torch.cat([yb[-k:] for _, yb in seen])
@@ -255,9 +255,9 @@ def test_pseudo_labels_come_from_the_teacher_in_eval_mode(tmp_path, monkeypatch)
     model = finetune(tiny(), "sample", epochs=1, extra_data=extra, extra_fraction=0.5, pseudo_label=teacher,
                      augment=False, bn_recalib=False, **TINY)
     assert seen and all(yb[-8:].tolist() == [5] * 8 for _, yb in seen)
-    info = model.recipe["finetune"]["extra_data"]
-    assert info["labels"] == "pseudo" and info["teacher"] == "module:_ModeTeacher" and info["n"] == 6
-    assert info["teacher_digest"] == training.state_digest(teacher)
+    info = model.provenance.finetune.extra_data
+    assert info.labels == "pseudo" and info.teacher == "module:_ModeTeacher" and info.n == 6
+    assert info.teacher_digest == training.state_digest(teacher)
 
 
 # ---------------------------------------------------------------------------------------- resume
@@ -278,12 +278,12 @@ def test_resume_after_an_interruption_is_bit_exact(tmp_path, options) -> None:
     resumed = finetune(tiny(), "sample", output=part, resume=True, **opts)
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.recipe["finetune"]["history"][1]["loss"] == full.recipe["finetune"]["history"][1]["loss"]
-    entry = read_recipe(part)["finetune"]
+    assert resumed.provenance.finetune.history[1]["loss"] == full.provenance.finetune.history[1]["loss"]
+    entry = read_provenance(part).finetune
     if "awp" in options:
-        assert entry["awp"] == {"gamma": 0.02, "warmup": 1, "paper": "Wu et al. 2020"} and entry["beta"] == 6.0
+        assert entry.awp.to_dict() == {"gamma": 0.02, "warmup": 1, "paper": "Wu et al. 2020"} and entry.beta == 6.0
     else:
-        assert entry["extra_data"]["labels"] == "pseudo" and entry["extra_data"]["per_batch"] == 4
+        assert entry.extra_data.labels == "pseudo" and entry.extra_data.per_batch == 4
 
 
 # ------------------------------------------------------------------------------ settings, recipes
@@ -403,6 +403,6 @@ def test_two_process_ddp_with_mart_awp_and_extra_data(tmp_path) -> None:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    entry = read_recipe(out)["finetune"]
-    assert entry["world_size"] == 2 and entry["awp"]["gamma"] == 0.01 and entry["extra_data"]["per_batch"] == 4
-    assert math.isfinite(entry["history"][0]["loss"])
+    entry = read_provenance(out).finetune
+    assert entry.world_size == 2 and entry.awp.gamma == 0.01 and entry.extra_data.per_batch == 4
+    assert math.isfinite(entry.history[0]["loss"])

@@ -84,8 +84,8 @@ def test_resnet18_last_stage_halves_and_keeps_the_largest_l1_channels() -> None:
             assert torch.equal(net.state_dict()[key], value), key
     assert net.layer4[0].conv1.in_channels == 256  # fed by layer3's 256 channels, unchanged
 
-    entry = out.recipe["transforms"][-1]
-    groups = {g["root"]: g for g in entry["state"]["groups"]}
+    entry = out.provenance.transforms[-1]
+    groups = {g["root"]: g for g in entry.state["groups"]}
     assert set(groups) == {"layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1"}
     kept = {r: sorted(set(range(g["channels"])) - set(g["removed"])) for r, g in groups.items()}
     # layer4.1.conv1 is its group's only producer: its kept channels are its largest-L1 filters
@@ -97,7 +97,7 @@ def test_resnet18_last_stage_halves_and_keeps_the_largest_l1_channels() -> None:
     assert torch.equal(net.layer4[1].bn1.running_mean, old.layer4[1].bn1.running_mean[kept["layer4.1.conv1"]])
     assert torch.equal(net.fc.weight, old.fc.weight[:, residual])
     assert torch.equal(net.layer4[0].downsample[0].weight, old.layer4[0].downsample[0].weight[residual])
-    text = "\n".join(entry["changes"])
+    text = "\n".join(entry.changes)
     assert "512 -> 256 channels" in text and "fc: input 512 -> 256" in text and "parameters" in text
     assert old.fc.in_features == 512, "apply must not change its input"
 
@@ -118,7 +118,7 @@ def test_last_stage_width_on_several_models(spec: str, stage: tuple[str, ...], h
     model = harden.load_model(spec, num_classes=10, input_size=32, model_kwargs=kwargs)
     out = harden.apply(model, ["last-stage-width:ratio=0.5"])
     old_mods, new_mods = dict(model.net.named_modules()), dict(out.net.named_modules())
-    groups = out.recipe["transforms"][-1]["state"]["groups"]
+    groups = out.provenance.transforms[-1].state["groups"]
     assert groups
     for g in groups:  # every coupled group keeps half of its channels (all widths here are even)
         assert new_mods[g["root"]].out_channels == g["channels"] // 2 == g["channels"] - len(g["removed"])
@@ -148,7 +148,7 @@ def test_ratio_one_is_a_no_op_and_leaves_logits_identical() -> None:
     out = harden.apply(model, ["last-stage-width:ratio=1"])
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(logits(out, x), logits(model, x))
-    assert shapes(out) == shapes(model) and out.recipe["transforms"][-1]["state"] == {"groups": []}
+    assert shapes(out) == shapes(model) and out.provenance.transforms[-1].state == {"groups": []}
 
 
 def test_tiny_ratio_keeps_one_channel_per_group_and_training_mode() -> None:
@@ -164,7 +164,7 @@ def test_plain_module_and_replay_with_a_state_that_does_not_fit() -> None:
     out = harden.apply(model, ["last-stage-width:ratio=0.25"])
     assert out.net[6].out_channels == 16 and out.net[11].in_features == 16 and out.net[3].out_channels == 32
     fresh = harden.wrap(tiny_cnn(width=8), input_size=32)
-    state = out.recipe["transforms"][-1]["state"]
+    state = out.provenance.transforms[-1].state
     with pytest.raises(HardenError, match="does not fit"):
         parse_transform("last-stage-width:ratio=0.25").replay(fresh, state)
 

@@ -100,7 +100,7 @@ def test_register_transform_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None
 
     assert harden.list_transforms()["negate-input"] is Negate
     out = harden.apply(harden.load_model("tests.user_models:tiny_resnet", input_size=16), [Negate()])
-    assert out.recipe["transforms"][0]["name"] == "negate-input"
+    assert out.provenance.transforms[0].name == "negate-input"
     with pytest.raises(TypeError):
         harden.register_transform(object)  # type: ignore[arg-type]
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from harden.cli import main
 from harden.errors import UsageError
 from harden.recipes import load_recipe, parse_recipe
-from harden.serialization import read_recipe, read_reports
+from harden.serialization import read_provenance, read_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,10 +130,10 @@ def test_run_writes_models_reports_and_the_comparison(tmp_path) -> None:
     assert table["attack_columns"] == ["PGD-2"]
     for r in rows.values():
         assert 0 <= r["clean_acc"] <= 100 and 0 <= r["robust"]["PGD-2"] <= r["clean_acc"]
-    hardened = read_recipe(out / "hardened.safetensors")
-    assert hardened["transforms"][0]["name"] == "activation"
-    assert hardened["finetune"]["method"] == "fgsm-rs" and hardened["finetune"]["previous"]["method"] == "clean"
-    assert read_recipe(out / "baseline.safetensors")["transforms"] == []
+    hardened = read_provenance(out / "hardened.safetensors")
+    assert hardened.transforms[0].name == "activation"
+    assert hardened.finetune.method == "fgsm-rs" and hardened.finetune.previous.method == "clean"
+    assert read_provenance(out / "baseline.safetensors").transforms == []
     assert [r["attack"] for r in read_reports(out / "hardened.safetensors")] == ["pgd"]
     md = (out / "comparison.md").read_text()
     assert "| baseline | none |" in md and "| hardened | activation:name=silu |" in md and "PGD-2 %" in md

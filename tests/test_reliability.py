@@ -90,7 +90,7 @@ def test_finetune_stops_on_a_damaged_image_or_skips_it(damaged_folder, tmp_path)
     done = run_cli([*args, "--skip-bad-images", "--json"])
     assert_calm(done, allowed=(0,))
     assert json.loads(done.stdout)["skipped_images"] == 1
-    assert harden.load(out, trust_code=True).recipe["finetune"]["train_n"] == 25  # 30 - 4 held out - 1 damaged
+    assert harden.load(out, trust_code=True).provenance.finetune.train_n == 25  # 30 - 4 held out - 1 damaged
 
 
 def test_a_yaml_tag_is_one_line_and_runs_nothing(tmp_path) -> None:

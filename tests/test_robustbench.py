@@ -21,6 +21,7 @@ from torch import nn
 
 import harden
 from harden.errors import HardenError, UsageError
+from harden.provenance import ModelEntry, Provenance, TransformEntry
 from harden.zoo import robustbench as rbz
 from harden.zoo.robustbench_entries import C10, C10_ENGSTROM
 
@@ -149,7 +150,7 @@ def test_family_loads_strictly_with_identical_logits(rb, family: str, tmp_path: 
     assert want.std() > 0.05  # the logits are not trivial (random BN statistics, random weights)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     # the input really goes through the entry's normalization: without it, the logits differ
-    if model.recipe["model"]["mean"] != [0.0, 0.0, 0.0]:
+    if model.provenance.model.mean != [0.0, 0.0, 0.0]:
         with torch.no_grad():
             raw = model.net(x)
         assert (raw - want).abs().max() > 1e-2 * float(want.abs().max())
@@ -242,11 +243,15 @@ def test_published_figures_come_from_the_registry() -> None:
     e = rbz.find_entry("carmon2019unlabeled")  # case-insensitive
     assert (e.clean_acc, e.autoattack_acc, e.eps, e.citation) == (89.69, 59.53, "8/255", "Carmon et al., NeurIPS 2019")
     assert rbz.find_entry("imagenet/Linf/Salman2020Do_R50").autoattack_acc == 34.96
-    recipe = {"model": {"source": "robustbench", "name": "Carmon2019Unlabeled", "weights": "c.pt"}, "transforms": []}
-    assert rbz.published({**recipe, "model": {**recipe["model"], "weights": None}}) is None  # random weights
-    pub = rbz.published(recipe)
+    entry = ModelEntry(spec="robustbench:Carmon2019Unlabeled", source="robustbench", name="Carmon2019Unlabeled",
+                       num_classes=10, input_size=[3, 32, 32], mean=[0.0] * 3, std=[1.0] * 3, weights="c.pt")
+    prov = Provenance(model=entry)
+    random_weights = Provenance(model=dataclasses.replace(entry, weights=None))
+    assert rbz.published(random_weights) is None  # random weights
+    pub = rbz.published(prov)
     assert pub is not None and pub["clean_acc"] == 89.69 and pub["n_examples"] == 10000
-    assert rbz.published({**recipe, "transforms": [{"name": "stride-mod"}]}) is None
+    stride_mod = TransformEntry(name="stride-mod", provider="harden")
+    assert rbz.published(dataclasses.replace(prov, transforms=[stride_mod])) is None
     line = rbz.published_line(pub, "L2", "0.5")
     assert "59.53%" in line and "this run used L2" in line
 
@@ -281,7 +286,7 @@ def test_transforms_apply_and_files_round_trip(base_key: str, kwargs: dict, acti
     again = harden.load(tmp_path / "h.safetensors").eval()
     with torch.no_grad():
         assert torch.equal(again(x), hardened(x))
-    assert harden.recipe(again)["model"]["source"] == "robustbench"
+    assert harden.provenance_of(again).model.source == "robustbench"
 
 
 @pytest.mark.slow

@@ -107,7 +107,7 @@ def test_closed_form_cost_matches_torch_flop_counter(block, strides):
 
 def test_tiny_custom_network_runs_traces_and_takes_stride_transforms():
     model = harden.load_model("cifar:robustresnet-custom", model_kwargs={"depths": [1, 1, 1], "widths": [1, 1, 1]})
-    assert model.recipe["model"]["kwargs"] == {"depths": [1, 1, 1], "widths": [1, 1, 1], "block": "robust"}
+    assert model.provenance.model.kwargs == {"depths": [1, 1, 1], "widths": [1, 1, 1], "block": "robust"}
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     assert model_facts(model).feature_map == (8, 8)
     wider = harden.apply(model, ["strides:pattern=112"])  # stage 2 no longer downsamples
@@ -141,10 +141,10 @@ def test_scale_command_prints_and_builds_a_rebuildable_model(tmp_path):
     out = tmp_path / "small.safetensors"
     result = runner.invoke(main, ["scale", "--flops", "0.1G", "--block", "basic", "--build", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    rec = harden.serialization.read_recipe(out)
-    assert rec["model"]["spec"] == "cifar:robustresnet-custom"
+    rec = harden.serialization.read_provenance(out)
+    assert rec.model.spec == "cifar:robustresnet-custom"
     plan = robust_scaling(0.1e9, block="basic")
-    assert rec["model"]["kwargs"] == {"depths": list(plan.depths), "widths": list(plan.widths), "block": "basic"}
+    assert rec.model.kwargs == {"depths": list(plan.depths), "widths": list(plan.widths), "block": "basic"}
     loaded = harden.load(out)
     assert sum(p.numel() for p in loaded.parameters()) == plan.params
     result = runner.invoke(main, ["scale", "--flops", "10G", "--build"])

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import harden
 from harden.errors import HardenError, UsageError
-from harden.serialization import RECIPE_KEY, add_report, read_recipe, read_reports
+from harden.serialization import PROVENANCE_KEY, add_report, read_provenance, read_reports
 
 COMBOS = [
     [],
@@ -41,21 +41,22 @@ def test_round_trip_gives_identical_logits(tmp_path, base, transforms) -> None:
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
-    assert [t["name"] for t in loaded.recipe["transforms"]] == [t.split(":")[0] for t in transforms]
+    assert [t.name for t in loaded.provenance.transforms] == [t.split(":")[0] for t in transforms]
     assert loaded.state_dict().keys() == model.state_dict().keys()
 
 
 def test_recipe_is_self_describing(tmp_path, base) -> None:
     model = harden.apply(base, ["upsample:factor=2", "stride-mod"])
     harden.save(model, tmp_path / "m.safetensors")
-    rec = read_recipe(tmp_path / "m.safetensors")
-    assert rec["model"]["source"] == "timm" and rec["model"]["name"] == "resnet18"
-    assert rec["model"]["num_classes"] == 10 and rec["model"]["input_size"] == [3, 32, 32]
-    assert len(rec["model"]["mean"]) == 3 and len(rec["model"]["std"]) == 3
-    assert [(t["name"], t["config"]) for t in rec["transforms"]] == [
+    rec = read_provenance(tmp_path / "m.safetensors")
+    assert rec.model.source == "timm" and rec.model.name == "resnet18"
+    assert rec.model.num_classes == 10 and rec.model.input_size == [3, 32, 32]
+    assert len(rec.model.mean) == 3 and len(rec.model.std) == 3
+    assert [(t.name, t.config) for t in rec.transforms] == [
         ("upsample", {"factor": 2, "mode": "nearest"}), ("stride-mod", {})]
-    assert set(rec["versions"]) >= {"harden", "torch", "timm", "torchvision"}
-    assert harden.recipe(model)["transforms"][1]["provider"] == "harden"
+    assert set(rec.versions) >= {"harden", "torch", "timm", "torchvision"}
+    assert harden.provenance_of(model).transforms[1].provider == "harden"
+    assert harden.recipe(model)["transforms"][1]["provider"] == "harden"  # the deprecated 0.1.0 name
 
 
 def test_plain_safetensors_without_recipe_says_how_to_load(tmp_path) -> None:
@@ -93,9 +94,9 @@ def test_loading_never_imports_what_metadata_names(tmp_path, base, monkeypatch) 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    rec = json.loads(meta[RECIPE_KEY])
+    rec = json.loads(meta[PROVENANCE_KEY])
     rec["model"].update(source="import", name="os:system", spec="os:system")
-    meta[RECIPE_KEY] = json.dumps(rec)
+    meta[PROVENANCE_KEY] = json.dumps(rec)
     save_file(tensors, str(tmp_path / "evil.safetensors"), metadata=meta)
     with pytest.raises(HardenError, match="trust"):
         harden.load(tmp_path / "evil.safetensors")

@@ -34,19 +34,19 @@ def test_num_classes_input_size_and_normalization_inside() -> None:
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     assert torch.allclose(model(x), model.net((x - mean) / std), atol=1e-6)
     custom = harden.load_model("tv:resnet18", num_classes=7, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
-    assert custom.recipe["model"]["mean"] == [0.5] * 3 and custom.recipe["model"]["std"] == [0.25] * 3
+    assert custom.provenance.model.mean == [0.5] * 3 and custom.provenance.model.std == [0.25] * 3
 
 
 def test_timm_mean_std_come_from_the_pretrained_config() -> None:
     model = harden.load_model("timm:resnet18", num_classes=10, input_size=32)
-    assert model.recipe["model"]["source"] == "timm"
-    assert model.recipe["model"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert model.provenance.model.source == "timm"
+    assert model.provenance.model.mean == pytest.approx([0.485, 0.456, 0.406])
 
 
 def test_user_factory_gets_num_classes_and_identity_normalization() -> None:
     model = harden.load_model("tests.user_models:tiny_resnet", num_classes=4, input_size=16)
     assert model.num_classes == 4
-    assert model.recipe["model"]["mean"] == [0.0, 0.0, 0.0] and model.recipe["model"]["std"] == [1.0, 1.0, 1.0]
+    assert model.provenance.model.mean == [0.0, 0.0, 0.0] and model.provenance.model.std == [1.0, 1.0, 1.0]
     with pytest.raises(HardenError, match="not a torch.nn.Module"):
         harden.load_model("tests.user_models:not_a_model", input_size=16)
     with pytest.raises(UsageError, match="cannot import"):

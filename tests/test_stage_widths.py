@@ -83,8 +83,8 @@ def test_small_wrn_grows_and_shrinks_and_round_trips(tmp_path: Path) -> None:
     assert torch.equal(bn_new.weight[32:], torch.ones(32))
     assert torch.equal(bn_new.running_var[32:], torch.ones(32))
     # shrinking keeps the largest-L1 filters of a group with a single producer
-    entry = out.recipe["transforms"][-1]
-    kept = {g["root"]: g["kept"] for g in entry["state"]["shrink"]}
+    entry = out.provenance.transforms[-1]
+    kept = {g["root"]: g["kept"] for g in entry.state["shrink"]}
     l1 = old.block3.layer[1].conv1.weight.abs().sum((1, 2, 3))
     assert kept["block3.layer.1.conv1"] == sorted(torch.topk(l1, 64).indices.tolist())
     residual = kept["block3.layer.0.conv2"]  # block3's residual stream (conv2s, convShortcut, bn1s, fc)
@@ -110,7 +110,7 @@ def test_growing_only_keeps_the_function() -> None:
     before, after = logits(model, x), logits(out, x)
     assert before.abs().max() > 0.1
     assert (after - before).abs().max() <= 1e-5 * before.abs().max()
-    assert not any(g.get("kept") for g in out.recipe["transforms"][-1]["state"]["shrink"])
+    assert not any(g.get("kept") for g in out.provenance.transforms[-1].state["shrink"])
 
 
 def test_factors_one_leave_logits_identical() -> None:
@@ -118,12 +118,12 @@ def test_factors_one_leave_logits_identical() -> None:
     out = harden.apply(model, ["stage-widths:widths=1/1/1"])
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(logits(out, x), logits(model, x)) and shapes(out) == shapes(model)
-    assert out.recipe["transforms"][-1]["state"] == {"shrink": [], "grow": []}
+    assert out.provenance.transforms[-1].state == {"shrink": [], "grow": []}
 
 
 def test_replay_with_a_state_that_does_not_fit() -> None:
     model = harden.load_model("cifar:wrn-16-2", num_classes=10, input_size=32)
-    state = harden.apply(model, ["stage-widths:widths=2/1/1"]).recipe["transforms"][-1]["state"]
+    state = harden.apply(model, ["stage-widths:widths=2/1/1"]).provenance.transforms[-1].state
     other = harden.load_model("cifar:wrn-16-1", num_classes=10, input_size=32)
     with pytest.raises(HardenError, match="does not fit"):
         parse_transform("stage-widths:widths=2/1/1").replay(other, state)
@@ -147,7 +147,7 @@ def test_tv_resnet18_has_four_stages() -> None:
     assert widths(net, ["layer4.0.conv1", "layer4.1.conv2"]) == [768, 768] and net.fc.in_features == 768
     x = torch.rand(2, 3, 32, 32)
     assert torch.isfinite(logits(out, x)).all()
-    rebuilt = harden.pipeline.rebuild(out.recipe)
+    rebuilt = harden.pipeline.rebuild(out.provenance)
     assert shapes(rebuilt) == shapes(out)
 
 

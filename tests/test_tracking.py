@@ -69,8 +69,8 @@ def test_cli_finetune_records_params_epochs_and_files(tmp_path: Path, store: str
     assert p["method"] == "fgsm-rs" and p["epochs"] == "2" and p["model"] == SPEC and p["data"] == "sample"
     history = client.get_metric_history(run.info.run_id, "val_robust")
     assert [m.step for m in history] == [1, 2]
-    entry = harden.recipe(harden.load(str(out), trust_code=True))["finetune"]
-    assert [m.value for m in history] == pytest.approx([e["val_robust"] for e in entry["history"]])
+    entry = harden.provenance_of(harden.load(str(out), trust_code=True)).finetune
+    assert [m.value for m in history] == pytest.approx([e["val_robust"] for e in entry.history])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
     assert {"m.safetensors", "m.curves.png"} <= _artifacts(client, run)
 

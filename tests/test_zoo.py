@@ -31,11 +31,11 @@ def test_source_is_registered_with_the_common_names():
 
 def test_defaults_cifar_size_classes_and_normalization():
     model = harden.load_model("cifar:resnet18")
-    m = model.recipe["model"]
-    assert (m["source"], m["name"]) == ("cifar", "resnet18")
+    m = model.provenance.model
+    assert (m.source, m.name) == ("cifar", "resnet18")
     assert model.input_size == (3, 32, 32)
     assert model.num_classes == 10
-    assert tuple(m["mean"]) == CIFAR10_MEAN and tuple(m["std"]) == CIFAR10_STD
+    assert tuple(m.mean) == CIFAR10_MEAN and tuple(m.std) == CIFAR10_STD
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     # the classic CIFAR stem: 3x3 stride-1 conv, no max-pool
     conv1 = model.net.conv1

@@ -10,7 +10,9 @@ import click
 import harden
 from harden.cli import main
 from harden.cli._options import model_options, resolve_model
+from harden.cli.finetune import finetune_summary
 from harden.errors import UsageError
+from harden.provenance import Provenance
 
 
 def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, strides: str | None,
@@ -70,22 +72,22 @@ def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, acti
     hardened = harden.apply(base, transforms)
     elapsed = time.perf_counter() - start
     after = model_facts(hardened)
-    new_entries = hardened.recipe["transforms"][len(base.recipe["transforms"]):]
+    new_entries = hardened.provenance.transforms[len(base.provenance.transforms):]
     if output:
         harden.save(hardened, output, overwrite=True)
     if as_json:
         click.echo(json.dumps({
-            "model": hardened.recipe["model"]["spec"],
-            "transforms": new_entries,
+            "model": hardened.spec,
+            "transforms": [entry.to_dict() for entry in new_entries],
             "before": before.__dict__, "after": after.__dict__,
             "transform_seconds": round(elapsed, 3), "output": output,
         }, default=list, indent=2))
         return
-    click.echo(f"model: {hardened.recipe['model']['spec']}  ({hardened.num_classes} classes, "
+    click.echo(f"model: {hardened.spec}  ({hardened.num_classes} classes, "
                f"input {'x'.join(map(str, hardened.input_size))})")
     for entry in new_entries:
-        click.echo(f"transform {harden.transforms.make_transform(entry['name'], entry['config']).spec()}")
-        for change in entry["changes"]:
+        click.echo(f"transform {harden.transforms.make_transform(entry.name, entry.config).spec()}")
+        for change in entry.changes:
             click.echo(f"  - {change}")
     if not new_entries:
         click.echo("no transforms given (see `harden list`)")
@@ -98,16 +100,17 @@ def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, acti
 
 @main.command("inspect")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the recipe and reports as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the provenance and reports as JSON.")
 @click.option("--lipschitz", is_flag=True,
               help="Load the model and print an upper bound on its l2 Lipschitz constant, layer by layer.")
-@click.option("--trust-code", is_flag=True, help="With --lipschitz: allow a recipe that names a user factory.")
+@click.option("--trust-code", is_flag=True,
+              help="With --lipschitz: allow a file whose provenance names a user factory.")
 def inspect_command(path: str, as_json: bool, lipschitz: bool = False, trust_code: bool = False) -> None:
-    """Show the recipe and stored reports of a harden file."""
-    from harden.serialization import read_metadata, read_recipe, read_reports
+    """Show the provenance and stored reports of a harden file."""
+    from harden.serialization import read_metadata, read_provenance, read_reports
 
     read_metadata(path)
-    rec = read_recipe(path)
+    prov = read_provenance(path)
     reports = read_reports(path)
     lip = None
     if lipschitz:
@@ -115,33 +118,12 @@ def inspect_command(path: str, as_json: bool, lipschitz: bool = False, trust_cod
 
         lip = lipschitz_bound(harden.load(path, trust_code=trust_code))
     if as_json:
-        out = {"recipe": rec, "reports": reports}
+        out = {"recipe": prov.to_dict(), "reports": reports}  # the key 0.1.0 printed: scripts read it
         if lip is not None:
             out["lipschitz"] = lip.to_dict()
         click.echo(json.dumps(out, indent=2, sort_keys=True, default=str))
         return
-    m = rec["model"]
-    click.echo(f"file: {path}")
-    click.echo(f"model: {m['spec']} (source {m['source']}, name {m['name']}, {m['num_classes']} classes, "
-               f"input {'x'.join(map(str, m['input_size']))})")
-    click.echo(f"normalization: mean {m['mean']} std {m['std']}")
-    if m.get("kwargs"):
-        click.echo(f"constructor arguments: {m['kwargs']}")
-    click.echo(f"transforms ({len(rec.get('transforms', []))}):")
-    for entry in rec.get("transforms", []):
-        cfg = ",".join(f"{k}={v}" for k, v in (entry.get("config") or {}).items() if v is not None)
-        click.echo(f"  {entry['name']}{':' + cfg if cfg else ''}  [{entry.get('provider', '?')}]")
-        for change in entry.get("changes", []):
-            click.echo(f"    - {change}")
-    for key, extra in rec.items():
-        if key not in ("format", "model", "transforms", "versions"):
-            click.echo(f"{key}: {json.dumps(extra, sort_keys=True)[:400]}")
-            if key == "finetune" and isinstance(extra, dict):
-                from harden.cli.finetune import finetune_summary
-
-                for line in finetune_summary(extra):
-                    click.echo(f"  {line}")
-    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(rec.get("versions", {}).items())))
+    _echo_provenance(path, prov)
     click.echo(f"reports ({len(reports)}):")
     for r in reports:
         click.echo("  " + _report_line(r))
@@ -152,6 +134,30 @@ def inspect_command(path: str, as_json: bool, lipschitz: bool = False, trust_cod
         trivial = sum(1 for r in lip.rows if r.norm == 1.0)
         if trivial:
             click.echo(f"({trivial} layers with norm 1 not shown: ReLUs, identities, ...)")
+
+
+def _echo_provenance(path: str, prov: Provenance) -> None:
+    """The model, transforms, fine-tuning, other recorded keys and versions, as ``harden inspect`` shows them."""
+    m = prov.model
+    click.echo(f"file: {path}")
+    click.echo(f"model: {m.spec} (source {m.source}, name {m.name}, {m.num_classes} classes, "
+               f"input {'x'.join(map(str, m.input_size))})")
+    click.echo(f"normalization: mean {m.mean} std {m.std}")
+    if m.kwargs:
+        click.echo(f"constructor arguments: {m.kwargs}")
+    click.echo(f"transforms ({len(prov.transforms)}):")
+    for entry in prov.transforms:
+        cfg = ",".join(f"{k}={v}" for k, v in entry.config.items() if v is not None)
+        click.echo(f"  {entry.name}{':' + cfg if cfg else ''}  [{entry.provider}]")
+        for change in entry.changes:
+            click.echo(f"    - {change}")
+    if prov.finetune is not None:
+        click.echo(f"finetune: {json.dumps(prov.finetune.to_dict(), sort_keys=True)[:400]}")
+        for line in finetune_summary(prov.finetune):
+            click.echo(f"  {line}")
+    for key, extra in prov.extras.items():
+        click.echo(f"{key}: {json.dumps(extra, sort_keys=True)[:400]}")
+    click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())))
 
 
 def _report_line(r: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -11,6 +12,7 @@ import click
 from harden.cli import main
 from harden.cli._options import model_options, resolve_model, schema_options, show_progress
 from harden.errors import UsageError
+from harden.provenance import ExtraDataEntry, FinetuneEntry
 from harden.schemas.finetune import FinetuneConfig
 
 
@@ -18,21 +20,21 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
-def extra_data_text(info: dict[str, Any]) -> str:
+def extra_data_text(info: ExtraDataEntry) -> str:
     """One line on a run's extra data: source, size, share of each batch, labels."""
-    labels = f"pseudo-labelled by {info['teacher']}" if info.get("labels") == "pseudo" else "its own labels"
-    return (f"{info['data']} ({info['n']} images): {info['per_batch']} of every "
-            f"{info['per_batch'] + info['main_per_batch']} in a batch (fraction {info['fraction']:g}), {labels}")
+    labels = f"pseudo-labelled by {info.teacher}" if info.labels == "pseudo" else "its own labels"
+    return (f"{info.data} ({info.n} images): {info.per_batch} of every "
+            f"{info.per_batch + info.main_per_batch} in a batch (fraction {info.fraction:g}), {labels}")
 
 
-def finetune_summary(entry: dict[str, Any]) -> list[str]:
+def finetune_summary(entry: FinetuneEntry) -> list[str]:
     """Lines for ``harden inspect``: the method and, when used, AWP and the extra data."""
-    beta = f", beta {entry['beta']:g}" if entry.get("beta") is not None else ""
-    lines = [f"method {entry.get('method')}{beta}, {entry.get('epochs_run')} epochs on {entry.get('data')}"]
-    if entry.get("awp"):
-        lines.append(f"AWP gamma {entry['awp']['gamma']:g}, from epoch {entry['awp']['warmup'] + 1}")
-    if entry.get("extra_data"):
-        lines.append("extra data " + extra_data_text(entry["extra_data"]))
+    beta = f", beta {entry.beta:g}" if entry.beta is not None else ""
+    lines = [f"method {entry.method}{beta}, {entry.epochs_run} epochs on {entry.data}"]
+    if entry.awp is not None:
+        lines.append(f"AWP gamma {entry.awp.gamma:g}, from epoch {entry.awp.warmup + 1}")
+    if entry.extra_data is not None:
+        lines.append("extra data " + extra_data_text(entry.extra_data))
     return lines
 
 
@@ -69,20 +71,20 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
                       progress=show_progress(quiet), trust_code=trust_code, tracker=track, **settings)
     if not _is_main_process():
         return
-    entry = result.recipe["finetune"]
+    entry = result.provenance.finetune
     if as_json:
-        click.echo(json.dumps({k: v for k, v in entry.items() if k != "previous"}, indent=2, default=str))
+        click.echo(json.dumps(dataclasses.replace(entry, previous=None).to_dict(), indent=2, default=str))
         return
-    val = entry["validation"]
-    click.echo(f"fine-tuned {result.recipe['model']['spec']} with {entry['method']} (eps {entry['eps'] * 255:.3g}/255, "
-               f"{entry['epochs_run']} epochs, {entry['seconds']:.0f}s on {entry['device']})")
+    val = entry.validation
+    click.echo(f"fine-tuned {result.spec} with {entry.method} (eps {entry.eps * 255:.3g}/255, "
+               f"{entry.epochs_run} epochs, {entry.seconds:.0f}s on {entry.device})")
     for line in finetune_summary(entry)[1:]:  # AWP and extra data, when used
         click.echo(line)
-    if val["n"]:
-        click.echo(f"kept epoch {entry['kept_epoch']}: clean {_pct(val['clean_acc'])}, {val['attack']} "
-                   f"{_pct(val['robust_acc'])} on {val['n']} held-out training images")
+    if val.n:
+        click.echo(f"kept epoch {entry.kept_epoch}: clean {_pct(val.clean_acc)}, {val.attack} "
+                   f"{_pct(val.robust_acc)} on {val.n} held-out training images")
     click.echo(f"wrote {output}")
-    if entry["epochs_run"]:
+    if entry.epochs_run:
         click.echo(f"curves {curves_path_for(output)}")
 
 

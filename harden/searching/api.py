@@ -59,13 +59,13 @@ def _finetune_values(cfg: Any) -> dict[str, Any]:
 
 
 def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str, Any]:
-    """The recipe's ``model`` section: given by the caller (the CLI knows the weights path) or from the recipe."""
+    """best.yaml's ``model`` section: given by the caller (the CLI knows the weights path) or from the provenance."""
     if given is not None:
         return {k: v for k, v in given.items() if v is not None}
-    m = model.recipe["model"]
-    block = {"spec": m["spec"], "num_classes": m["num_classes"], "input_size": m["input_size"][-1],
-             "mean": list(m["mean"]), "std": list(m["std"])}
-    if m.get("pretrained"):
+    m = model.provenance.model
+    block = {"spec": m.spec, "num_classes": m.num_classes, "input_size": m.input_size[-1],
+             "mean": list(m.mean), "std": list(m.std)}
+    if m.pretrained:
         block["pretrained"] = True
     return block
 
@@ -75,7 +75,7 @@ def _fingerprint(model: HardenedModel, dataset: ImageDataset, space: SearchSpace
     from harden.training import _NOT_FINGERPRINTED, state_digest
 
     return json.loads(json.dumps({
-        "model": {"spec": model.spec, "transforms": [t["name"] for t in model.recipe.get("transforms", [])],
+        "model": {"spec": model.spec, "transforms": [t.name for t in model.provenance.transforms],
                   "input_size": list(model.input_size), "weights": state_digest(model)},
         "data": dataset.spec, "space": space.to_dict()["dimensions"], "budgets": budgets, "pruner": pruner,
         "finetune": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
@@ -280,16 +280,16 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
 def _earlier_transforms(model: HardenedModel) -> list[str]:
     """The transforms a harden file already carries, as strings best.yaml can apply again."""
     out = []
-    for t in model.recipe.get("transforms", []):
+    for t in model.provenance.transforms:
         config = ",".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                          for k, v in (t.get("config") or {}).items() if v is not None)
-        out.append(f"{t['name']}:{config}" if config else t["name"])
+                          for k, v in t.config.items() if v is not None)
+        out.append(f"{t.name}:{config}" if config else t.name)
     return out
 
 
 def _has_own_weights(model: HardenedModel) -> bool:
-    m = model.recipe["model"]
-    return bool(model.recipe.get("finetune") or m.get("weights") or model.recipe.get("transforms"))
+    prov = model.provenance
+    return bool(prov.finetune or prov.model.weights or prov.transforms)
 
 
 def _budget_text(budgets: dict[str, int | None]) -> str:

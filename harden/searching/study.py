@@ -233,15 +233,15 @@ class Objective:
             trial.set_user_attr("reason", str(exc).splitlines()[0][:300])
             self.echo(f"trial {trial.number}: {_text(transforms)}: failed, {exc}")
             raise optuna.TrialPruned(str(exc)) from None
-        entry = tuned.recipe["finetune"]
-        val = entry["validation"]
-        for key, value in (("clean_acc", val["clean_acc"]), ("robust_acc", val["robust_acc"]), ("n", val["n"]),
-                           ("kept_epoch", entry["kept_epoch"]), ("epochs_run", entry["epochs_run"]),
+        entry = tuned.provenance.finetune
+        val = entry.validation
+        for key, value in (("clean_acc", val.clean_acc), ("robust_acc", val.robust_acc), ("n", val.n),
+                           ("kept_epoch", entry.kept_epoch), ("epochs_run", entry.epochs_run),
                            ("seconds", round(time.perf_counter() - t0, 2)), ("status", "measured")):
             trial.set_user_attr(key, value)
-        self.echo(f"trial {trial.number}: {_text(transforms)}: clean {val['clean_acc']:.1f}%, robust "
-                  f"{val['robust_acc']:.1f}% (epoch {entry['kept_epoch']} of {entry['epochs_run']})")
-        return float(val["robust_acc"])
+        self.echo(f"trial {trial.number}: {_text(transforms)}: clean {val.clean_acc:.1f}%, robust "
+                  f"{val.robust_acc:.1f}% (epoch {entry.kept_epoch} of {entry.epochs_run})")
+        return float(val.robust_acc)
 
 
 def _text(transforms: Sequence[str]) -> str:

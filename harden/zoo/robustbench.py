@@ -19,6 +19,7 @@ from torch import nn
 
 from harden.errors import HardenError, UsageError, close_matches
 from harden.library_sources import build_timm, build_tv
+from harden.provenance import Provenance
 from harden.source_registry import BuiltNet, ModelSource, register_model_source
 from harden.zoo import cifar, rb_archs
 from harden.zoo.robustbench_entries import ENTRIES, Entry
@@ -144,19 +145,18 @@ def _drop_sub_block1(entry: Entry, state: dict[str, torch.Tensor]) -> None:
 # -------------------------------------------------------------------------------- published figures
 
 
-def published(recipe: dict[str, Any] | None) -> dict[str, Any] | None:
+def published(provenance: Provenance | None) -> dict[str, Any] | None:
     """The leaderboard's figures for a model that is a RobustBench entry as published, else None.
 
     A model without a checkpoint (random weights), with transforms or with fine-tuning is not the
     published one, so it gets none.
     """
-    model = (recipe or {}).get("model") or {}
-    if model.get("source") != "robustbench" or not model.get("weights"):
+    if provenance is None or provenance.model.source != "robustbench" or not provenance.model.weights:
         return None
-    if recipe.get("transforms") or recipe.get("finetune"):
+    if provenance.transforms or provenance.finetune:
         return None
     try:
-        entry = find_entry(str(model.get("name")))
+        entry = find_entry(provenance.model.name)
     except UsageError:
         return None
     return {"entry": entry.key, "clean_acc": entry.clean_acc, "autoattack_acc": entry.autoattack_acc,

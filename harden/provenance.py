@@ -1,0 +1,274 @@
+"""The provenance of a hardened model: what a harden model file records about how the model was made.
+
+A :class:`Provenance` names the base model (:class:`ModelEntry`), the transforms applied to it in
+order (:class:`TransformEntry`), the last adversarial fine-tuning (:class:`FinetuneEntry`, which
+keeps the one before it as ``previous``) and, in a file, the library versions that wrote it. It is
+stored as JSON in the safetensors metadata (see :mod:`harden.serialization`) and replayed by
+:func:`harden.pipeline.rebuild`.
+
+:meth:`Provenance.from_dict` checks every field against its type and raises one
+:class:`ProvenanceError` naming the first field that is wrong. It reads the current format and the
+one harden 0.1.0 wrote (``harden.recipe/1``, the same fields); keys it does not know are kept in
+``extras`` and written back unchanged, so nothing a newer harden recorded is lost in a round trip.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+from harden.errors import HardenError
+
+FORMAT = "harden.provenance/1"
+# formats written by earlier versions that hold the same fields: harden 0.1.0 called the record a recipe
+LEGACY_FORMATS = ("harden.recipe/1",)
+
+_OMIT_EMPTY = {"omit_empty": True}  # field metadata: left out of to_dict() when None or empty
+
+R = TypeVar("R", bound="_Record")
+
+
+class ProvenanceError(HardenError):
+    """A provenance that is not a mapping of the expected fields, or of a format this harden cannot read."""
+
+
+class UnknownFormatError(ProvenanceError):
+    """A provenance whose ``format`` is neither the current one nor a legacy one (a newer harden wrote it)."""
+
+
+@dataclass(kw_only=True)
+class _Record:
+    """Typed fields read from and written to a JSON mapping; unknown keys are kept in ``extras``."""
+
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls: type[R], data: Any, where: str = "") -> R:
+        """Check ``data`` field by field against the annotations and build the record."""
+        if not isinstance(data, dict):
+            raise ProvenanceError(f"{where or 'provenance'}: expected a mapping, got {_kind(data)}")
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name == "extras":
+                continue
+            name = f"{where}.{f.name}" if where else f.name
+            if f.name in data:
+                values[f.name] = _checked(data[f.name], hints[f.name], name)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProvenanceError(f"{name} is missing")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        extras = {k: copy.deepcopy(v) for k, v in data.items() if k not in known}
+        if any(not isinstance(k, str) for k in extras):
+            raise ProvenanceError(f"{where or 'provenance'}: keys must be strings")
+        return cls(**values, extras=extras)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON values (a deep copy): its fields, then the keys kept in ``extras``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name == "extras" or (f.metadata.get("omit_empty") and not value):
+                continue
+            out[f.name] = _plain(value)
+        out.update(copy.deepcopy(self.extras))
+        return out
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    """``value`` if it fits the type ``hint`` (records built, containers copied), else a ProvenanceError."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return copy.deepcopy(value)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _checked(value, inner, where)
+    if isinstance(hint, type) and issubclass(hint, _Record):
+        return hint.from_dict(value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ProvenanceError(f"{where}: expected a list, got {_kind(value)}")
+        return [_checked(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ProvenanceError(f"{where}: expected a mapping with string keys, got {_kind(value)}")
+        return {k: _checked(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    accepted = (int, float) if hint is float else (hint,)
+    if isinstance(value, bool) and hint is not bool or not isinstance(value, accepted):
+        raise ProvenanceError(f"{where}: expected {hint.__name__}, got {_kind(value)}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return copy.deepcopy(value)
+
+
+@dataclass(kw_only=True)
+class ModelEntry(_Record):
+    """The base model: where it comes from, its classes, input size and normalization."""
+
+    spec: str
+    source: str  # "timm", "tv", "cifar", "import", "robustbench", ... or "object" (harden.wrap)
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int
+    input_size: list[int]  # (C, H, W)
+    mean: list[float]
+    std: list[float]
+    pretrained: bool = False
+    weights: str | None = None  # the file name of the starting weights, if any
+
+
+@dataclass(kw_only=True)
+class TransformEntry(_Record):
+    """One applied transform: its parameters, the state replay needs and what it changed."""
+
+    name: str
+    provider: str
+    config: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class AwpEntry(_Record):
+    """Adversarial weight perturbation as used in fine-tuning."""
+
+    gamma: float
+    warmup: int
+    paper: str
+
+
+@dataclass(kw_only=True)
+class ExtraDataEntry(_Record):
+    """The extra (unlabelled or other) images mixed into each fine-tuning batch."""
+
+    data: str
+    n: int
+    fraction: float
+    per_batch: int
+    main_per_batch: int
+    labels: str  # "given" or "pseudo"
+    teacher: str | None = None  # the pseudo-labelling model, when labels are "pseudo"
+    teacher_digest: str | None = None
+
+
+@dataclass(kw_only=True)
+class ValidationEntry(_Record):
+    """The held-out check of the kept epoch."""
+
+    n: int
+    attack: str
+    eps: float
+    norm: str
+    clean_acc: float | None
+    robust_acc: float | None
+
+
+@dataclass(kw_only=True)
+class FinetuneEntry(_Record):
+    """An adversarial fine-tuning run: its settings, data, validation and per-epoch history."""
+
+    method: str
+    norm: str
+    eps: float
+    steps: int
+    step_size: float
+    beta: float | None
+    awp: AwpEntry | None
+    extra_data: ExtraDataEntry | None
+    epochs: int
+    epochs_run: int
+    stopped_early: bool
+    kept: str
+    kept_epoch: int
+    lr: float
+    schedule: str
+    batch_size: int
+    world_size: int
+    weight_decay: float
+    momentum: float
+    ema: float | None
+    label_smoothing: float
+    eps_warmup: float
+    attack_mode: str
+    bn_recalibrated_on: int
+    augment: bool
+    lipschitz_reg: float | None
+    precision: str
+    seed: int
+    data: str
+    train_n: int
+    skipped_images: int
+    validation: ValidationEntry
+    history: list[dict[str, Any]]  # one mapping of numbers per epoch
+    seconds: float
+    device: str
+    previous: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the fine-tuning before this one
+
+
+@dataclass(kw_only=True)
+class Provenance(_Record):
+    """How a hardened model was made: base model, transforms in order, fine-tuning, library versions."""
+
+    format: str = FORMAT  # as read; harden.serialization.save writes FORMAT
+    model: ModelEntry
+    transforms: list[TransformEntry] = field(default_factory=list)
+    finetune: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)
+    versions: dict[str, str] = field(default_factory=dict, metadata=_OMIT_EMPTY)  # package -> version
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "") -> Provenance:
+        """Read a provenance mapping of the current or a legacy format; ProvenanceError if it is not one."""
+        if not isinstance(data, dict):
+            raise ProvenanceError(f"provenance: expected a mapping, got {_kind(data)}")
+        fmt = data.get("format")
+        if fmt != FORMAT and fmt not in LEGACY_FORMATS:
+            raise UnknownFormatError(f"unknown provenance format {fmt!r}; this harden reads "
+                                     f"{', '.join((FORMAT, *LEGACY_FORMATS))} (a newer harden may have written it)")
+        return super().from_dict(data, where)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Provenance:
+        """Parse JSON text written by :meth:`to_json` (or by harden 0.1.0)."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ProvenanceError(f"provenance is not valid JSON ({str(exc)[:120]})") from None
+        try:
+            return cls.from_dict(data)
+        except RecursionError:
+            raise ProvenanceError("provenance is nested too deeply") from None
+
+    def to_json(self) -> str:
+        """JSON text with sorted keys, as stored in a model file."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def record_finetune(self, entry: FinetuneEntry) -> None:
+        """Make ``entry`` the model's fine-tuning, keeping the one before it as ``entry.previous``."""
+        if self.finetune is not None:
+            entry.previous = self.finetune
+        self.finetune = entry
+
+    def without_versions(self) -> Provenance:
+        """A copy without the library versions (what the model is, not which harden wrote it)."""
+        return dataclasses.replace(copy.deepcopy(self), versions={})
+
+    def stamped(self, versions: dict[str, str]) -> Provenance:
+        """A copy in the current format with the library versions that write it."""
+        return dataclasses.replace(copy.deepcopy(self), format=FORMAT, versions=dict(versions))

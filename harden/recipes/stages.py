@@ -19,9 +19,9 @@ from typing import Any
 import torch
 import yaml
 
+from harden import evaluation, training  # called through the modules: tests and callers may replace them
 from harden.data import ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
-from harden.evaluation import evaluate
 from harden.model import HardenedModel
 from harden.pipeline import apply
 from harden.recipes.plan import RunPlan
@@ -32,7 +32,7 @@ from harden.runtime.store import checkpoint_path_for
 from harden.serialization import load
 from harden.sources import load_model
 from harden.tracking import Prefixed
-from harden.training import _resolve_data, finetune
+from harden.training import resolve_data
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def load_data(plan: RunPlan, base: HardenedModel) -> tuple[ImageDataset, ImageDa
     """The fine-tuning (train split) and evaluation (test split) data, at the model's input size."""
     data, size = plan.data, base.input_size[-1]
     download = bool(data.get("download"))
-    train_ds = _resolve_data(load_dataset(data["train"], "train", download=download, image_size=size), base, False)
+    train_ds = resolve_data(load_dataset(data["train"], "train", download=download, image_size=size), base, False)
     test_ds = load_dataset(data.get("test", data["train"]), "test", download=download, image_size=size)
     if test_ds.num_classes != base.num_classes:
         raise UsageError(f"the test data '{test_ds.spec}' has {test_ds.num_classes} classes but the model has "
@@ -109,7 +109,7 @@ def finetune_stage(ctx: RunContext, model: HardenedModel, label: str,
     again = ctx.resume and checkpoint_path_for(path).exists()
     if again:
         ctx.say(f"[{label}] continuing the interrupted fine-tuning from {checkpoint_path_for(path).name}")
-    tuned = finetune(model, ctx.train_ds, output=path, force=True, resume=again, progress=ctx.progress,
+    tuned = training.finetune(model, ctx.train_ds, output=path, force=True, resume=again, progress=ctx.progress,
                      tracker=Prefixed(ctx.sink, f"{label}."), **settings)
     seconds = round(time.perf_counter() - t0, 1)
     ctx.state.mark(stage, seconds=seconds)
@@ -137,7 +137,7 @@ def _evaluate_attack(ctx: RunContext, model: HardenedModel, label: str, attack: 
         ctx.say(f"[{label}] {attack}: finished earlier, read from {path.name}")
         return json.loads(path.read_text())
     ctx.say(f"[{label}] evaluating: {attack} at eps {eps * 255:.3g}/255 on {ev.get('n', 1000)} test images")
-    report = evaluate(
+    report = evaluation.evaluate(
         model, ctx.test_ds, attack=attack, eps=eps, norm=ev.get("norm", "Linf"), n=ev.get("n", 1000),
         seed=ev.get("seed", 0), fast=bool(ev.get("fast")) and attack == "autoattack",
         steps=ev.get("steps") if attack in ("pgd", "cw") else None,

@@ -53,9 +53,9 @@ def load_teacher(teacher: str | nn.Module, *, trust_code: bool = False) -> Teach
     if not isinstance(teacher, str) or not os.path.isfile(teacher):
         raise UsageError(f"--pseudo-label takes a harden .safetensors file holding the teacher's weights; "
                          f"'{teacher}' is not a file (write one with harden apply --weights or harden finetune)")
-    import harden
+    from harden.serialization import load
 
-    return Teacher(model := harden.load(teacher, trust_code=trust_code), teacher, state_digest(model))
+    return Teacher(model := load(teacher, trust_code=trust_code), teacher, state_digest(model))
 
 
 @torch.no_grad()

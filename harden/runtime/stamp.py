@@ -8,7 +8,7 @@ from importlib import metadata
 
 import torch
 
-from harden import __version__
+from harden._version import __version__
 
 # the libraries a model file's recipe depends on, and those an evaluation's numbers depend on
 MODEL_LIBRARIES = ("timm", "torchvision", "torch-pruning")

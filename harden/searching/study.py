@@ -185,11 +185,11 @@ class Objective:
         raise optuna.TrialPruned(reason)
 
     def _candidate(self, trial: Any, transforms: list[str]) -> HardenedModel:
-        import harden
+        from harden.pipeline import apply
         from harden.summary import human, model_facts
 
         try:
-            model = harden.apply(self.base, transforms) if transforms else self.base
+            model = apply(self.base, transforms) if transforms else self.base
             facts = model_facts(model)
         except HardenError as exc:
             self._reject(trial, f"the transforms do not apply: {str(exc).splitlines()[0][:200]}")

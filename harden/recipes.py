@@ -364,13 +364,14 @@ def _check_semantics(recipe: Recipe) -> None:
                 raise UsageError(f"{recipe.location(f'{dotted}[{i}]')}: {exc}") from None
     ev = v.get("evaluate") or {}
     if ev:
+        from harden.attacks import takes_steps
         from harden.evaluation import plan_attack
 
         eps = ev.get("eps", (v.get("finetune") or {}).get("eps", FinetuneConfig.eps))
         for i, attack in enumerate(ev.get("attacks", ["pgd"])):
             try:
                 plan_attack(attack, eps=eps, norm=ev.get("norm", "Linf"), fast=bool(ev.get("fast")) and
-                            attack == "autoattack", steps=ev.get("steps") if attack in ("pgd", "cw") else None)
+                            attack == "autoattack", steps=ev.get("steps") if takes_steps(attack) else None)
             except UsageError as exc:
                 raise UsageError(f"{recipe.location(f'evaluate.attacks[{i}]')}: {exc}") from None
         for name in ("n", "batch_size", "steps"):
@@ -391,11 +392,9 @@ def _weights_path(recipe: Recipe, weights: str | None) -> str | None:
 
 
 def _attack_label(report: dict[str, Any]) -> str:
-    attack = report.get("attack", "?")
-    if attack == "autoattack":
-        return "AutoAttack" + (" (fast)" if report.get("version") == "fast" else "")
-    stages = report.get("attacks") or [attack]
-    return str(stages[-1]).upper() if attack in ("pgd", "cw") else str(attack).upper()
+    from harden.attacks import attack_label
+
+    return attack_label(report)
 
 
 def _fmt_pct(v: float | None) -> str:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harden import tracking
-from harden.attacks import l2_normalize, project
+from harden.attacks import pgd_core
 from harden.awp import WeightPerturbation
 from harden.data import DamagedImage, ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
@@ -120,17 +120,6 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tens
     return xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
-    if norm == "Linf":
-        return (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * eps
-    d = l2_normalize(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
-    return d * _bcast(eps * torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype), x)
-
-
 @contextlib.contextmanager
 def _frozen(params: Sequence[nn.Parameter]) -> Iterator[None]:
     """Parameters without gradients while an attack asks only for input gradients."""
@@ -152,33 +141,12 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str, ep
 
     The model's mode is left as the caller set it; run it under autocast for bf16 attacks.
     """
-    x = x.detach()
     if eps <= 0:
-        return x
-    if kind == "trades":
-        with torch.no_grad():
-            target = F.softmax(model(x).float(), dim=1)
-        delta = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    elif kind == "mart":
-        delta = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    else:
-        delta = _random_start(x, eps, norm, generator)
-        if kind == "fgsm-rs":
-            steps = 1
-    delta = ((x + delta).clamp(0, 1) - x).detach()
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model(x + delta).float()
-        if kind == "trades":
-            loss = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")
-        else:
-            loss = F.cross_entropy(logits, y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = delta + step * (grad.sign() if norm == "Linf" else l2_normalize(grad))
-            delta = project(delta, eps, norm)
-            delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()
+        return x.detach()
+    loss = "kl" if kind == "trades" else "ce"
+    start = "gaussian" if kind in ("trades", "mart") else "uniform"
+    return pgd_core(model, x, y, eps=eps, steps=1 if kind == "fgsm-rs" else steps, step=step, norm=norm,
+                    loss=loss, start=start, generator=generator, float_logits=True)
 
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -27,6 +27,7 @@ from harden.runtime.modes import eval_mode
 from harden.runtime.store import state_digest
 from harden.schemas.finetune import extra_count
 from harden.seeding import derive_seed
+from harden.uint8_images import decode_uint8, place_images
 
 _LABEL_BATCH = 256
 
@@ -138,20 +139,16 @@ def load_extra(spec: str | ImageDataset, main: ImageDataset, image_shape: tuple[
                batch_size: int, seed: int, rank: int, world: int, device: torch.device, workers: int,
                teacher: Teacher | None = None, download: bool = False) -> ExtraData:
     """Read, check and (with a teacher) pseudo-label the extra data of a run."""
-    from harden.training import _decode
-
     extra = spec if isinstance(spec, ImageDataset) else load_dataset(spec, "train", download=download,
                                                                      image_size=image_shape[-1])
     check_extra_dataset(extra, main, image_shape, labelled=teacher is None)
     if teacher is not None:  # a teacher of the wrong size is refused before the whole set is decoded
         first = (extra[0][0] * 255).round().to(torch.uint8)[None]
         pseudo_labels(teacher.model, first, num_classes=main.num_classes, device=device)
-    x, y = _decode(extra, range(len(extra)), workers)
+    x, y = decode_uint8(extra, range(len(extra)), workers)
     if teacher is not None:
         y = pseudo_labels(teacher.model, x, num_classes=main.num_classes, device=device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        x = x.to(device) if x.numel() < 0.25 * free else x.pin_memory()
+    x = place_images(x, device)
     per_batch = extra_count(fraction, batch_size)
     info = {"data": extra.spec, "n": len(extra), "fraction": fraction, "per_batch": per_batch,
             "main_per_batch": batch_size - per_batch, "labels": "pseudo" if teacher else "given",

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from torch import nn
 
 import harden
-from harden import training
 from harden.attacks import pgd
 from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
@@ -29,6 +28,7 @@ from harden.training import (
     lr_at,
     make_config,
     recalibrate_bn,
+    schedule,
 )
 from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
@@ -122,7 +122,7 @@ def test_nonfinite_loss_stops_keeps_the_last_good_checkpoint(tmp_path, monkeypat
     def poisoned_lr(cfg, progress):  # fine in the first epoch, NaN in the second
         return cfg.lr if progress < 0.5 else math.nan
 
-    monkeypatch.setattr(training, "lr_at", poisoned_lr)
+    monkeypatch.setattr(schedule, "lr_at", poisoned_lr)  # the epoch loop reads the schedule module
     with pytest.raises(HardenError, match="non-finite in epoch 2.*last good checkpoint.*after epoch 1"):
         finetune(tiny(), "sample", output=out, force=True, method="fgsm-rs", epochs=2, log_every=1, **QUICK)
     assert out.read_bytes() == b"previous output"

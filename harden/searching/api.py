@@ -186,7 +186,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
         raise HardenError("harden search needs Optuna: pip install 'harden[search]' (or pip install optuna)") from None
 
     from harden.summary import model_facts
-    from harden.training import _resolve_data, make_config
+    from harden.training import make_config, resolve_data
 
     say = echo or (lambda _s: None)
     timeout = _check_args(model, out=out, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
@@ -198,7 +198,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     pruner_obj = make_pruner(pruner, cfg.epochs)
     if storage is not None:
         open_storage(storage)  # a URL that cannot be opened fails before any work
-    dataset = _resolve_data(data, model, download)
+    dataset = resolve_data(data, model, download)
     if cfg.val_n >= len(dataset):
         raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
     facts = model_facts(model)

@@ -22,7 +22,8 @@ The package's modules, one job each: :mod:`~harden.recipes.schema` (the keys and
 
 from __future__ import annotations
 
-from harden.recipes.compare import _attack_label, _finetune_text, comparison_markdown
+from harden.attacks import attack_label as _attack_label  # the name recipes.py had
+from harden.recipes.compare import _finetune_text, comparison_markdown
 from harden.recipes.parse import load_recipe, parse_recipe
 from harden.recipes.run import run_recipe
 from harden.recipes.schema import SCHEMA, Key, Recipe, _Checker, _schema_keys

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harden.attacks import attack_label
 from harden.provenance import FinetuneEntry
 from harden.recipes.plan import RunPlan
 from harden.recipes.schema import Recipe
@@ -20,14 +21,6 @@ from harden.runtime.atomic import atomic_path
 from harden.schemas.finetune import FinetuneConfig
 from harden.stats import compare_reports
 from harden.summary import count_macs, human
-
-
-def _attack_label(report: dict[str, Any]) -> str:
-    attack = report.get("attack", "?")
-    if attack == "autoattack":
-        return "AutoAttack" + (" (fast)" if report.get("version") == "fast" else "")
-    stages = report.get("attacks") or [attack]
-    return str(stages[-1]).upper() if attack in ("pgd", "cw") else str(attack).upper()
 
 
 def _fmt_pct(v: float | None) -> str:
@@ -67,7 +60,7 @@ def _uncertainty_notes(evaluations: dict[str, list[dict[str, Any]]]) -> list[str
             c = compare_reports(base_report, report)
             rob, cln = c["robust"], c["clean"]
             notes.append(
-                f"{name} vs baseline, {_attack_label(report)}: robust {rob['difference']:+.1f} points, exact McNemar "
+                f"{name} vs baseline, {attack_label(report)}: robust {rob['difference']:+.1f} points, exact McNemar "
                 f"p = {rob['p_value']:.2g} ({rob['only_b']} images only {name} withstands, {rob['only_a']} only the "
                 f"baseline); clean {cln['difference']:+.1f} points, p = {cln['p_value']:.2g}")
     return notes
@@ -135,9 +128,9 @@ def comparison_row(label: str, model: Any, transforms: list[str], reports: list[
         "finetune": entry and {k: x for k, x in entry.items() if k not in ("history", "previous")},
         "finetune_text": text,
         "clean_acc": reports[0]["clean_acc"] if reports else None,
-        "robust": {_attack_label(r): r["robust_acc"] for r in reports},
+        "robust": {attack_label(r): r["robust_acc"] for r in reports},
         "clean_ci95": reports[0].get("clean_ci95") if reports else None,
-        "robust_ci95": {_attack_label(r): r.get("robust_ci95") for r in reports},
+        "robust_ci95": {attack_label(r): r.get("robust_ci95") for r in reports},
         "file": f"{label}.safetensors" if from_run else None,
         "finetune_seconds": seconds,
     }

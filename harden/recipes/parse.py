@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from harden.attacks import takes_steps
 from harden.errors import UsageError, close_matches
 from harden.evaluation import plan_attack
 from harden.recipes.schema import SCHEMA, Key, Recipe, _Checker
@@ -138,7 +139,7 @@ def _check_semantics(recipe: Recipe) -> None:
         for i, attack in enumerate(ev.get("attacks", ["pgd"])):
             try:
                 plan_attack(attack, eps=eps, norm=ev.get("norm", "Linf"), fast=bool(ev.get("fast")) and
-                            attack == "autoattack", steps=ev.get("steps") if attack in ("pgd", "cw") else None)
+                            attack == "autoattack", steps=ev.get("steps") if takes_steps(attack) else None)
             except UsageError as exc:
                 raise UsageError(f"{recipe.location(f'evaluate.attacks[{i}]')}: {exc}") from None
         for name in ("n", "batch_size", "steps"):

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from harden import evaluation, training  # called through the modules: tests and callers may replace them
+from harden.attacks import takes_steps
 from harden.data import ImageDataset, load_dataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
@@ -140,7 +141,7 @@ def _evaluate_attack(ctx: RunContext, model: HardenedModel, label: str, attack: 
     report = evaluation.evaluate(
         model, ctx.test_ds, attack=attack, eps=eps, norm=ev.get("norm", "Linf"), n=ev.get("n", 1000),
         seed=ev.get("seed", 0), fast=bool(ev.get("fast")) and attack == "autoattack",
-        steps=ev.get("steps") if attack in ("pgd", "cw") else None,
+        steps=ev.get("steps") if takes_steps(attack) else None,
         batch_size=ev.get("batch_size", "auto"), random_subset=bool(ev.get("random_subset", True)),
         progress=ctx.progress, into=file, report=path, resume=ctx.resume,
         skip_bad_images=bool(ev.get("skip_bad_images")), tracker=Prefixed(ctx.sink, f"{label}.{attack}."))

@@ -1,4 +1,5 @@
-"""The adversarial examples of a training step: PGD, FGSM from a random start, TRADES and MART starts."""
+"""The adversarial examples of a training step, on the attacks' PGD core (:func:`harden.attacks.pgd_core`):
+PGD, FGSM from a random start, TRADES and MART starts."""
 
 from __future__ import annotations
 
@@ -6,21 +7,9 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from harden.attacks import l2_normalize, project
-
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-def _random_start(x: torch.Tensor, eps: float, norm: str, gen: torch.Generator) -> torch.Tensor:
-    if norm == "Linf":
-        return (2 * torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) - 1) * eps
-    d = l2_normalize(torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype))
-    return d * _bcast(eps * torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype), x)
+from harden.attacks import pgd_core
 
 
 @contextlib.contextmanager
@@ -44,30 +33,9 @@ def perturb(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, kind: str, ep
 
     The model's mode is left as the caller set it; run it under autocast for bf16 attacks.
     """
-    x = x.detach()
     if eps <= 0:
-        return x
-    if kind == "trades":
-        with torch.no_grad():
-            target = F.softmax(model(x).float(), dim=1)
-        delta = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    elif kind == "mart":
-        delta = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    else:
-        delta = _random_start(x, eps, norm, generator)
-        if kind == "fgsm-rs":
-            steps = 1
-    delta = ((x + delta).clamp(0, 1) - x).detach()
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        logits = model(x + delta).float()
-        if kind == "trades":
-            loss = F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum")
-        else:
-            loss = F.cross_entropy(logits, y, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, delta)
-        with torch.no_grad():
-            delta = delta + step * (grad.sign() if norm == "Linf" else l2_normalize(grad))
-            delta = project(delta, eps, norm)
-            delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()
+        return x.detach()
+    loss = "kl" if kind == "trades" else "ce"
+    start = "gaussian" if kind in ("trades", "mart") else "uniform"
+    return pgd_core(model, x, y, eps=eps, steps=1 if kind == "fgsm-rs" else steps, step=step, norm=norm,
+                    loss=loss, start=start, generator=generator, float_logits=True)

@@ -1,0 +1,119 @@
+"""The library's entry points: :func:`check_settings`, which checks an evaluation's settings before
+anything loads, and :func:`evaluate`, which checks them, loads the model, starts the session (device,
+``torchrun`` ranks, tracker) and the event sinks, and hands the loaded model to
+:func:`harden.evaluation.run.evaluate_loaded`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harden import tracking
+from harden.data import ImageDataset
+from harden.errors import UsageError
+from harden.evaluation.eps import parse_eps, parse_eps_list
+from harden.evaluation.plan import AttackPlan, plan_attack
+from harden.evaluation.progress import progress_store
+from harden.evaluation.run import Clock, evaluate_loaded, report_path
+from harden.runtime import events as ev
+from harden.runtime.modes import eval_mode
+from harden.runtime.session import session
+from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
+
+
+def check_settings(cfg: EvaluateConfig) -> tuple[AttackPlan, list[tuple[float, str]] | None]:
+    """Check an evaluation's attack, eps and files before anything loads: its plan and eps sweep (or None)."""
+    step = cfg.step_size
+    if isinstance(step, str):  # command line text
+        step = parse_eps(step, norm="L2")[0] if step.strip() else None
+    plan = plan_attack(cfg.attack, eps=cfg.eps, norm=cfg.norm, fast=cfg.fast, seed=cfg.seed, steps=cfg.steps,
+                       step_size=step)
+    sweep = parse_eps_list(cfg.eps_sweep, norm=cfg.norm) if cfg.eps_sweep is not None else None
+    if cfg.resume and sweep is not None:
+        raise UsageError("--resume does not apply to --eps-sweep; run the sweep again")
+    if cfg.report is not None and Path(cfg.report).is_dir():
+        raise UsageError(f"--report '{cfg.report}' is a directory; give a file name such as report.json")
+    if cfg.into is not None:
+        from harden.serialization import read_provenance
+
+        read_provenance(cfg.into)  # fails early (one line) when it is not a harden model file
+    return plan, sweep
+
+
+def _resolve_model(model: nn.Module | str, trust_code: bool) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    import harden
+
+    if str(model).endswith((".safetensors", ".pt", ".pth")) or Path(model).is_file():
+        if str(model).endswith((".pt", ".pth")):
+            raise UsageError(f"'{model}' is a torch checkpoint; build the model with harden.load_model(spec, "
+                             "weights=...) and pass it")
+        return harden.load(model, trust_code=trust_code)
+    return harden.load_model(model)
+
+
+def _events(cfg: EvaluateConfig, main: bool, *, progress: bool, on_batch: Callable[[dict[str, Any]], None] | None,
+            tracked: Any) -> ev.Events:
+    """Where the run's progress, batches and report go: the terminal, the caller, the report file, the tracker."""
+    path = report_path(cfg)
+    return ev.Events(ev.Terminal() if progress and main else None, ev.Callbacks(on_batch=on_batch),
+                     ev.ReportFile(path) if path is not None and main else None, tracking.TrackerSink(tracked))
+
+
+def _finish(result: dict[str, Any], cfg: EvaluateConfig, main: bool, events: ev.Events) -> None:
+    """Hand the report to the sinks; drop the progress file and store the report in ``--into`` (rank 0)."""
+    path = report_path(cfg)
+    events.emit(ev.Record("report", result))
+    if main and path is not None:
+        progress_store(path).remove()
+    if main and cfg.into is not None:
+        from harden.serialization import add_report
+
+        add_report(cfg.into, {k: v for k, v in result.items() if k != "examples"})
+    events.emit(ev.ArtifactWritten(path))
+
+
+def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tensor, torch.Tensor] = "sample", *,
+             attack: str = "autoattack", eps: str | float = 8 / 255, norm: str = "Linf", fast: bool = False,
+             n: int | None = 1000, seed: int = 0, batch_size: int | str | None = "auto", device: str = "auto",
+             split: str = "test", random_subset: bool = False, download: bool = False, steps: int | None = None,
+             step_size: float | None = None, report: str | os.PathLike[str] | None = None, resume: bool = False,
+             into: str | os.PathLike[str] | None = None, eps_sweep: str | Sequence[str | float] | None = None,
+             progress: bool = False, check_examples: int | None = None, trust_code: bool = False,
+             on_batch: Callable[[dict[str, Any]], None] | None = None,
+             skip_bad_images: bool = False, tracker: Any = None) -> dict[str, Any]:
+    """Evaluate the robustness of ``model`` (images in [0, 1] -> logits) and return the report.
+
+    ``data`` is a data spec, an :class:`~harden.data.ImageDataset` or ``(x, y)`` tensors; the first
+    ``n`` examples (or a seeded random subset) are used. ``attack`` is ``autoattack`` (``fast`` for
+    APGD-CE + APGD-T), ``apgd-ce``, ``pgd``, ``fgsm`` or ``cw``. ``report`` writes the JSON report
+    (and keeps per-batch progress beside it, as ``REPORT.progress``, for ``resume``); ``into`` adds
+    the report to a harden model file. Under ``torchrun`` the batches are shared among the ranks.
+    ``check_examples`` is the size of the subset harden's gradient and strength checks use (default
+    n/20, between 8 and 32; 0 turns them off). ``skip_bad_images`` leaves out images that cannot be
+    decoded (the report's ``selection`` counts and names them) instead of stopping at the first one.
+    ``tracker`` (``"mlflow"``, ``"mlflow:URI"`` or a :class:`harden.tracking.Tracker`) records what was
+    measured, the figures (accuracy after each attack, 95% intervals) and the report file.
+    """
+    clock = Clock.start()
+    cfg = make_evaluate_config(attack=attack, eps=eps, norm=norm, fast=fast, n=n, seed=seed, batch_size=batch_size,
+                               device=device, split=split, random_subset=random_subset, download=download,
+                               steps=steps, step_size=step_size, report=report, resume=resume, into=into,
+                               eps_sweep=eps_sweep, skip_bad_images=skip_bad_images)
+    plan, sweep = check_settings(cfg)
+    path = report_path(cfg)
+    with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(device) as dist:
+        model = _resolve_model(model, trust_code).to(dist.device)
+        events = _events(cfg, dist.is_main, progress=progress, on_batch=on_batch, tracked=tracked)
+        with eval_mode(model):
+            result = evaluate_loaded(model, data, cfg, plan=plan, sweep=sweep, device=dist.device, events=events,
+                                     check_examples=check_examples, clock=clock)
+        _finish(result, cfg, dist.is_main, events)
+        dist.barrier()
+    return result

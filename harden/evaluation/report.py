@@ -1,0 +1,132 @@
+"""The evaluation report (``harden.evaluate/1``): what was measured, how, on which examples, with
+what the checks found, in the JSON form ``--report`` writes and ``--into`` stores in a model file."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from harden import checks as chk
+from harden.evaluation.examples import Examples
+from harden.evaluation.plan import AttackPlan
+from harden.evaluation.progress import ROBUST, _Progress, count_correct, outcomes, robust_at_start
+from harden.model import HardenedModel
+from harden.runtime import distributed as hd
+from harden.runtime.stamp import REPORT_LIBRARIES, device_text, versions
+from harden.stats import wilson_interval
+
+REPORT_FORMAT = "harden.evaluate/1"
+
+
+@dataclass
+class Measured:
+    """What a run measured and noticed, for its report."""
+
+    examples: Examples
+    selection: dict[str, Any]
+    prog: _Progress
+    log: chk.WarningLog
+    run_seconds: float
+    total_seconds: float
+    strength: dict[str, Any] | None = None
+    sweep_rows: list[dict[str, Any]] | None = None
+
+
+def ci95(k: int, n: int) -> list[float]:
+    """The 95% Wilson interval of ``k`` out of ``n``, in percent, to 3 decimals."""
+    return [round(v, 3) for v in wilson_interval(k, n)]
+
+
+def model_info(model: nn.Module) -> dict[str, Any]:
+    """The model as a report names it: its spec (and for a harden model its classes, input and transforms)."""
+    if isinstance(model, HardenedModel):
+        m = model.provenance.model
+        return {"spec": m.spec, "num_classes": m.num_classes, "input_size": list(m.input_size),
+                "transforms": [t.name for t in model.provenance.transforms]}
+    return {"spec": type(model).__name__}
+
+
+def _published(model: nn.Module) -> dict[str, Any] | None:
+    try:
+        from harden.zoo.robustbench import published
+    except ImportError:
+        return None
+    return published(model.provenance if isinstance(model, HardenedModel) else None)
+
+
+def _per_attack(plan: AttackPlan, prog: _Progress, n: int) -> list[dict[str, Any]]:
+    """Accuracy after the clean pass and after each attack, with the time each took."""
+    status = prog.status
+    clean = count_correct(status, 0)
+    seconds = prog.stage_seconds or [0.0] * (1 + len(plan.stages))
+    rows = [{"attack": "clean", "acc": 100 * clean / n, "correct": clean, "seconds": round(seconds[0], 3)}]
+    for k, name in enumerate(plan.stages, start=1):
+        c = count_correct(status, k)
+        rows.append({"attack": name, "acc": 100 * c / n, "correct": c, "seconds": round(seconds[k], 3),
+                     "attacked": int(robust_at_start(status, k).sum())})
+    return rows
+
+
+def _robustbench(plan: AttackPlan, selection: dict[str, Any], clean: int, robust: int, n: int) -> dict[str, Any]:
+    """The figures in RobustBench's form (its AutoAttack accuracy only for a standard AutoAttack run)."""
+    dataset = str(selection.get("data", ""))
+    return {
+        "clean_acc": f"{100 * clean / n:.2f}",
+        "autoattack_acc": f"{100 * robust / n:.2f}" if plan.is_full_autoattack else None,
+        "eps": plan.eps_text,
+        "threat_model": plan.norm,
+        "dataset": dataset.split(":")[0] if dataset.startswith(("cifar10", "cifar100")) else dataset,
+        "n_examples": n,
+    }
+
+
+def _accuracy(plan: AttackPlan, m: Measured, clean: int, robust: int) -> dict[str, Any]:
+    n = m.examples.n
+    return {
+        "clean_acc": 100 * clean / n,
+        "robust_acc": 100 * robust / n,
+        "clean_correct": clean,
+        "robust_correct": robust,
+        "clean_ci95": ci95(clean, n) if n else None,
+        "robust_ci95": ci95(robust, n) if n else None,
+        "per_attack": _per_attack(plan, m.prog, n),
+        "selection": m.selection,
+        "examples": {"indices": m.examples.indices, "labels": m.examples.y.tolist(),
+                     "outcome": outcomes(m.prog.status, plan.stages)},
+    }
+
+
+def build_report(model: nn.Module, plan: AttackPlan, m: Measured, *, device: torch.device,
+                 started: _dt.datetime) -> dict[str, Any]:
+    """The report of a finished run."""
+    status = m.prog.status
+    clean, robust = count_correct(status, 0), int((status == ROBUST).sum())
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT, "kind": "robustness", "model": model_info(model), **plan.describe(),
+        "norm": plan.norm, "threat_model": plan.norm, "eps": plan.eps, "eps_text": plan.eps_text,
+        "n": m.examples.n, "seed": plan.seed, "batch_size": m.prog.batch_size,
+        **_accuracy(plan, m, clean, robust),
+        "seconds": round(m.total_seconds, 3),
+        "attack_seconds": round(m.run_seconds, 3),
+        "device": device_text(device),
+        "world_size": hd.world_size(),
+        "resumed": m.prog.resumed,
+        "created": started.isoformat(timespec="seconds"),
+        "versions": versions(REPORT_LIBRARIES, python=True),
+        "warnings": m.log.as_dicts(),
+    }
+    if plan.is_full_autoattack:
+        report["autoattack_acc"] = report["robust_acc"]
+    pub = _published(model)
+    if pub is not None:  # the leaderboard's figures for this model, beside the measured ones
+        report["published"] = pub
+    if m.strength is not None:
+        report["strength_check"] = m.strength
+    if m.sweep_rows is not None:
+        report["eps_sweep"] = m.sweep_rows
+    report["robustbench"] = _robustbench(plan, m.selection, clean, robust, m.examples.n)
+    return report

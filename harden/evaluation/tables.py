@@ -1,0 +1,53 @@
+"""The text ``harden evaluate`` prints: the per-attack summary and the eps-sweep table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def _ci_text(ci: Sequence[float] | None) -> str:
+    return f"   (95% interval {ci[0]:.1f} to {ci[1]:.1f})" if ci else ""
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    """What was evaluated, on which data, against which threat and attack."""
+    n = report["n"]
+    sel = report.get("selection", {})
+    how = sel.get("selection", "first")
+    return [
+        f"model    {report['model'].get('spec')}",
+        f"data     {sel.get('data')} ({sel.get('split') or 'tensors'}, {how} {n})"
+        + (f"; skipped {sel['skipped_images']} damaged images" if sel.get("skipped_images") else ""),
+        f"threat   {report['norm']} eps={report['eps_text']} ({report['eps']:.5g})",
+        f"attack   {report['attack']}" + (f" {report['version']}" if report.get("version") else "")
+        + f"  (seed {report['seed']}, batch {report['batch_size']}, {report['device']}"
+        + (f", {report['world_size']} processes" if report.get("world_size", 1) > 1 else "") + ")",
+    ]
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The per-attack table printed at the end of ``harden evaluate``."""
+    n = report["n"]
+    lines = [*_header(report), "", f"{'after':<12} {'accuracy':>9} {'correct':>11} {'seconds':>9}"]
+    for row in report["per_attack"]:
+        lines.append(f"{row['attack']:<12} {row['acc']:>8.2f}% {row['correct']:>5}/{n:<5} {row['seconds']:>9.1f}")
+    lines.append("")
+    lines.append(f"clean accuracy:  {report['clean_acc']:.2f}%{_ci_text(report.get('clean_ci95'))}")
+    lines.append(f"robust accuracy: {report['robust_acc']:.2f}%{_ci_text(report.get('robust_ci95'))}   "
+                 f"({report['seconds']:.1f} s)")
+    if report.get("published"):
+        from harden.zoo.robustbench import published_line
+
+        lines.append(published_line(report["published"], report["norm"], report["eps_text"]))
+    return "\n".join(lines)
+
+
+def sweep_table(report: dict[str, Any]) -> str:
+    """Robust accuracy against eps as a small table."""
+    rows = report.get("eps_sweep") or []
+    lines = [f"{'eps':<10} {'robust accuracy':>16}   95% interval"]
+    lines += [f"{r['eps_text']:<10} {r['robust_acc']:>15.2f}%   "
+              + (f"{r['robust_ci95'][0]:.1f} to {r['robust_ci95'][1]:.1f}" if r.get("robust_ci95") else "")
+              for r in rows]
+    return "\n".join(lines)

@@ -24,6 +24,8 @@ from harden.runtime import events as ev
 from harden.runtime.modes import eval_mode
 from harden.runtime.session import session
 from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
+from harden.serialization import load
+from harden.sources import load_model
 
 
 def check_settings(cfg: EvaluateConfig) -> tuple[AttackPlan, list[tuple[float, str]] | None]:
@@ -48,14 +50,12 @@ def check_settings(cfg: EvaluateConfig) -> tuple[AttackPlan, list[tuple[float, s
 def _resolve_model(model: nn.Module | str, trust_code: bool) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
-    import harden
-
     if str(model).endswith((".safetensors", ".pt", ".pth")) or Path(model).is_file():
         if str(model).endswith((".pt", ".pth")):
             raise UsageError(f"'{model}' is a torch checkpoint; build the model with harden.load_model(spec, "
                              "weights=...) and pass it")
-        return harden.load(model, trust_code=trust_code)
-    return harden.load_model(model)
+        return load(model, trust_code=trust_code)
+    return load_model(model)
 
 
 def _events(cfg: EvaluateConfig, main: bool, *, progress: bool, on_batch: Callable[[dict[str, Any]], None] | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,21 @@ def test_atomic_writer_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert target.read_text() == "old" and list(tmp_path.iterdir()) == [target]
     with pytest.raises(UsageError, match="exists; pass --force"), atomic_path(target, overwrite=False):
         pass
+
+
+def test_atomic_writes_get_an_ordinary_files_mode(tmp_path: Path) -> None:
+    """Not mkstemp's private 0600: what the umask allows for a new file, the old mode for a replaced one."""
+    old = os.umask(0o027)
+    try:
+        fresh = write_text(tmp_path / "new.json", "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o640
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o604)
+        write_text(kept, "new")
+        assert kept.stat().st_mode & 0o777 == 0o604 and kept.read_text() == "new"
+    finally:
+        os.umask(old)
 
 
 def test_save_figure_writes_a_png_atomically(tmp_path: Path) -> None:

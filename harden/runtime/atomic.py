@@ -32,6 +32,7 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
                          "choose a path in a folder you can write to") from None
     os.close(fd)
     try:
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes the file private (0600); give it an ordinary file's mode
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -39,6 +40,16 @@ def atomic_path(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iter
             os.unlink(tmp)
         raise
     _remove_stale_temporaries(path)
+
+
+def _mode_for(path: Path) -> int:
+    """The mode the written file gets: that of the file it replaces, else what the umask allows (as open() does)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -124,6 +124,20 @@ def test_the_cpu_protocol_is_fixed_and_measures_what_the_issue_asks() -> None:
                                                  "awp": 0.005, "awp_warmup": 0}  # only AWP differs from TRADES
 
 
+def test_the_searched_row_belongs_to_its_protocol_and_model_and_fits_the_search_budget() -> None:
+    import harden
+    from harden.summary import model_facts
+
+    reproduce = _import("reproduce")
+    cpu = reproduce.rows_of("cpu", "cifar:wrn-16-1")
+    assert cpu[:len(reproduce.ROWS)] == reproduce.ROWS and len(cpu) == len(reproduce.ROWS) + 1
+    assert reproduce.rows_of("gpu", "cifar:resnet18") == reproduce.rows_of("quick", "cifar:wrn-16-1") == reproduce.ROWS
+    assert reproduce.rows_of("cpu", "cifar:wrn-16-4") == reproduce.ROWS  # another --model: its transforms may not fit
+    base = harden.load_model("cifar:wrn-16-1", num_classes=10, input_size=32)
+    found = model_facts(harden.apply(base, cpu[-1].transforms))
+    assert found.macs <= 4 * model_facts(base).macs and found.feature_map_text() == "16x16"
+
+
 def test_rows_added_at_the_end_still_merge_with_an_older_table() -> None:
     reproduce = _import("reproduce")
     identity = {"protocol": "cpu", "settings": {"a": 1}, "row_definitions": [r.definition() for r in reproduce.ROWS]}

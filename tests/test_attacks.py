@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -76,3 +78,35 @@ def test_list_attacks_and_harden_list():
     assert all(isinstance(v, str) and v for v in attacks.values())
     out = CliRunner().invoke(main, ["list"]).output
     assert "attacks:" in out and "autoattack" in out and "apgd-ce" in out
+
+
+def _sign_noise(model, x, y, *, eps, norm, steps, step_size, generator):
+    """A plugin's attack: a random corner of the Linf ball (no gradient)."""
+    signs = torch.randint(0, 2, x.shape, generator=generator).to(x) * 2 - 1
+    return (x + eps * signs).clamp(0, 1)
+
+
+def test_a_registered_attack_runs_through_evaluate_the_cli_and_harden_list(monkeypatch, tmp_path):
+    from harden.attacks import Attack, attack_label, registry
+    from harden.evaluation import evaluate
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "ATTACKS", dict(registry.ATTACKS))
+    registry.register_attack(Attack("sign-noise", "a random corner of the eps ball (test plugin)", run=_sign_noise))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_attack(Attack("sign-noise", "again", run=_sign_noise))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10)).eval()
+    report = evaluate(model, "sample", attack="sign-noise", n=16, batch_size=8, device="cpu")
+    assert report["attack"] == "sign-noise" and attack_label(report) == "SIGN-NOISE"
+    assert 0 <= report["robust_acc"] <= report["clean_acc"]
+    listed = CliRunner().invoke(main, ["list"]).output
+    assert "sign-noise" in listed
+    refused = CliRunner().invoke(main, ["evaluate", "x.safetensors", "--data", "sample", "--attack", "sign-nose"])
+    assert refused.exit_code == 2 and "sign-noise" in refused.output  # the close match names the plugin's attack
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((Path(__file__).parents[1] / "recipes" / "quickstart.yaml").read_text()
+                      .replace("attacks: [pgd]", "attacks: [pgd, sign-noise]"))
+    checked = CliRunner().invoke(main, ["run", str(recipe), "--check"])
+    assert checked.exit_code == 0, checked.output  # a recipe may name it too

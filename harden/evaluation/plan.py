@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.attacks import (
-    ATTACKS,
     AUTOATTACK_STAGES,
     DEFAULT_STEPS,
     FAST_STAGES,
@@ -16,6 +15,7 @@ from harden.attacks import (
     STANDARD_STAGES,
     Attack,
     get_attack,
+    list_attacks,
     registered_attacks,
 )
 from harden.errors import UsageError, close_matches
@@ -83,7 +83,8 @@ def plan_attack(attack: str = "autoattack", *, eps: str | float = 8 / 255, norm:
     attack = attack.strip().lower()
     spec = get_attack(attack)
     if spec is None:
-        raise UsageError(f"unknown attack '{attack}'{close_matches(attack, ATTACKS)} (known: {', '.join(ATTACKS)})")
+        known = list_attacks()
+        raise UsageError(f"unknown attack '{attack}'{close_matches(attack, known)} (known: {', '.join(known)})")
     if norm not in NORMS:
         raise UsageError(f"unknown norm '{norm}'{close_matches(norm, NORMS)} (use Linf or L2)")
     value, text = parse_eps(eps, norm=norm)

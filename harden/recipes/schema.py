@@ -8,13 +8,14 @@ key or a wrong type is a one-line error naming the key and its line.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from harden.attacks import ATTACKS
+from harden.attacks import list_attacks
 from harden.errors import UsageError, close_matches
 from harden.schemas.evaluate import EvaluateConfig
 from harden.schemas.fields import parse_number, yaml_keys
@@ -27,9 +28,18 @@ class Key:
 
     kind: str
     required: bool = False
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] = ()  # a callable is asked at check time
     children: dict[str, Key] | None = None
     help: str = ""
+
+    def allowed(self) -> tuple[str, ...]:
+        """The values this key accepts now (empty: any)."""
+        return self.choices() if callable(self.choices) else self.choices
+
+
+def _attack_names() -> tuple[str, ...]:
+    """The registered attacks, plugins' included, when a recipe is checked."""
+    return tuple(list_attacks())
 
 
 def _schema_keys(schema: type) -> dict[str, Key]:
@@ -63,7 +73,7 @@ SCHEMA: dict[str, Key] = {
     "baseline": Key("bool", help="also fine-tune and evaluate the model without transforms (default true)"),
     "finetune": Key("map", children=_schema_keys(FinetuneConfig)),
     "evaluate": Key("map", children={
-        "attacks": Key("list[str]", choices=tuple(ATTACKS), help="attacks to run, each a column of the table"),
+        "attacks": Key("list[str]", choices=_attack_names, help="attacks to run, each a column of the table"),
         **_schema_keys(EvaluateConfig),
         "start": Key("bool", help="also evaluate the starting model (default true)"),
     }),  # random_subset defaults to true in a recipe
@@ -194,9 +204,10 @@ class _Checker:
                 value = float(value) if ok else value
         if not ok:
             raise self.fail(node, f"{dotted} must be {_KIND_TEXT[kind]}, got {_describe(value)}")
-        if key.choices and value not in key.choices:
-            raise self.fail(node, f"{dotted} must be one of {', '.join(key.choices)}, got '{value}'"
-                                  f"{close_matches(str(value), key.choices)}")
+        allowed = key.allowed()
+        if allowed and value not in allowed:
+            raise self.fail(node, f"{dotted} must be one of {', '.join(allowed)}, got '{value}'"
+                                  f"{close_matches(str(value), allowed)}")
         return value
 
     def mapping(self, node: yaml.MappingNode, key: Key, dotted: str) -> dict[str, Any]:

@@ -59,6 +59,32 @@ def merge_results(saved: dict[str, Any] | None, identity: dict[str, Any], piece:
             "pieces": pieces, "rows": [rows[i] for i in sorted(rows)]}
 
 
+def pieces_of(table: dict[str, Any]) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each piece of a table with its results in the form :func:`merge_results` takes (comparisons dropped)."""
+    out = []
+    for i, piece in enumerate(table["pieces"]):
+        fresh = [{**{k: v for k, v in row.items() if k != "seeds"},
+                  "seed_result": {k: v for k, v in e.items() if k not in ("piece", "vs_baseline", "vs_reference")}}
+                 for row in table["rows"] for e in row["seeds"] if e["piece"] == i]
+        out.append((piece, fresh))
+    return out
+
+
+def join_tables(table: dict[str, Any] | None, other: dict[str, Any], identity: dict[str, Any],
+                reference: dict[int, int]) -> tuple[dict[str, Any], int]:
+    """``table`` plus the pieces of ``other`` (measured elsewhere) that it lacks; the joined table and how many
+    pieces were added. A piece is the same piece when its command and date are."""
+    known = {(p["command"], p["date"]) for p in (table or {}).get("pieces", [])}
+    added = 0
+    for piece, fresh in pieces_of(other):
+        if (piece["command"], piece["date"]) not in known and fresh:
+            table = merge_results(table, identity, piece, fresh, reference)
+            added += 1
+    if table is None:
+        raise ValueError("nothing to join: the other table has no measured pieces")
+    return table, added
+
+
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "-"

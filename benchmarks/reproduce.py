@@ -41,7 +41,7 @@ from harden.summary import model_facts
 from harden.training import checkpoint_path_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence_table import merge_results, write_table  # noqa: E402
+from evidence_table import join_tables, merge_results, write_table  # noqa: E402
 
 
 class Row(NamedTuple):
@@ -282,12 +282,47 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (default: all the protocol's rows)")
     ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the protocol's)")
     ap.add_argument("--merge", action="store_true", help="keep the results of earlier pieces with the same settings")
+    ap.add_argument("--join", nargs="+", metavar="TABLE.json", default=None,
+                    help="measure nothing: add the pieces of tables measured elsewhere (other clones or machines, "
+                         "the same settings) to the table at --out")
     ap.add_argument("--data", default=None, help="data spec (default: the shared CIFAR-10 JPEG copy)")
     ap.add_argument("--shared", default="../shared/data/cifar10-jpeg")
     ap.add_argument("--cache", default="data/cifar10-jpeg")
     ap.add_argument("--work", default="runs/reproduce", help="folder for the trained models")
     ap.add_argument("--out", default=None, help="markdown table (default: benchmarks/results/evidence-PROTOCOL.md)")
     return ap
+
+
+def _read(out: Path) -> dict[str, Any] | None:
+    path = out.with_suffix(".json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _saved_table(out: Path, identity: dict[str, Any], option: str) -> dict[str, Any] | None:
+    """The table already at ``out``, if any; exit 1 with one line if it was measured otherwise."""
+    saved = _read(out)
+    differ = mismatched(saved, identity) if saved is not None else []
+    if differ:
+        print(f"error: --{option}: '{out.with_suffix('.json')}' was measured with other {', '.join(differ)}; "
+              "use the same settings or another --out", file=sys.stderr)
+        sys.exit(1)
+    return saved
+
+
+def join(paths: list[str], out: Path, table: dict[str, Any] | None, identity: dict[str, Any]) -> Path:
+    """Add the pieces of the tables at ``paths`` to ``table`` (the one at ``out``) and rewrite it."""
+    for path in paths:
+        other = json.loads(Path(path).read_text())
+        differ = mismatched(other, identity)
+        if differ:
+            print(f"error: --join: '{path}' was measured with other {', '.join(differ)}", file=sys.stderr)
+            sys.exit(1)
+        table, added = join_tables(table, other, identity, REFERENCE)
+        print(f"{path}: {added} piece(s) added")
+    assert table is not None
+    write_table(out, table, PITCH_REASON)
+    print(f"wrote {out}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -297,17 +332,15 @@ def main(argv: list[str] | None = None) -> Path:
     rows = parse_list(args.rows, list(range(len(table_rows))), "rows", range(len(table_rows)))
     seeds = parse_list(args.seeds, s["seeds"], "seeds")
     out = Path(args.out or f"benchmarks/results/evidence-{name}.md")
-    data = args.data or cifar_folder(Path(args.shared), Path(args.cache))
+    if args.data or args.join:  # joining measures nothing: the data need not be unpacked, its spec must match
+        data = args.data or f"imagefolder:{args.cache}"
+    else:
+        data = cifar_folder(Path(args.shared), Path(args.cache))
     identity = {"protocol": name, "model": s["model"], "data": data, "settings": s, "device": device_name(),
                 "row_definitions": [r.definition() for r in table_rows]}
-    saved = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").exists() \
-        else None
-    if saved is not None:
-        differ = mismatched(saved, identity)
-        if differ:
-            print(f"error: --merge: '{out.with_suffix('.json')}' was measured with other {', '.join(differ)}; "
-                  "use the same settings or another --out", file=sys.stderr)
-            sys.exit(1)
+    saved = _saved_table(out, identity, "join" if args.join else "merge") if args.merge or args.join else None
+    if args.join:
+        return join(args.join, out, saved, identity)
     work = Path(args.work) / name
     work.mkdir(parents=True, exist_ok=True)
     piece = {"command": command_line(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(

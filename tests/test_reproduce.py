@@ -149,6 +149,48 @@ def test_rows_added_at_the_end_still_merge_with_an_older_table() -> None:
     assert reproduce.mismatched({**identity, "settings": {"a": 2}}, identity) == ["settings"]
 
 
+def _piece(reproduce, when: str, results: list[tuple[int, int, list[str]]]) -> tuple[dict, list[dict]]:
+    """A piece measured at ``when`` with (row, seed, outcomes) results, as reproduce.py records them."""
+    piece = {"command": f"python benchmarks/reproduce.py --quick --rows {results[0][0]}", "date": when,
+            "device": reproduce.device_name(), "rows": [r[0] for r in results], "seeds": [r[1] for r in results]}
+    fresh = [{"index": i, "row": reproduce.ROWS[i].label, "transforms": reproduce.ROWS[i].transforms,
+              "start": reproduce.ROWS[i].start, "params": 1000, "macs": 10**6, "feature_map": "8x8", "seed_result": {
+                  "seed": seed, "attack": "pgd", "attacks": ["pgd"], "eps": "8/255", "n": len(outcome),
+                  "outcome": outcome, "clean_acc": 100.0, "robust_acc": 100 * outcome.count("robust") / len(outcome),
+                  "warnings": [], "seconds": 1.0, "pretrain_seconds": 0.0, "train_seconds": 60.0}}
+             for i, seed, outcome in results]
+    return piece, fresh
+
+
+def test_tables_measured_in_two_clones_join_and_pair_across_them(tmp_path: Path) -> None:
+    reproduce = _import("reproduce")
+    table = _import("evidence_table")
+    identity = {"protocol": "quick", "model": "cifar:wrn-16-1", "data": "sample",
+                "settings": {**reproduce.PROTOCOLS["quick"], "steps_eval": 10}, "device": reproduce.device_name(),
+                "row_definitions": [r.definition() for r in reproduce.ROWS]}
+    base_piece = _piece(reproduce, "d0", [(0, 0, ["robust"] * 30 + ["pgd"] * 10)])
+    here = table.merge_results(None, identity, *base_piece, reproduce.REFERENCE)
+    there = table.merge_results(here, identity, *_piece(reproduce, "d1", [(3, 0, ["robust"] * 10 + ["pgd"] * 30)]),
+                                reproduce.REFERENCE)
+    joined, added = table.join_tables(here, there, identity, reproduce.REFERENCE)
+    assert added == 1 and [p["date"] for p in joined["pieces"]] == ["d0", "d1"]
+    row3 = next(r for r in joined["rows"] if r["index"] == 3)["seeds"][0]
+    assert row3["piece"] == 1 and row3["vs_baseline"]["difference"] == -50.0 and row3["vs_baseline"]["p_value"] < 1e-5
+    assert table.join_tables(joined, there, identity, reproduce.REFERENCE)[1] == 0  # nothing twice
+
+    out = tmp_path / "t.md"
+    (tmp_path / "there.json").write_text(json.dumps(there))
+    res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
+                          "--join", str(tmp_path / "there.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "2 piece(s) added" in res.stdout and len(json.loads(out.with_suffix(".json").read_text())["rows"]) == 2
+    (tmp_path / "other.json").write_text(json.dumps({**there, "device": "another machine"}))
+    res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
+                          "--join", str(tmp_path / "other.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"error: --join: '{tmp_path / 'other.json'}' was measured with other device"]
+
+
 def test_training_cost_counts_the_passes_of_each_method() -> None:
     reproduce = _import("reproduce")
     s = {"method": "fgsm-rs", "steps": 1}

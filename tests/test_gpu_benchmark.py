@@ -12,6 +12,15 @@ import pytest
 BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
 
 
+def _reproduce_rows() -> list:
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from reproduce import ROWS
+    finally:
+        sys.path.remove(BENCHMARKS)
+    return ROWS
+
+
 def test_the_rows_epochs_fit_the_minutes_left() -> None:
     sys.path.insert(0, BENCHMARKS)
     try:
@@ -41,8 +50,10 @@ def test_gpu_script_dry_run_exercises_every_step_on_the_cpu(tmp_path: Path) -> N
     assert set(steps["throughput"]["images_per_second"]) == {"reference", "reference-gpu-data", "harden",
                                                              "harden-compile"}
     assert steps["autoattack"]["fast"]["n"] == 4 and steps["autoattack"]["standard"]["n"] == 4
-    assert sorted(steps["rows"]["rows_run"]) == list(range(7)) and steps["rows"]["rows_skipped_for_time"] == []
+    every_row = list(range(len(_reproduce_rows())))  # the GPU protocol's rows, the fine-tuning methods' included
+    assert sorted(steps["rows"]["rows_run"]) == every_row and steps["rows"]["rows_skipped_for_time"] == []
     table = json.loads(next(out.glob("evidence-gpu-fit-*.json")).read_text())
-    assert [r["index"] for r in table["rows"]] == list(range(7))
+    assert [r["index"] for r in table["rows"]] == every_row
     assert all(r["seeds"][0]["check"]["attack"] == "autoattack-fast" for r in table["rows"])
     assert table["rows"][6]["seeds"][0]["vs_reference"]["row"] == 5
+    assert [table["rows"][i]["seeds"][0]["vs_reference"]["row"] for i in (8, 9)] == [7, 7]  # AWP, MART vs TRADES

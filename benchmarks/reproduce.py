@@ -312,7 +312,12 @@ def _saved_table(out: Path, identity: dict[str, Any], option: str) -> dict[str, 
 def join(paths: list[str], out: Path, table: dict[str, Any] | None, identity: dict[str, Any]) -> Path:
     """Add the pieces of the tables at ``paths`` to ``table`` (the one at ``out``) and rewrite it."""
     for path in paths:
-        other = json.loads(Path(path).read_text())
+        try:
+            other = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: --join: cannot read '{path}' as a table ({type(exc).__name__}); give the .json of "
+                  "an evidence table", file=sys.stderr)
+            sys.exit(2)
         differ = mismatched(other, identity)
         if differ:
             print(f"error: --join: '{path}' was measured with other {', '.join(differ)}", file=sys.stderr)

@@ -189,6 +189,9 @@ def test_tables_measured_in_two_clones_join_and_pair_across_them(tmp_path: Path)
                           "--join", str(tmp_path / "other.json")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         f"error: --join: '{tmp_path / 'other.json'}' was measured with other device"]
+    res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
+                          "--join", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "cannot read" in res.stderr
 
 
 def test_training_cost_counts_the_passes_of_each_method() -> None:

@@ -8,6 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from evidence_plot import plot_table
+
 from harden.runtime.atomic import atomic_path
 from harden.stats import paired_difference
 from harden.summary import human
@@ -209,16 +211,23 @@ FOOTNOTE = ("p: two-sided exact McNemar test on the test images that only one of
             f"A row differs from the baseline only where p < {ALPHA} in every seed with the same sign.")
 
 
+PICTURE = "robust and clean accuracy of each row minus the baseline's, per training seed"
+
+
 def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
-    """Write ``out`` (markdown) and ``out.json`` atomically; return the markdown."""
+    """Write ``out`` (markdown), ``out.png`` (the picture) and ``out.json`` atomically; return the markdown."""
     warned = sorted({(r["index"], w) for r in table["rows"] for e in r["seeds"] for w in e.get("warnings", [])})
-    lines = _header(table, reason) + _rows_table(table) + ["", FOOTNOTE] + _findings(table)
+    s = table["settings"]
+    picture = out.with_suffix(".png")
+    lines = _header(table, reason) + _rows_table(table) + ["", FOOTNOTE, "", f"![{PICTURE}]({picture.name})"]
+    lines += _findings(table)
     if warned:
         lines += ["", "Warnings of the evaluations (harden's checks and AutoAttack's own): "
                   + "; ".join(f"row {i}: {w}" for i, w in warned)]
     lines += _pieces(table)
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
+    plot_table(table, picture, f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}")
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     with atomic_path(out.with_suffix(".json")) as tmp:

@@ -98,6 +98,22 @@ def test_merging_replaces_a_rerun_seed_and_pairs_seeds_with_the_same_baseline_se
     assert entry[0]["vs_baseline"]["p_value"] < 1e-5 and [p["command"] for p in second["pieces"]] == ["a", "b"]
 
 
+def test_the_picture_pairs_each_seed_with_the_baseline_of_the_same_seed(tmp_path: Path) -> None:
+    table, plot = _import("evidence_table"), _import("evidence_plot")
+    n = 60
+    base, better = [i < 20 for i in range(n)], [i < 40 for i in range(n)]
+    merged = table.merge_results(None, {"protocol": "t", "model": "m"}, {"command": "a"},
+                                 [_fresh(0, 0, base), _fresh(0, 1, better), _fresh(1, 0, better), _fresh(1, 1, better),
+                                  _fresh(2, 1, base)], {})
+    rows = {r["index"]: r for r in merged["rows"]}
+    (up, level) = plot._differences(merged, rows[1])
+    assert up[0] == pytest.approx(100 / 3, abs=0.01) and up[1] == 0.0 and up[2] < 1e-5  # seed 0: 20 more images
+    assert level == (0.0, 0.0, 1.0)  # seed 1 against seed 1's baseline, not seed 0's
+    assert plot._differences(merged, rows[2])[0][0] == pytest.approx(-100 / 3, abs=0.01)
+    png = plot.plot_table(merged, tmp_path / "t.png", "PGD-10, Linf 8/255, n=60")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
 def test_verdicts_say_plainly_when_a_row_shows_nothing() -> None:
     table = _import("evidence_table")
     null = [{"vs_baseline": {"difference": d, "p_value": p}} for d, p in ((1.0, 0.4), (-0.5, 0.8), (0.2, 0.9))]
@@ -184,6 +200,7 @@ def test_tables_measured_in_two_clones_join_and_pair_across_them(tmp_path: Path)
                           "--join", str(tmp_path / "there.json")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "2 piece(s) added" in res.stdout and len(json.loads(out.with_suffix(".json").read_text())["rows"]) == 2
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](t.png)" in out.read_text()
     (tmp_path / "other.json").write_text(json.dumps({**there, "device": "another machine"}))
     res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
                           "--join", str(tmp_path / "other.json")], capture_output=True, text=True, timeout=120)

@@ -122,8 +122,18 @@ def test_verdicts_say_plainly_when_a_row_shows_nothing() -> None:
     up = [{"vs_baseline": {"difference": d, "p_value": 0.001}} for d in (3.0, 4.0, 5.0)]
     assert table.verdict(up, "vs_baseline", "the baseline").startswith("robust accuracy higher than the baseline in "
                                                                        "every seed measured (3 of 3")
-    mixed = up[:2] + null[:1]
+    mixed = up[:2] + null[1:2]
     assert table.verdict(mixed, "vs_baseline", "the baseline").startswith("mixed: p < 0.05 in 2 of 3 seeds")
+    same_way = up[:2] + null[:1]  # all three higher, one not significant: a direction, not a difference
+    assert table.verdict(same_way, "vs_baseline", "the baseline").startswith(
+        "higher than the baseline in all 3 seeds (differences +3.0, +4.0, +1.0) but p < 0.05 in only 2 of 3")
+    counts = [{"vs_baseline": {"difference": -1.2, "p_value": 0.3, "only_a": a, "only_b": b, "n": 500}}
+              for a, b in ((14, 8), (13, 7))]  # 27 against 15 discordant images over both seeds
+    pooled = table.pooled(counts, "vs_baseline")
+    assert pooled["seeds"] == 2 and pooled["difference"] == pytest.approx(-1.2)
+    assert pooled["p_value"] == pytest.approx(paired_difference([True] * 27 + [False] * 15,
+                                                                [False] * 27 + [True] * 15)["p_value"])
+    assert table.pooled(counts[:1], "vs_baseline") is None  # one seed: nothing to pool
     assert table.mean_sd([30.0, 32.0, 34.0]) == "32.0 ± 2.0" and table.mean_sd([30.0]) == "30.0 (1 seed)"
 
 

@@ -102,16 +102,18 @@ def verdict(seeds: list[dict[str, Any]], key: str, what: str) -> str:
         return f"not yet paired with {what} (its seeds are not measured)"
     k, mean = len(comps), statistics.mean(c["difference"] for c in comps)
     sig = [c for c in comps if c["p_value"] < ALPHA]
+    directions = {c["difference"] > 0 for c in comps if c["difference"]}
+    same_way = k > 1 and len(directions) == 1 and all(c["difference"] for c in comps)
     if not sig:
+        aside = f", {'higher' if directions.pop() else 'lower'} in all {k}" if same_way else ""
         return (f"no significant difference in robust accuracy from {what} (p >= {ALPHA} in all {k} seed"
-                f"{'s' if k > 1 else ''}; mean difference {mean:+.1f} points)")
+                f"{'s' if k > 1 else ''}{aside}; mean difference {mean:+.1f} points)")
     signs = {c["difference"] > 0 for c in sig}
     if len(sig) == k and len(signs) == 1:
         return (f"robust accuracy {'higher' if signs.pop() else 'lower'} than {what} in every seed measured "
                 f"({k} of {k} with p < {ALPHA}; mean difference {mean:+.1f} points)")
     listed = ", ".join(format(c["difference"], "+.1f") for c in comps)
-    directions = {c["difference"] > 0 for c in comps if c["difference"]}
-    if len(directions) == 1 and all(c["difference"] for c in comps):
+    if same_way:
         return (f"{'higher' if directions.pop() else 'lower'} than {what} in all {k} seeds (differences {listed}) "
                 f"but p < {ALPHA} in only {len(sig)} of {k}: a consistent direction, not a difference by the rule")
     return f"mixed: p < {ALPHA} in {len(sig)} of {k} seeds (differences {listed}); not a consistent difference"

@@ -118,7 +118,10 @@ def test_verdicts_say_plainly_when_a_row_shows_nothing() -> None:
     table = _import("evidence_table")
     null = [{"vs_baseline": {"difference": d, "p_value": p}} for d, p in ((1.0, 0.4), (-0.5, 0.8), (0.2, 0.9))]
     assert table.verdict(null, "vs_baseline", "the baseline").startswith(
-        "no significant difference in robust accuracy from the baseline (p >= 0.05 in all 3 seeds")
+        "no significant difference in robust accuracy from the baseline (p >= 0.05 in all 3 seeds; mean")
+    down = [{"vs_baseline": {"difference": -d, "p_value": 0.3}} for d in (0.7, 1.8, 1.0)]
+    assert "(p >= 0.05 in all 3 seeds, lower in all 3; mean difference -1.2 points)" in table.verdict(
+        down, "vs_baseline", "the baseline")
     up = [{"vs_baseline": {"difference": d, "p_value": 0.001}} for d in (3.0, 4.0, 5.0)]
     assert table.verdict(up, "vs_baseline", "the baseline").startswith("robust accuracy higher than the baseline in "
                                                                        "every seed measured (3 of 3")

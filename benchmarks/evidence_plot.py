@@ -9,10 +9,8 @@ from typing import Any
 
 from harden.runtime.atomic import save_figure
 
-ALPHA = 0.05
 
-
-def _differences(table: dict[str, Any], row: dict[str, Any]) -> list[tuple[float, float, float | None]]:
+def _differences(table: dict[str, Any], row: dict[str, Any]) -> list[tuple[float, float, float]]:
     """(robust difference, clean difference, McNemar p) per seed of ``row`` that has a baseline of its seed."""
     base = {e["seed"]: e for r in table["rows"] if r["index"] == 0 for e in r["seeds"]}
     out = []
@@ -24,7 +22,7 @@ def _differences(table: dict[str, Any], row: dict[str, Any]) -> list[tuple[float
 
 
 def _panel(ax: Any, rows: list[tuple[str, list[float], list[bool]]], xlabel: str) -> None:
-    """Dots per seed (filled where p < ALPHA), a bar at the mean, a line at zero."""
+    """Dots per seed (filled where marked significant), a bar at the mean, a line at zero."""
     for y, (_, values, significant) in enumerate(rows):
         for v, sig in zip(values, significant):
             ax.scatter([v], [y], s=36, edgecolors="tab:blue", facecolors="tab:blue" if sig else "none", zorder=3)
@@ -36,10 +34,10 @@ def _panel(ax: Any, rows: list[tuple[str, list[float], list[bool]]], xlabel: str
     ax.grid(axis="x", alpha=0.3)
 
 
-def plot_table(table: dict[str, Any], path: str | Path, attack: str) -> Path:
+def plot_table(table: dict[str, Any], path: str | Path, attack: str, *, alpha: float) -> Path:
     """A PNG at ``path``: per row, robust and clean accuracy minus the same seed's baseline, in points.
 
-    Each seed is a dot, filled where its exact McNemar p against the baseline is below 0.05; the black bar
+    Each seed is a dot, filled where its exact McNemar p against the baseline is below ``alpha``; the black bar
     is the mean over seeds. ``attack`` names the robust-accuracy attack (with eps and n) for the axis label.
     """
     import matplotlib
@@ -53,11 +51,11 @@ def plot_table(table: dict[str, Any], path: str | Path, attack: str) -> Path:
             continue
         label = "\n".join(textwrap.wrap(f"{row['index']}. {row['row']}", 42))
         diffs = _differences(table, row)
-        robust.append((label, [d[0] for d in diffs], [d[2] is not None and d[2] < ALPHA for d in diffs]))
+        robust.append((label, [d[0] for d in diffs], [d[2] < alpha for d in diffs]))
         clean.append((label, [d[1] for d in diffs], [False] * len(diffs)))
     fig = Figure(figsize=(10, 0.55 * len(robust) + 1.8), dpi=100)
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    _panel(ax1, robust, f"robust accuracy minus the baseline's, points\n({attack}); filled: p < {ALPHA}")
+    _panel(ax1, robust, f"robust accuracy minus the baseline's, points\n({attack}); filled: p < {alpha}")
     _panel(ax2, clean, "clean accuracy minus the baseline's, points")
     ax1.invert_yaxis()  # the axes share y: row 1 at the top, inverted once
     base = next((r for r in table["rows"] if r["index"] == 0), None)

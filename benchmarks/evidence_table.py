@@ -255,7 +255,7 @@ def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
     lines += _pieces(table)
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    plot_table(table, picture, f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}")
+    plot_table(table, picture, f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}", alpha=ALPHA)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     with atomic_path(out.with_suffix(".json")) as tmp:

@@ -110,7 +110,7 @@ def test_the_picture_pairs_each_seed_with_the_baseline_of_the_same_seed(tmp_path
     assert up[0] == pytest.approx(100 / 3, abs=0.01) and up[1] == 0.0 and up[2] < 1e-5  # seed 0: 20 more images
     assert level == (0.0, 0.0, 1.0)  # seed 1 against seed 1's baseline, not seed 0's
     assert plot._differences(merged, rows[2])[0][0] == pytest.approx(-100 / 3, abs=0.01)
-    png = plot.plot_table(merged, tmp_path / "t.png", "PGD-10, Linf 8/255, n=60")
+    png = plot.plot_table(merged, tmp_path / "t.png", "PGD-10, Linf 8/255, n=60", alpha=0.05)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 

@@ -199,6 +199,57 @@ def test_pruning_stops_a_hopeless_trial(tmp_path: Path, monkeypatch: pytest.Monk
     assert stored["proxies"][0]["note"].startswith("1 measured candidate")
 
 
+def test_a_storage_another_process_is_creating_is_retried_a_bad_one_is_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from harden.searching import study
+
+    calls: list[str] = []
+
+    def flaky(url: str) -> str:
+        calls.append(url)
+        if len(calls) < 3:  # what the losers of a concurrent first open see
+            raise RuntimeError("(sqlite3.OperationalError) table studies already exists" if len(calls) == 1 else
+                               "(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
+        return "storage"
+
+    monkeypatch.setattr(study, "_rdb_storage", flaky)
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    assert study.open_storage("sqlite:///x.db") == "storage" and len(calls) == 3
+
+    def no_driver(url: str) -> str:
+        calls.append(url)
+        raise RuntimeError("Can't load plugin: sqlalchemy.dialects:nosuchdb")
+
+    calls.clear()
+    monkeypatch.setattr(study, "_rdb_storage", no_driver)
+    with pytest.raises(UsageError, match="cannot open the study storage .*nosuchdb"):
+        study.open_storage("nosuchdb://x")
+    assert len(calls) == 1  # the user's mistake is reported at once, not retried
+
+
+_OPEN_AT_ONCE = """
+import pathlib, sys, time
+from harden.searching.study import open_storage
+here, me, n = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+(here / f"ready{me}").touch()
+while len(list(here.glob("ready*"))) < n:  # a barrier: all imports done, then all open at once
+    time.sleep(0.001)
+open_storage(f"sqlite:///{here / 'fresh.db'}")
+"""
+
+
+@pytest.mark.slow
+def test_processes_opening_one_new_storage_at_once_all_succeed(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_ in range(3):  # before the retry, 4 processes failed in most rounds
+        here = tmp_path / str(round_)
+        here.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(here), str(i), "4"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+        outputs = [p.communicate(timeout=300)[0] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 4, outputs
+
+
 @pytest.mark.slow
 def test_two_processes_share_one_study_without_duplicates(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'shared.db'}"

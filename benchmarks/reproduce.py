@@ -191,6 +191,12 @@ def settings_digest(s: dict) -> str:
     return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def model_path(work: Path, index: int, seed: int, data: str, s: dict, training: dict[str, Any]) -> Path:
+    """Where row ``index`` trained with ``seed`` is kept: the name carries a digest of the settings and data."""
+    digest = settings_digest({**s, "data": data, **({"training": training} if training else {})})
+    return work / f"row{index}-{digest}-seed{seed}.safetensors"
+
+
 def pretrained_start(data: str, work: Path, s: dict, seed: int, progress: bool) -> harden.HardenedModel:
     """The clean-trained network of ``seed``, trained once and cached in ``work`` (shared by the rows)."""
     path = work / f"pretrain-{settings_digest({**s, 'data': data})}-seed{seed}.safetensors"
@@ -245,8 +251,7 @@ def run_one(index: int, seed: int, data: str, work: Path, s: dict, progress: boo
     model = harden.apply(model, transforms) if transforms else model
     facts = model_facts(model)
     t1 = time.perf_counter()
-    digest = settings_digest({**s, "data": data, **({"training": training} if training else {})})
-    trained, train_seconds = trained_model(model, data, work / f"row{index}-{digest}-seed{seed}.safetensors", s,
+    trained, train_seconds = trained_model(model, data, model_path(work, index, seed, data, s, training), s,
                                            seed, progress, training)
     result = {"seed": seed, **evaluate(trained, data, s["attack"], s["n"], s),
               "pretrain_seconds": round(t1 - t0, 1), "train_seconds": train_seconds}

@@ -227,6 +227,34 @@ def test_a_storage_another_process_is_creating_is_retried_a_bad_one_is_not(
     assert len(calls) == 1  # the user's mistake is reported at once, not retried
 
 
+def test_places_go_to_the_lowest_trial_numbers_and_a_deciding_trial_holds_none(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from harden.searching import study as study_mod
+
+    monkeypatch.setattr(study_mod, "CLAIM_WAIT_S", 0.5)  # how long a trial of a dead process is waited on
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):
+        done = study.ask()
+        done.set_user_attr("status", "measured")
+        study.tell(done, 1.0)
+    other, mine = study.ask(), study.ask()  # another process's trial (lower number), then this one's
+    other.set_user_attr("status", study_mod.DECIDING)
+    # the other trial is still deciding: it holds no place, so neither process may stop for it
+    assert study_mod._counted(study) == 2
+    assert study_mod.claim_place(mine, 3)  # it never decides (its process died): the wait ends, the place is free
+    assert study_mod._counted(study) == 3 and mine.user_attrs["status"] == "training"
+
+    later = study.ask()
+    later.set_user_attr("status", study_mod.DECIDING)
+    last = study.ask()
+    claimed = threading.Timer(0.2, lambda: later.set_user_attr("status", "training"))
+    claimed.start()  # the lower-numbered trial claims while this one waits for it
+    assert not study_mod.claim_place(last, 4)  # 2 done + 2 lower claims: the last place is taken
+    claimed.join()
+
+
 _OPEN_AT_ONCE = """
 import pathlib, sys, time
 from harden.searching.study import open_storage

@@ -30,6 +30,8 @@ HEARTBEAT_S = 30
 SCHEMA_RACE_TRIES = 8  # tries to open a storage that other processes are creating at the same moment
 # Trials that count towards --trials: candidates within budget that were (or are being) trained.
 TRAINED = ("measured", "pruned", "error", "training")
+DECIDING = "deciding"  # a trial drawing its candidate: no place held yet
+CLAIM_WAIT_S = 4 * HEARTBEAT_S  # the longest wait for a lower-numbered trial to decide (then its process is dead)
 NOT_TRAINED = ("rejected", "duplicate", "surplus")
 EXHAUSTED_AFTER = 20  # this many trials in a row without a new candidate within budget end the search
 _UNITS = {"k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -132,19 +134,40 @@ def redact(url: str) -> str:
 
 
 def _counts(t: Any) -> bool:
-    status = t.user_attrs.get("status")
-    if t.state.name in ("RUNNING", "WAITING"):
-        return status not in NOT_TRAINED
-    return t.state.name in ("COMPLETE", "PRUNED") and status in TRAINED
+    """Whether trial ``t`` holds one of the ``--trials`` places: trained, in training, or queued to retry one.
+
+    A trial still deciding (drawing its candidate, checking the budget) holds no place yet: counting it
+    could let two processes each stop for the other's trial, which may turn out a repeat.
+    """
+    return t.state.name in ("COMPLETE", "PRUNED", "RUNNING", "WAITING") and t.user_attrs.get("status") in TRAINED
 
 
 def _counted(study: Any, below: int | None = None) -> int:
-    """Trials that count towards ``--trials``: trained (or in training or queued) candidates within budget.
+    """Trials that count towards ``--trials``: trained (or in training, or queued) candidates within budget.
 
-    Candidates rejected before training (over budget, not applicable) and repeats of an earlier
-    candidate cost no training and do not count.
+    Candidates rejected before training (over budget, not applicable), repeats of an earlier candidate
+    and trials still deciding cost no training and do not count.
     """
     return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t) and (below is None or t.number < below))
+
+
+def _deciding_below(study: Any, number: int) -> bool:
+    return any(t.number < number and t.state.name == "RUNNING" and t.user_attrs.get("status") in (None, DECIDING)
+               for t in study.get_trials(deepcopy=False))
+
+
+def claim_place(trial: Any, trials: int) -> bool:
+    """Mark ``trial`` as training if one of the ``trials`` places is free; the lowest trial numbers win.
+
+    Processes sharing a study claim without a lock: each marks its trial, waits until every
+    lower-numbered running trial has decided, then counts the places held below its own number.
+    A trial whose process died stops being waited on once Optuna's heartbeat fails it.
+    """
+    trial.set_user_attr("status", "training")
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while _deciding_below(trial.study, trial.number) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _counted(trial.study, below=trial.number) < trials
 
 
 def exhausted(study: Any) -> bool:
@@ -164,12 +187,10 @@ class Objective:
         self.budgets, self.trials, self.progress, self.device, self.echo = budgets, trials, progress, device, echo
 
     def __call__(self, trial: Any) -> float:
-        import optuna
 
-        if _counted(trial.study, below=trial.number) >= self.trials:
-            trial.set_user_attr("status", "surplus")
-            trial.study.stop()
-            raise optuna.TrialPruned("the study already has its trials")
+        trial.set_user_attr("status", DECIDING)  # also replaces the status a retried trial inherits
+        if _counted(trial.study) >= self.trials:
+            self._surplus(trial)
         params = {d.name: trial.suggest_categorical(d.name, list(d.choices)) for d in self.space.dimensions}
         transforms = self.space.transforms(params)
         trial.set_user_attr("transforms", transforms)
@@ -178,7 +199,16 @@ class Objective:
         if same is not None:
             return self._duplicate(trial, same)
         model = self._candidate(trial, transforms)
+        if not claim_place(trial, self.trials):
+            self._surplus(trial)
         return self._train(trial, model, transforms)
+
+    def _surplus(self, trial: Any) -> None:
+        import optuna
+
+        trial.set_user_attr("status", "surplus")
+        trial.study.stop()
+        raise optuna.TrialPruned("the study already has its trials")
 
     def _earlier_same(self, trial: Any, transforms: list[str]) -> Any:
         """An earlier trial of the same candidate (finished, or still deciding in another process), if any."""
@@ -244,7 +274,6 @@ class Objective:
                 self.echo(f"trial {trial.number}: {_text(transforms)}: {reason}")
                 raise optuna.TrialPruned(reason)
 
-        trial.set_user_attr("status", "training")
         t0 = time.perf_counter()
         try:
             tuned = finetune(model, self.dataset, progress=self.progress, device=self.device, callback=after_epoch,

@@ -12,7 +12,8 @@ the baseline under each attack with its exact McNemar p, and whether the rows ke
 
 The rule is fixed before any result: a row whose gap exceeds the baseline's by more than
 ``GAP_FLAG`` points is flagged, because a change that only hides the gradient (masking) looks robust
-to APGD-CE and shows up as a larger gap under AutoAttack's targeted and gradient-free parts.
+to APGD-CE and shows up as a larger gap under AutoAttack's targeted APGD-T (and, in the standard
+version, its gradient-free Square attack).
 """
 
 from __future__ import annotations

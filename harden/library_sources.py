@@ -5,14 +5,15 @@ Importing this module registers them (timm first: a bare model name resolves to 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torch import nn
 
-from harden.errors import HardenError, UsageError, close_matches
+from harden.errors import HardenError, UsageError, close_matches, short_reason
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
 from harden.source_registry import BuiltNet, ModelSource, register_model_source
 
@@ -26,11 +27,42 @@ def timm_names() -> Sequence[str]:
 
 
 def _pretrained_error(spec: str, exc: BaseException) -> HardenError:
-    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    reason = short_reason(exc)
     return HardenError(
         f"could not fetch pretrained weights for {spec} (offline or not cached: {reason}); "
         "download them where there is network and pass --weights FILE"
     )
+
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` seconds (one try, no retries)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(pretrained: bool) -> Iterator[None]:
+    """Without a reachable hub, huggingface_hub looks in its local cache only: an offline machine fails at
+    once instead of after a minute of retries, and cached weights still load."""
+    if not pretrained or hub_reachable():
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def build_timm(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]) -> BuiltNet:
@@ -42,7 +74,8 @@ def build_timm(name: str, num_classes: int | None, pretrained: bool, kwargs: dic
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:
-        net = timm.create_model(name, pretrained=pretrained, **kwargs)
+        with _hub_offline_unless_reachable(pretrained):
+            net = timm.create_model(name, pretrained=pretrained, **kwargs)
     except (OSError, RuntimeError, ValueError) as exc:
         if pretrained:
             raise _pretrained_error(f"timm:{name}", exc) from exc

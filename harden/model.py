@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from harden.errors import HardenWarning
 from harden.provenance import Provenance
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+#: well-known input statistics, by name: what ``normalization_text`` calls them and the check compares with
+KNOWN_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    "ImageNet": (IMAGENET_MEAN, IMAGENET_STD),
+    "CIFAR-10": (CIFAR10_MEAN, CIFAR10_STD),
+}
+
+
+def statistics_name(mean: Sequence[float], std: Sequence[float]) -> str | None:
+    """The name of well-known statistics ``mean``/``std`` are (for 1 channel: their channel average), or None."""
+    for name, (m, s) in KNOWN_STATISTICS.items():
+        if len(mean) == 1:
+            m, s = (sum(m) / 3,), (sum(s) / 3,)
+        if len(m) == len(mean) and all(abs(a - b) < 1e-4 for a, b in zip((*m, *s), (*mean, *std))):
+            return name if len(mean) == 3 or name == "none" else f"{name} (channel average)"
+    return None
+
+
+def normalization_text(mean: Sequence[float], std: Sequence[float]) -> str:
+    """``mean`` and ``std`` as a user reads them, e.g. ``CIFAR-10 (mean 0.4914,0.4822,0.4465 std ...)``."""
+    values = f"mean {','.join(f'{v:.4g}' for v in mean)} std {','.join(f'{v:.4g}' for v in std)}"
+    name = statistics_name(mean, std)
+    return f"{name} ({values})" if name else values
 
 
 class Normalize(nn.Module):
@@ -72,3 +100,13 @@ class HardenedModel(nn.Module):
         with torch.no_grad():
             x = torch.zeros(1, *self.input_size, device=dev)
             return tuple(self.input_transforms(self.normalize(x)).shape[1:])  # type: ignore[return-value]
+
+
+def warn_if_random(model: nn.Module, doing: str) -> None:
+    """One :class:`HardenWarning` when ``model`` is a harden model whose weights were never trained or loaded."""
+    prov = getattr(model, "provenance", None)
+    if isinstance(prov, Provenance) and prov.model.random_weights and prov.finetune is None:
+        warnings.warn(f"{doing} {prov.model.spec or prov.model.name} with random weights (no --weights FILE, "
+                      "--pretrained or fine-tuning)" + (": expect chance-level accuracy" if doing == "evaluating"
+                                                        else ": this trains it from scratch"),
+                      HardenWarning, stacklevel=3)

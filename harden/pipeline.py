@@ -16,20 +16,27 @@ from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
 from harden.provenance import ModelEntry, Provenance, TransformEntry
 from harden.runtime.modes import eval_mode
+from harden.shapes import first_conv_channels, fit_statistics, parse_input_size
 from harden.sources import build_net
 from harden.transforms import Transform, make_transform, parse_transform
 
 
-def wrap(net: nn.Module, *, input_size: int | Sequence[int], num_classes: int | None = None,
-         mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+def wrap(net: nn.Module, *, input_size: int | str | Sequence[int], num_classes: int | None = None,
+         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
          name: str | None = None) -> HardenedModel:
     """Wrap a plain ``nn.Module`` (images in [0, 1] after ``mean``/``std``) as a HardenedModel.
 
+    ``input_size`` is ``N``, ``(H, W)``, ``(C, H, W)`` or text like ``"1x28x28"``; without C the channels are
+    those of the network's first convolution. ``mean``/``std`` default to none (0 and 1 per channel).
     Its provenance cannot rebuild the base network from a file; ``harden.load(path, base=...)`` takes it.
+
+    >>> model = wrap(my_net, input_size="1x28x28", mean=[0.286], std=[0.353])  # doctest: +SKIP
     """
-    size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) == 2:
-        size = (3, *size)
+    asked = parse_input_size(input_size)
+    assert asked is not None
+    size = asked.shape(first_conv_channels(net))
+    mean = fit_statistics(mean if mean is not None else (0.0,), size[0])
+    std = fit_statistics(std if std is not None else (1.0,), size[0])
     if num_classes is None:
         with torch.no_grad():
             was = net.training
@@ -56,24 +63,33 @@ def _check_runs(model: HardenedModel, what: str) -> None:
 
 
 def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transform, *,
-          input_size: int | Sequence[int] | None = None) -> HardenedModel:
+          input_size: int | str | Sequence[int] | None = None, mean: Sequence[float] | None = None,
+          std: Sequence[float] | None = None) -> HardenedModel:
     """Return a copy of ``model`` with ``transforms`` applied in order, each recorded in its provenance.
 
-    ``transforms`` are strings like ``"upsample:factor=2"`` or :class:`Transform` objects.
-    A plain ``nn.Module`` is wrapped first (``input_size`` is then required).
+    ``transforms`` are strings like ``"upsample:factor=2"`` or :class:`Transform` objects. A plain
+    ``nn.Module`` is wrapped first (see :func:`wrap`: ``input_size`` is then required, ``mean``/``std`` are
+    its input normalization, none by default).
+
+    >>> hardened = apply(my_net, ["stride-mod", "activation:name=silu"], input_size="1x28x28",
+    ...                  mean=[0.286], std=[0.353])  # doctest: +SKIP
     """
     if isinstance(transforms, (str, Transform)):
         transforms = [transforms]
     parsed = [parse_transform(t) for t in transforms]
     if isinstance(model, HardenedModel):
+        if mean is not None or std is not None:
+            raise UsageError("mean/std are set when a model is built (harden.load_model or harden.wrap), "
+                             "not by apply() on a harden model")
         out = copy.deepcopy(model)
         if input_size is not None:
-            size = (3, input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-            out.provenance.model.input_size = list(size if len(size) == 3 else (3, *size))
+            asked = parse_input_size(input_size)
+            assert asked is not None
+            out.provenance.model.input_size = list(asked.shape(model.input_size[0]))
     else:
         if input_size is None:
-            raise UsageError("apply() on a plain nn.Module needs input_size=")
-        out = wrap(copy.deepcopy(model), input_size=input_size)
+            raise UsageError("apply() on a plain nn.Module needs input_size= (N, (H, W) or (C, H, W))")
+        out = wrap(copy.deepcopy(model), input_size=input_size, mean=mean, std=std)
     for t in parsed:
         applied = t.apply(out)
         _check_runs(out, f"transform '{t.spec()}'")

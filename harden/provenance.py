@@ -28,6 +28,9 @@ FORMAT = "harden.provenance/1"
 # formats written by earlier versions that hold the same fields: harden 0.1.0 called the record a recipe
 LEGACY_FORMATS = ("harden.recipe/1",)
 
+#: ``ModelEntry.weights`` of a base network built with fresh random weights
+RANDOM_WEIGHTS = "random"
+
 _OMIT_EMPTY = {"omit_empty": True}  # field metadata: left out of to_dict() when None or empty
 
 R = TypeVar("R", bound="_Record")
@@ -131,7 +134,17 @@ class ModelEntry(_Record):
     mean: list[float]
     std: list[float]
     pretrained: bool = False
-    weights: str | None = None  # the file name of the starting weights, if any
+    weights: str | None = None  # the file name of the starting weights, "random", or None (pretrained; old files)
+
+    @property
+    def random_weights(self) -> bool:
+        """Whether the base network started from random weights (recorded since harden 0.3)."""
+        return self.weights == RANDOM_WEIGHTS and not self.pretrained
+
+    @property
+    def has_weights_file(self) -> bool:
+        """Whether the base network's weights came from a state dict file."""
+        return self.weights is not None and self.weights != RANDOM_WEIGHTS
 
 
 @dataclass(kw_only=True)
@@ -272,3 +285,10 @@ class Provenance(_Record):
     def stamped(self, versions: dict[str, str]) -> Provenance:
         """A copy in the current format with the library versions that write it."""
         return dataclasses.replace(copy.deepcopy(self), format=FORMAT, versions=dict(versions))
+
+
+def weights_text(provenance: Provenance) -> str:
+    """Where a model's weights came from, in a few words: ``random``, ``pretrained``, ``FILE``, + fine-tuning."""
+    m = provenance.model
+    base = "pretrained" if m.pretrained else m.weights or "unrecorded"
+    return f"{base} + fine-tuned" if provenance.finetune is not None else base

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from harden import library_sources, zoo  # noqa: F401  (importing them registers the built-in sources, in this order)
-from harden.errors import HardenError, UsageError, close_matches
+from harden.errors import HardenError, UsageError, close_matches, short_reason
 from harden.library_sources import timm_kwargs_for_size
 from harden.model import IMAGENET_MEAN, IMAGENET_STD, HardenedModel
-from harden.provenance import ModelEntry, Provenance
+from harden.provenance import RANDOM_WEIGHTS, ModelEntry, Provenance
+from harden.shapes import InputSize, first_conv_channels, fit_statistics, parse_input_size
 from harden.source_registry import BuiltNet, ModelSource, register_model_source, registered_sources
 
 __all__ = ["BuiltNet", "ModelSource", "build_net", "load_model", "load_weights_into", "model_sources", "parse_spec",
@@ -59,20 +60,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
     raise UsageError(f"unknown model '{spec}'{close_matches(spec, known)}")
 
 
-def _size3(input_size: int | Sequence[int] | None) -> tuple[int, int, int] | None:
-    if input_size is None:
-        return None
-    if isinstance(input_size, int):
-        size = (3, input_size, input_size)
-    else:
-        size = tuple(int(v) for v in input_size)
-        if len(size) == 2:
-            size = (3, *size)
-    if len(size) != 3 or min(size) <= 0:
-        raise UsageError(f"input size must be a positive side, (H, W) or (C, H, W), got {input_size!r}")
-    return size  # type: ignore[return-value]
-
-
 def build_net(source: str, name: str, *, num_classes: int | None, pretrained: bool = False,
               kwargs: dict[str, Any] | None = None, trust_code: bool = True) -> BuiltNet:
     """Build the base network of ``source:name`` (no normalization, no transforms)."""
@@ -90,41 +77,96 @@ def build_net(source: str, name: str, *, num_classes: int | None, pretrained: bo
 
 def load_model(spec: str, num_classes: int | None = None, pretrained: bool = False,
                weights: str | os.PathLike[str] | None = None, *,
-               input_size: int | Sequence[int] | None = None,
+               input_size: int | str | Sequence[int] | None = None,
                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                model_kwargs: dict[str, Any] | None = None) -> HardenedModel:
     """Build ``spec`` as a :class:`HardenedModel` taking images in [0, 1].
 
-    ``weights`` is a state dict file (``.safetensors``, ``.pt``, ``.pth``) for the base network;
-    ``pretrained`` asks the model's library for its own weights (needs network or a local cache).
+    ``input_size`` is ``N``, ``(H, W)``, ``(C, H, W)`` or the text ``"1x28x28"``; a channel count other
+    than 3 builds timm and ``cifar:`` models with ``in_chans=C``, and a user's model is asked nothing (its
+    first convolution says how many channels it takes). ``weights`` is a state dict file (``.safetensors``,
+    ``.pt``, ``.pth``) for the base network; ``pretrained`` asks the model's library for its own weights.
+    Without either the weights are random (recorded as ``weights: random``; evaluating or fine-tuning
+    such a model says so in a :class:`HardenWarning`).
+
+    >>> model = load_model("cifar:wrn-16-1", num_classes=3, input_size="1x28x28")  # doctest: +SKIP
     """
     if num_classes is not None and num_classes <= 0:
         raise UsageError(f"--num-classes must be positive, got {num_classes}")
     source, name = parse_spec(spec)
-    size = _size3(input_size)
-    kwargs = dict(model_kwargs or {})
+    asked = parse_input_size(input_size)
+    kwargs = {**_channel_kwargs(source, name, asked), **dict(model_kwargs or {})}
     if source == "timm":
-        kwargs = {**timm_kwargs_for_size(name, size), **kwargs}
+        kwargs = {**timm_kwargs_for_size(name, asked.shape() if asked else None), **kwargs}
     built = build_net(source, name, num_classes=num_classes, pretrained=pretrained, kwargs=kwargs)
     net = built.net
     if weights is not None:
         load_weights_into(net, weights, adapt=built.adapt_state)
-    size = size or built.input_size or (3, 224, 224)
-    mean = tuple(float(v) for v in (mean if mean is not None else built.mean or IMAGENET_MEAN))
-    std = tuple(float(v) for v in (std if std is not None else built.std or IMAGENET_STD))
-    if len(mean) != size[0] or len(std) != size[0]:
-        raise UsageError(f"mean/std need {size[0]} values (one per input channel)")
+    size = _model_size(asked, built)
+    mean = _statistics(mean, built.mean or IMAGENET_MEAN, size[0], "mean")
+    std = _statistics(std, built.std or IMAGENET_STD, size[0], "std")
     if any(s <= 0 for s in std):
         raise UsageError("std values must be positive")
+    classes = _output_classes(spec, net, size, mean, std)
+    origin = Path(weights).name if weights is not None else None if pretrained else RANDOM_WEIGHTS
+    entry = ModelEntry(spec=spec, source=source, name=name, kwargs=built.kwargs, num_classes=classes,
+                       input_size=list(size), mean=list(mean), std=list(std), pretrained=bool(pretrained),
+                       weights=origin)
+    return HardenedModel(net, mean=mean, std=std, provenance=Provenance(model=entry))
+
+
+def _channel_kwargs(source: str, name: str, asked: InputSize | None) -> dict[str, Any]:
+    """Constructor arguments for a channel count other than 3 (``in_chans``), or a one-line refusal."""
+    if asked is None or asked.channels in (None, 3):
+        return {}
+    if source in ("timm", "cifar"):
+        return {"in_chans": asked.channels}
+    if source == "import":
+        return {}
+    raise UsageError(f"{source}:{name} takes 3-channel images; for {asked.channels}-channel data use a timm or "
+                     f"cifar: model (built with in_chans={asked.channels}), or pass --input-size "
+                     f"3x{asked.height}x{asked.width} and harden converts the images to RGB")
+
+
+def _model_size(asked: InputSize | None, built: BuiltNet) -> tuple[int, int, int]:
+    """(C, H, W): as asked, channels from the network's first convolution when not stated."""
+    channels = first_conv_channels(built.net) or (built.input_size or (3,))[0]
+    if asked is not None:
+        if asked.channels is not None and asked.channels != channels and first_conv_channels(built.net):
+            raise UsageError(f"the model's first convolution takes {channels} channels, not {asked.channels}; "
+                             f"pass --input-size {channels}x{asked.height}x{asked.width}")
+        return asked.shape(channels)
+    if built.input_size is not None:
+        return (channels, *built.input_size[1:])  # type: ignore[return-value]
+    return (channels, 224, 224)
+
+
+def _statistics(given: Sequence[float] | None, default: Sequence[float], channels: int,
+                what: str) -> tuple[float, ...]:
+    if given is None:
+        return fit_statistics(default, channels)
+    values = tuple(float(v) for v in given)
+    if len(values) != channels:
+        raise UsageError(f"--{what} needs {channels} value{'s' if channels > 1 else ''} (one per input channel), "
+                         f"got {len(values)}")
+    return values
+
+
+def _output_classes(spec: str, net: nn.Module, size: tuple[int, int, int], mean: Sequence[float],
+                    std: Sequence[float]) -> int:
+    """The number of logits ``net`` returns for one image of ``size``; one line if it does not run."""
     net.eval()
-    with torch.no_grad():
-        out = net((torch.zeros(1, *size) - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1))
+    x = (torch.zeros(1, *size) - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except (RuntimeError, ValueError) as exc:
+        reason = short_reason(exc)
+        raise UsageError(f"{spec} does not run at input size {'x'.join(map(str, size))} ({reason}); "
+                         "pick another --input-size") from exc
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise HardenError(f"{spec} does not return logits of shape (batch, classes) at input size {size}")
-    entry = ModelEntry(spec=spec, source=source, name=name, kwargs=built.kwargs, num_classes=int(out.shape[1]),
-                       input_size=list(size), mean=list(mean), std=list(std), pretrained=bool(pretrained),
-                       weights=Path(weights).name if weights is not None else None)
-    return HardenedModel(net, mean=mean, std=std, provenance=Provenance(model=entry))
+    return int(out.shape[1])
 
 
 # ----------------------------------------------------------------------------------------- weights
@@ -146,8 +188,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise HardenError(
+                f"'{path}' holds pickled Python objects (a whole model?), not a state dict of tensors, and harden "
+                "never runs pickled code; save the weights with torch.save(model.state_dict(), path)") from exc
         raise HardenError(
-            f"'{path}' could not be read as a weights-only torch file ({str(exc).splitlines()[0][:120]}); "
+            f"'{path}' could not be read as a weights-only torch file ({short_reason(exc, 120)}); "
             "save a plain state dict with torch.save(model.state_dict(), path)"
         ) from exc
     obj = _unwrap_container(obj)

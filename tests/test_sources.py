@@ -82,7 +82,7 @@ def test_weight_mismatch_is_explained(tmp_path) -> None:
 def test_pickled_code_is_refused(tmp_path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": object()}, path)
-    with pytest.raises(HardenError, match="weights-only"):
+    with pytest.raises(HardenError, match="pickled Python objects"):
         harden.load_model("tests.user_models:tiny_resnet", input_size=16, weights=path)
 
 

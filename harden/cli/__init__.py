@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import click
 
-from harden.errors import HardenError
+from harden.errors import HardenError, HardenWarning
 
 COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetune", "harden.cli.zoo",
                    "harden.cli.search")
@@ -19,6 +20,15 @@ COMMAND_MODULES = ("harden.cli.apply", "harden.cli.evaluate", "harden.cli.finetu
 def one_line(message: str) -> str:
     """``message`` on one line: line breaks and other control characters a user's value brought are escaped."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """harden's warnings as one ``warning: ...`` line; others as Python prints them."""
+    if issubclass(category, HardenWarning):
+        click.echo(f"warning: {one_line(str(message))}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 class HardenGroup(click.Group):
@@ -31,7 +41,10 @@ class HardenGroup(click.Group):
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         debug = bool(ctx.params.get("debug")) or "--debug" in sys.argv
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", HardenWarning)
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except HardenError as exc:
             if debug:
                 raise

@@ -31,12 +31,14 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options describing how to build a model from a spec (ignored for harden files)."""
     options = [
         click.option("--num-classes", type=int, default=None, help="Number of classes of the classifier head."),
-        click.option("--input-size", type=int, default=None, help="Input side in pixels (e.g. 32 for CIFAR)."),
+        click.option("--input-size", default=None, metavar="N|HxW|CxHxW",
+                     help="Input size: a side (32), HxW (64x48) or CxHxW (1x28x28 for grayscale)."),
         click.option("--weights", type=click.Path(dir_okay=False), default=None,
                      help="State dict for the base model (.safetensors, .pt, .pth)."),
         click.option("--pretrained", is_flag=True, help="Use the library's own pretrained weights (needs network)."),
-        click.option("--mean", default=None, help="Input normalization mean, e.g. 0.4914,0.4822,0.4465."),
-        click.option("--std", default=None, help="Input normalization std."),
+        click.option("--mean", default=None,
+                     help="Input normalization mean, one value per channel (0.4914,0.4822,0.4465; 0.5 for grayscale)."),
+        click.option("--std", default=None, help="Input normalization std, one value per channel."),
         click.option("--trust-code", is_flag=True,
                      help="Allow a harden file whose recipe names a user factory (package.module:factory)."),
     ]
@@ -89,7 +91,7 @@ def is_model_file(model: str) -> bool:
     return Path(model).suffix in (".safetensors", ".pt", ".pth") or Path(model).is_file()
 
 
-def resolve_model(model: str, *, num_classes: int | None = None, input_size: int | None = None,
+def resolve_model(model: str, *, num_classes: int | None = None, input_size: str | int | None = None,
                   weights: str | None = None, pretrained: bool = False, mean: str | None = None,
                   std: str | None = None, trust_code: bool = False, init_seed: int = 0, **_: Any) -> HardenedModel:
     """A MODEL argument is a harden safetensors file or any model spec (``--weights`` for its state).

@@ -12,7 +12,7 @@ from harden.cli import main
 from harden.cli._options import model_options, resolve_model
 from harden.cli.finetune import finetune_summary
 from harden.errors import UsageError
-from harden.provenance import Provenance
+from harden.provenance import Provenance, weights_text
 
 
 def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, strides: str | None,
@@ -83,8 +83,12 @@ def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, acti
             "transform_seconds": round(elapsed, 3), "output": output,
         }, default=list, indent=2))
         return
+    from harden.model import normalization_text
+
+    m = hardened.provenance.model
     click.echo(f"model: {hardened.spec}  ({hardened.num_classes} classes, "
-               f"input {'x'.join(map(str, hardened.input_size))})")
+               f"input {'x'.join(map(str, hardened.input_size))}, weights {weights_text(hardened.provenance)})")
+    click.echo(f"normalization: {normalization_text(m.mean, m.std)}")
     for entry in new_entries:
         click.echo(f"transform {harden.transforms.make_transform(entry.name, entry.config).spec()}")
         for change in entry.changes:
@@ -142,7 +146,10 @@ def _echo_provenance(path: str, prov: Provenance) -> None:
     click.echo(f"file: {path}")
     click.echo(f"model: {m.spec} (source {m.source}, name {m.name}, {m.num_classes} classes, "
                f"input {'x'.join(map(str, m.input_size))})")
-    click.echo(f"normalization: mean {m.mean} std {m.std}")
+    from harden.model import normalization_text
+
+    click.echo(f"normalization: {normalization_text(m.mean, m.std)}")
+    click.echo(f"weights: {weights_text(prov)}")
     if m.kwargs:
         click.echo(f"constructor arguments: {m.kwargs}")
     click.echo(f"transforms ({len(prov.transforms)}):")

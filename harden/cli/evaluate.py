@@ -113,6 +113,15 @@ def _read_report(path: str) -> dict:
     return report
 
 
+def _label(report: dict[str, Any]) -> str:
+    """The model a report measured: its label (spec, transforms, fine-tuning), or the spec of older reports."""
+    model = report.get("model") or {}
+    if model.get("label"):
+        return str(model["label"])
+    names = model.get("transforms") or []
+    return " + ".join([str(model.get("spec")), *map(str, names)])
+
+
 @main.command("compare")
 @click.argument("report_a", metavar="A.json")
 @click.argument("report_b", metavar="B.json")
@@ -130,6 +139,6 @@ def compare_command(report_a: str, report_b: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"a": report_a, "b": report_b, **result}, indent=2))
         return
-    click.echo(f"A  {report_a}  ({a.get('model', {}).get('spec')})")
-    click.echo(f"B  {report_b}  ({b.get('model', {}).get('spec')})")
+    click.echo(f"A  {report_a}  ({_label(a)})")
+    click.echo(f"B  {report_b}  ({_label(b)})")
     click.echo(comparison_table(result))

@@ -63,7 +63,12 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
     from harden.training import curves_path_for, finetune
 
     check_track(track)
+    # everything that can be checked without building the model, first
+    from harden.data import check_spec
+    from harden.schemas.finetune import make_config
 
+    make_config(**settings)
+    check_spec(data, "train", download=download)
     base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
                          pretrained=pretrained, mean=mean, std=std, trust_code=trust_code,
                          init_seed=settings["seed"])

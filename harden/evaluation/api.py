@@ -20,6 +20,7 @@ from harden.evaluation.eps import parse_eps, parse_eps_list
 from harden.evaluation.plan import AttackPlan, plan_attack
 from harden.evaluation.progress import progress_store
 from harden.evaluation.run import Clock, evaluate_loaded, report_path
+from harden.model import warn_if_random
 from harden.runtime import events as ev
 from harden.runtime.modes import eval_mode
 from harden.runtime.session import session
@@ -110,6 +111,7 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     path = report_path(cfg)
     with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(device) as dist:
         model = _resolve_model(model, trust_code).to(dist.device)
+        warn_if_random(model, "evaluating")
         events = _events(cfg, dist.is_main, progress=progress, on_batch=on_batch, tracked=tracked)
         with eval_mode(model):
             result = evaluate_loaded(model, data, cfg, plan=plan, sweep=sweep, device=dist.device, events=events,

@@ -14,7 +14,8 @@ from harden import checks as chk
 from harden.evaluation.examples import Examples
 from harden.evaluation.plan import AttackPlan
 from harden.evaluation.progress import ROBUST, _Progress, count_correct, outcomes, robust_at_start
-from harden.model import HardenedModel
+from harden.model import HardenedModel, statistics_name
+from harden.provenance import Provenance, weights_text
 from harden.runtime import distributed as hd
 from harden.runtime.stamp import REPORT_LIBRARIES, device_text, versions
 from harden.stats import wilson_interval
@@ -44,10 +45,25 @@ def ci95(k: int, n: int) -> list[float]:
 def model_info(model: nn.Module) -> dict[str, Any]:
     """The model as a report names it: its spec (and for a harden model its classes, input and transforms)."""
     if isinstance(model, HardenedModel):
-        m = model.provenance.model
+        prov = model.provenance
+        m = prov.model
         return {"spec": m.spec, "num_classes": m.num_classes, "input_size": list(m.input_size),
-                "transforms": [t.name for t in model.provenance.transforms]}
+                "transforms": [t.name for t in prov.transforms], "label": model_label(prov),
+                "weights": weights_text(prov), "normalization": {"mean": list(m.mean), "std": list(m.std),
+                                                                 "name": statistics_name(m.mean, m.std)}}
     return {"spec": type(model).__name__}
+
+
+def model_label(prov: Provenance) -> str:
+    """A short name that tells models apart: the spec, its transforms with their settings, and fine-tuning."""
+    parts = [prov.model.spec or prov.model.name]
+    for t in prov.transforms:
+        config = ",".join(f"{k}={v}" for k, v in t.config.items() if v is not None)
+        parts.append(f"{t.name}:{config}" if config else t.name)
+    label = " + ".join(parts)
+    if prov.finetune is not None:
+        label += f" (fine-tuned: {prov.finetune.method})"
+    return label
 
 
 def _published(model: nn.Module) -> dict[str, Any] | None:

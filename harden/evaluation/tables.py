@@ -15,8 +15,15 @@ def _header(report: dict[str, Any]) -> list[str]:
     n = report["n"]
     sel = report.get("selection", {})
     how = sel.get("selection", "first")
-    return [
-        f"model    {report['model'].get('spec')}",
+    model = report["model"]
+    lines = [f"model    {model.get('label') or model.get('spec')}"]
+    if model.get("normalization"):
+        norm = model["normalization"]
+        values = (f"mean {','.join(f'{v:.4g}' for v in norm['mean'])} "
+                  f"std {','.join(f'{v:.4g}' for v in norm['std'])}")
+        lines.append(f"         weights {model.get('weights')}; normalization "
+                     + (f"{norm['name']} ({values})" if norm.get("name") else values))
+    return lines + [
         f"data     {sel.get('data')} ({sel.get('split') or 'tensors'}, {how} {n})"
         + (f"; skipped {sel['skipped_images']} damaged images" if sel.get("skipped_images") else ""),
         f"threat   {report['norm']} eps={report['eps_text']} ({report['eps']:.5g})",

@@ -289,7 +289,7 @@ def _earlier_transforms(model: HardenedModel) -> list[str]:
 
 def _has_own_weights(model: HardenedModel) -> bool:
     prov = model.provenance
-    return bool(prov.finetune or prov.model.weights or prov.transforms)
+    return bool(prov.finetune or prov.model.has_weights_file or prov.transforms)
 
 
 def _budget_text(budgets: dict[str, int | None]) -> str:

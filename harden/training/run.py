@@ -17,7 +17,7 @@ from harden.data import ImageDataset
 from harden.errors import UsageError
 from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
 from harden.losses import PAIRED
-from harden.model import HardenedModel
+from harden.model import HardenedModel, warn_if_random
 from harden.provenance import FinetuneEntry
 from harden.runtime import events as ev
 from harden.runtime.session import DistSession, session
@@ -58,6 +58,7 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     if isinstance(teacher_arg, nn.Module):  # recorded by name; its digest goes into the fingerprint
         options["pseudo_label"] = teacher_name(teacher_arg)
     cfg = make_config(**options)
+    warn_if_random(model, "fine-tuning")
     output = Path(output) if output is not None else None
     ckpt_path = _checked_paths(output, checkpoint, resume=resume, force=force)
     dataset = resolve_data(data, model, download)

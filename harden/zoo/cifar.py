@@ -19,8 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+from harden.model import CIFAR10_MEAN, CIFAR10_STD  # noqa: F401  (re-exported: the zoo's defaults)
 
 
 def _init_conv_bn(module: nn.Module) -> None:

@@ -5,7 +5,8 @@
 VGGs), ``cifar:alexnet``, the RobustResNets ``cifar:robustresnet-a1`` .. ``a4``, their basic-block
 twins ``cifar:wrn-a1`` .. ``a4`` and ``cifar:robustresnet-custom`` (``depths``/``widths`` keyword
 arguments, as ``harden scale --build`` writes them). Defaults: 10 classes, 3x32x32 inputs, the
-CIFAR-10 mean and std.
+CIFAR-10 mean and std. Every name takes ``in_chans`` (e.g. 1 for grayscale data: the stem convolution
+then takes one channel, and the default normalization is none, as CIFAR-10's statistics do not fit).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
     n = 10 if num_classes is None else int(num_classes)
     kwargs = dict(kwargs)
     recorded = dict(kwargs)
+    in_chans = _in_chans(name, kwargs.pop("in_chans", 3))
     try:
         if name in _FIXED:
             _check_kwargs(name, kwargs, ())
@@ -118,7 +120,28 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
     if "strides" in recorded:
         recorded["strides"] = list(recorded["strides"]) if not isinstance(recorded["strides"], str) else [
             int(v) for v in recorded["strides"].split(",")]
+    if in_chans != 3:  # CIFAR-10's statistics mean nothing for other data: no normalization unless given
+        set_input_channels(net, in_chans)
+        return BuiltNet(net, input_size=(in_chans, 32, 32), mean=(0.0,) * in_chans, std=(1.0,) * in_chans,
+                        kwargs=recorded)
     return BuiltNet(net, input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, kwargs=recorded)
+
+
+def _in_chans(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"cifar:{name}: in_chans must be a positive whole number, got {value!r}")
+    return value
+
+
+def set_input_channels(net: nn.Module, channels: int) -> None:
+    """Give ``net``'s first convolution ``channels`` input channels (fresh He-normal weights, as the zoo's)."""
+    name, old = next((n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d))
+    conv = nn.Conv2d(channels, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding,
+                     dilation=old.dilation, bias=old.bias is not None, padding_mode=old.padding_mode)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+    net.set_submodule(name, conv)
 
 
 SOURCE = register_model_source(ModelSource(

@@ -151,7 +151,7 @@ def published(provenance: Provenance | None) -> dict[str, Any] | None:
     A model without a checkpoint (random weights), with transforms or with fine-tuning is not the
     published one, so it gets none.
     """
-    if provenance is None or provenance.model.source != "robustbench" or not provenance.model.weights:
+    if provenance is None or provenance.model.source != "robustbench" or not provenance.model.has_weights_file:
         return None
     if provenance.transforms or provenance.finetune:
         return None

@@ -2,8 +2,9 @@
 
 Each failed check becomes a named warning in the evaluation report (and on the terminal); nothing is
 hidden and nothing stops the run. AutoAttack's own checks log to the ``auto-attack`` logger and are
-captured by :func:`capture_autoattack`; harden adds checks on the model's mode and buffers, the
-input range, the outputs, the input gradients and the behaviour of the attack as it gets stronger.
+captured by :func:`capture_autoattack`; harden adds checks on the model's mode, buffers and input
+normalization, the input range, the outputs, the input gradients and the behaviour of the attack as
+it gets stronger.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ _AA_NAMES = (
 )
 
 VANISHING_GRAD = 1e-8  # per-example L2 norm of d(cross-entropy)/d(input) below this counts as vanishing
+NORMALIZATION_IMAGES = 64  # the normalization check classifies at most this many images per candidate
+NORMALIZATION_GAIN = 10.0  # another normalization must gain at least this many points of clean accuracy
+NORMALIZATION_P = 0.01     # ... and an exact paired (McNemar) test must give a p-value below this
 
 
 @dataclass
@@ -234,6 +238,74 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
         out.append(CheckWarning(
             "non-finite-gradients", f"{int((~finite).sum())} of {m} clean examples have NaN/inf input gradients"))
     return out
+
+
+def _known_statistics(channels: int) -> list[tuple[str, tuple[float, ...], tuple[float, ...]]]:
+    """The common normalizations for ``channels`` channels (for one channel: their channel averages), named."""
+    from harden.model import KNOWN_STATISTICS
+
+    out = []
+    for name, (mean, std) in KNOWN_STATISTICS.items():
+        label = "no normalization" if name == "none" else f"{name} statistics"
+        if channels == len(mean):
+            out.append((label, tuple(mean), tuple(std)))
+        elif channels == 1:
+            average = "" if name == "none" else " (channel average)"
+            out.append((label + average, (sum(mean) / len(mean),), (sum(std) / len(std),)))
+        elif name == "none":
+            out.append((label, (0.0,) * channels, (1.0,) * channels))
+    return out
+
+
+def _values(mean: Sequence[float], std: Sequence[float]) -> str:
+    return f"mean {','.join(f'{v:.4g}' for v in mean)} std {','.join(f'{v:.4g}' for v in std)}"
+
+
+def _correct_with(model: Any, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                  batch_size: int) -> torch.Tensor:
+    """Which of ``x`` a harden model classifies correctly when its inputs are normalized by ``mean``/``std``."""
+    buf = model.normalize.mean
+    m = torch.tensor(list(mean), dtype=buf.dtype, device=buf.device).view(1, -1, 1, 1)
+    s = torch.tensor(list(std), dtype=buf.dtype, device=buf.device).view(1, -1, 1, 1)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            xb = x[i:i + batch_size].to(buf.device, buf.dtype)
+            out.append(model.net(model.input_transforms((xb - m) / s)).argmax(1).cpu() == y[i:i + batch_size].cpu())
+    return torch.cat(out)
+
+
+def check_normalization(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int) -> list[CheckWarning]:
+    """A harden model's clean accuracy on ``x`` with its stated mean/std against no normalization, ImageNet's
+    and CIFAR-10's: a warning when one of them gains at least ``NORMALIZATION_GAIN`` points on the same images
+    with an exact paired test p-value below ``NORMALIZATION_P``. Other models are not checked."""
+    from harden.model import HardenedModel
+    from harden.stats import mcnemar_exact_p
+
+    if not isinstance(model, HardenedModel) or len(y) == 0:
+        return []
+    mean, std = model.normalize.mean.flatten().tolist(), model.normalize.std.flatten().tolist()
+    stated_text = _values(mean, std)
+    stated = _correct_with(model, x, y, mean, std, batch_size)
+    best: tuple[torch.Tensor, str, tuple[float, ...], tuple[float, ...], float] | None = None
+    for name, m, s in _known_statistics(len(mean)):
+        if all(abs(a - b) < 1e-3 for a, b in zip((*m, *s), (*mean, *std))):
+            stated_text = f"{name} ({stated_text})"
+            continue  # the stated normalization itself
+        alt = _correct_with(model, x, y, m, s, batch_size)
+        p = mcnemar_exact_p(int((stated & ~alt).sum()), int((alt & ~stated).sum()))
+        gain = 100 * int(alt.sum() - stated.sum()) / len(y)
+        if gain >= NORMALIZATION_GAIN and p < NORMALIZATION_P and (best is None or alt.sum() > best[0].sum()):
+            best = (alt, name, m, s, p)
+    if best is None:
+        return []
+    alt, name, m, s, p = best
+    return [CheckWarning(
+        "normalization-mismatch",
+        f"of the first {len(y)} images {int(alt.sum())} are classified correctly with {name} ({_values(m, s)}), "
+        f"only {int(stated.sum())} with the model's stated {stated_text} (exact paired test p = {p:.1g}): its "
+        f"normalization is probably wrong; rebuild it from its spec with --mean {','.join(f'{v:g}' for v in m)} "
+        f"--std {','.join(f'{v:g}' for v in s)}")]
 
 
 def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> int:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harden.attacks import check_logits
+
 # methods whose loss needs the clean logits as well as the adversarial ones
 PAIRED = ("trades", "mart")
 
@@ -49,7 +51,9 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
 
 def method_loss(method: str, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None = None,
                 beta: float = 6.0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The training loss of ``method`` on a batch; TRADES and MART also need ``logits_nat``."""
+    """The training loss of ``method`` on a batch; TRADES and MART also need ``logits_nat``. Any number of
+    classes from 2 works; a single output (whose cross-entropy is always 0) is refused."""
+    check_logits(logits_adv)
     if method in PAIRED:
         if logits_nat is None:
             raise ValueError(f"{method} needs the clean logits")

@@ -4,7 +4,9 @@ name (:mod:`harden.attacks.registry`)."""
 from harden.attacks.gradient import (
     LOSSES,
     NORMS,
+    ONE_LOGIT,
     STARTS,
+    check_logits,
     cw,
     fgsm,
     l2_normalize,
@@ -30,7 +32,8 @@ from harden.attacks.registry import (
 )
 
 __all__ = [
-    "ATTACKS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_STAGES", "LOSSES", "NORMS", "STANDARD_STAGES", "STARTS",
-    "Attack", "AutoAttackSuite", "attack_label", "cw", "fgsm", "get_attack", "l2_normalize", "list_attacks",
-    "margin_loss", "pgd", "pgd_core", "project", "register_attack", "registered_attacks", "takes_steps",
+    "ATTACKS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_STAGES", "LOSSES", "NORMS", "ONE_LOGIT", "STANDARD_STAGES",
+    "STARTS", "Attack", "AutoAttackSuite", "attack_label", "check_logits", "cw", "fgsm", "get_attack", "l2_normalize",
+    "list_attacks", "margin_loss", "pgd", "pgd_core", "project", "register_attack", "registered_attacks",
+    "takes_steps",
 ]

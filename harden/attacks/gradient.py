@@ -14,10 +14,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harden.errors import UsageError
+
 NORMS = ("Linf", "L2")
 LOSSES = ("ce", "cw", "kl")
 STARTS = ("uniform", "uniform-cpu", "gaussian", "zero")
 GAUSSIAN_START_STD = 0.001  # TRADES' and MART's start
+ONE_LOGIT = ("the model returns one output per image (a sigmoid score?); attacks and losses need one logit per "
+             "class: wrap it to return torch.cat([-z / 2, z / 2], dim=1), whose softmax is [1 - sigmoid(z), "
+             "sigmoid(z)]")
+
+
+def check_logits(logits: torch.Tensor) -> int:
+    """The number of classes of (batch, classes) ``logits``; a :class:`UsageError` for a single output."""
+    if logits.dim() == 1 or (logits.dim() == 2 and logits.shape[1] == 1):
+        raise UsageError(ONE_LOGIT)
+    return int(logits.shape[-1])
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -29,6 +41,7 @@ def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _loss(name: str, logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    check_logits(logits)
     if name == "ce":
         return F.cross_entropy(logits, y, reduction="sum")
     if name == "cw":

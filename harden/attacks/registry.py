@@ -20,7 +20,8 @@ from harden.attacks.gradient import fgsm, pgd
 DEFAULT_STEPS = 20
 STANDARD_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 FAST_STAGES = ("apgd-ce", "apgd-t")
-AUTOATTACK_STAGES = frozenset({"apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"})
+# apgd-t-cw: APGD-T on the targeted CW margin, standing in for APGD-T with fewer than 4 classes
+AUTOATTACK_STAGES = frozenset({"apgd-ce", "apgd-dlr", "apgd-t", "apgd-t-cw", "fab", "fab-t", "square"})
 
 # runs one stage on a batch: (model, x, y, eps=, norm=, steps=, step_size=, generator=) -> adversarial x
 BatchRunner = Callable[..., torch.Tensor]

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 import logging
 import sys
+import types
 from typing import Any
 
 import torch
 from torch import nn
 
 from harden import checks as chk
-from harden.evaluation.plan import AttackPlan
+from harden.evaluation.plan import AA_TARGETS, AttackPlan
 
-AA_TARGETS = 9  # standard version: 9 target classes for APGD-T and FAB-T
+
+def _targeted_margin(apgd_t: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """APGD-T's loss for fewer than 4 classes: the targeted CW margin, logit of the target minus logit of
+    the label (the targeted DLR loss without its denominator, which needs a 4th logit)."""
+    u = torch.arange(x.shape[0])
+    return x[u, apgd_t.y_target] - x[u, y]
 
 
 def autoattack_for(model: nn.Module, plan: AttackPlan, device: torch.device) -> Any:
@@ -26,6 +32,11 @@ def autoattack_for(model: nn.Module, plan: AttackPlan, device: torch.device) -> 
     # --fast and apgd-ce run a prefix of its attack list with exactly those parameters.
     aa = AutoAttack(model, norm=plan.norm, eps=plan.eps, version="standard", device=device, seed=plan.seed)
     aa.attacks_to_run = list(plan.stages)
+    if plan.targets is not None:  # fewer than 10 classes: every other class (the authors' advice)
+        aa.apgd_targeted.n_target_classes = plan.targets
+        aa.fab.n_target_classes = plan.targets
+    if "apgd-t-cw" in plan.stages:  # everything else of APGD-T as it is (schedule, targets, seeds)
+        aa.apgd_targeted.dlr_loss_targeted = types.MethodType(_targeted_margin, aa.apgd_targeted)
     return aa
 
 
@@ -35,7 +46,7 @@ def autoattack_perturb(aa: Any, attack: str, x: torch.Tensor, y: torch.Tensor) -
         aa.apgd.loss = "ce" if attack == "apgd-ce" else "dlr"
         aa.apgd.seed = aa.get_seed()
         return aa.apgd.perturb(x, y)
-    if attack == "apgd-t":
+    if attack in ("apgd-t", "apgd-t-cw"):
         aa.apgd_targeted.seed = aa.get_seed()
         return aa.apgd_targeted.perturb(x, y)
     if attack == "fab":
@@ -71,7 +82,8 @@ def autoattack_preflight(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pla
     finally:
         sys.settrace(tracer)
     if plan.uses_autoattack:
-        aa_checks.check_n_classes(n_cls, list(plan.stages), AA_TARGETS, AA_TARGETS, logger=logger)
+        targets = plan.targets or AA_TARGETS
+        aa_checks.check_n_classes(n_cls, list(plan.stages), targets, targets, logger=logger)
 
 
 def autoattack_square_check(accuracy: dict[str, float]) -> None:

@@ -1,6 +1,7 @@
 """The checks around an evaluation's attacks: before them (AutoAttack's own checks and harden's
-on the model's mode and gradients) and after them (Square's success, the input range, and whether
-the attack is at least as strong as a short PGD run). Each failed check is a named warning."""
+on the model's mode, normalization and gradients) and after them (Square's success, the input
+range, and whether the attack is at least as strong as a short PGD run). Each failed check is a
+named warning."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def preflight(model: nn.Module, examples: Examples, plan: AttackPlan, *, batch_s
               log: chk.WarningLog, check_examples: int) -> None:
     """AutoAttack's checks (as it runs them, on the first batch) and harden's checks on clean inputs."""
     log.extend(chk.check_eval_mode(model))
+    xn, yn = examples.get(torch.arange(min(chk.NORMALIZATION_IMAGES, examples.n)))
+    log.extend(chk.check_normalization(model, xn, yn, batch_size=batch_size))
     x, y = examples.get(torch.arange(min(batch_size, examples.n)))
     autoattack_preflight(model, x.to(device), y.to(device), plan, batch_size=batch_size)
     if check_examples > 0:

@@ -4,7 +4,7 @@ an :class:`AttackPlan` (the sequence of attack stages and their settings)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from harden.attacks import (
@@ -12,6 +12,7 @@ from harden.attacks import (
     DEFAULT_STEPS,
     FAST_STAGES,
     NORMS,
+    ONE_LOGIT,
     STANDARD_STAGES,
     Attack,
     get_attack,
@@ -23,7 +24,10 @@ from harden.evaluation.eps import parse_eps
 
 STANDARD_ATTACKS = STANDARD_STAGES
 FAST_ATTACKS = FAST_STAGES
-__all__ = ["AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_ATTACKS", "STANDARD_ATTACKS", "AttackPlan", "plan_attack"]
+AA_TARGETS = 9  # AutoAttack standard: 9 target classes for APGD-T and FAB-T
+TARGETED_DLR_CLASSES = 4  # APGD-T's targeted DLR loss reads the 4th largest logit
+__all__ = ["AA_TARGETS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_ATTACKS", "STANDARD_ATTACKS", "AttackPlan",
+           "plan_attack", "plan_for_classes"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class AttackPlan:
     version: str | None = None
     steps: int | None = None
     step_size: float | None = None
+    classes: int | None = None       # the model's logits, once known (:func:`plan_for_classes`)
+    targets: int | None = None       # target classes of APGD-T and FAB-T, when they run
+    deviations: tuple[str, ...] = ()  # how this run differs from AutoAttack's standard suite
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"attack": self.attack, "attacks": list(self.stages)}
@@ -47,6 +54,12 @@ class AttackPlan:
         if self.steps is not None:
             out["steps"] = self.steps
             out["step_size"] = self.step_size if self.step_size is not None else self.eps / 4
+        if self.classes is not None:
+            out["classes"] = self.classes
+        if self.targets is not None:
+            out["target_classes"] = self.targets
+        if self.deviations:
+            out["deviations"] = list(self.deviations)
         return out
 
     @property
@@ -56,8 +69,9 @@ class AttackPlan:
 
     @property
     def is_full_autoattack(self) -> bool:
-        """Whether this is AutoAttack's standard sequence (the one RobustBench reports)."""
-        return self.attack == "autoattack" and self.version == "standard"
+        """Whether this is AutoAttack's standard sequence (the one RobustBench reports); with 4 to 9 classes
+        it targets every other class, with fewer its APGD-T loss is replaced and it no longer counts."""
+        return self.attack == "autoattack" and self.version == "standard" and "apgd-t-cw" not in self.stages
 
 
 def _names_that(test: Callable[[Attack], bool]) -> str:
@@ -92,3 +106,31 @@ def plan_attack(attack: str = "autoattack", *, eps: str | float = 8 / 255, norm:
     return AttackPlan(attack, spec.stages(fast=fast, steps=steps), value, text, norm, seed, version=spec.version(fast),
                       steps=(steps or spec.default_steps or DEFAULT_STEPS) if spec.takes_steps else None,
                       step_size=step_size if spec.takes_step_size else None)
+
+
+def _deviations(classes: int, targets: int, stages: tuple[str, ...]) -> list[str]:
+    """What a ``classes``-class model changes in AutoAttack's stages ``stages`` (after the substitution)."""
+    targeted = [s.upper().removesuffix("-CW") for s in stages if s in ("apgd-t", "apgd-t-cw", "fab-t")]
+    out = []
+    if targets < AA_TARGETS and targeted:
+        out.append(f"{classes} classes: {' and '.join(targeted)} target the {targets} other "
+                   f"class{'es' if targets > 1 else ''} (standard: {AA_TARGETS})")
+    if "apgd-t-cw" in stages:
+        out.append(f"APGD-T's targeted DLR loss needs {TARGETED_DLR_CLASSES} classes: stage apgd-t-cw is APGD-T on "
+                   "the targeted CW margin (target logit minus true logit); not the standard suite, no autoattack_acc")
+    return out
+
+
+def plan_for_classes(plan: AttackPlan, classes: int) -> AttackPlan:
+    """``plan`` for a model with ``classes`` logits: AutoAttack's targeted attacks aim at ``min(9, classes - 1)``
+    classes, and below 4 classes APGD-T's DLR loss gives way to the CW margin (stage ``apgd-t-cw``)."""
+    if classes < 2:
+        raise UsageError(ONE_LOGIT)
+    if not any(s in ("apgd-t", "fab-t") for s in plan.stages):
+        return replace(plan, classes=classes)
+    targets = min(AA_TARGETS, classes - 1)
+    stages = plan.stages
+    if classes < TARGETED_DLR_CLASSES:
+        stages = tuple("apgd-t-cw" if s == "apgd-t" else s for s in stages)
+    return replace(plan, stages=stages, classes=classes, targets=targets,
+                   deviations=tuple(_deviations(classes, targets, stages)))

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from harden import checks as chk
+from harden.attacks import check_logits
 from harden.evaluation.batch_size import pick_batch_size
 from harden.evaluation.checking import after_attacks, preflight
 from harden.evaluation.examples import Examples, select_examples
-from harden.evaluation.plan import AttackPlan
+from harden.evaluation.plan import AttackPlan, plan_for_classes
 from harden.evaluation.progress import _Progress, progress_store
 from harden.evaluation.report import Measured, build_report
 from harden.evaluation.stages import run_stages
@@ -54,6 +55,33 @@ def _fingerprint(model: nn.Module, examples: Examples, plan: AttackPlan) -> dict
         "seed": plan.seed, "steps": plan.steps, "step_size": plan.step_size, "n": examples.n,
         "examples": examples.digest(), "model": state_digest(model, short=True),
     }
+
+
+def _probe(model: nn.Module, data: Any, device: torch.device) -> torch.Tensor | None:
+    """An input to count the model's logits on before the data is read: its first tensor image, or zeros of
+    a harden model's input size (None when neither is at hand)."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data[0][:1].float().to(device) if data[0].dim() == 4 and len(data[0]) else None
+    size = getattr(model, "input_size", None)
+    return torch.zeros(1, *size, device=device) if isinstance(size, tuple) and len(size) == 3 else None
+
+
+def _plan_for(model: nn.Module, x: torch.Tensor, plan: AttackPlan) -> AttackPlan:
+    """``plan`` for the number of logits ``model`` returns on ``x`` (a one-output model is refused)."""
+    with torch.no_grad():
+        return plan_for_classes(plan, check_logits(model(x)))
+
+
+def _select(model: nn.Module, data: Any, cfg: EvaluateConfig, plan: AttackPlan,
+            device: torch.device) -> tuple[Examples, dict[str, Any], AttackPlan]:
+    """The examples, their description, and the plan for the model's number of classes."""
+    probe = _probe(model, data, device)
+    if probe is not None:  # before the data's own checks, so a one-output model hears how to wrap it
+        plan = _plan_for(model, probe, plan)
+    examples, selection = select_examples(data, model, cfg)
+    if probe is None:
+        plan = _plan_for(model, examples.get(torch.arange(1))[0].to(device), plan)
+    return examples, selection, plan
 
 
 def _auto_batch_size(model: nn.Module, examples: Examples, device: torch.device) -> int:
@@ -105,10 +133,12 @@ def evaluate_loaded(model: nn.Module, data: Any, cfg: EvaluateConfig, *, plan: A
                     check_examples: int | None, clock: Clock) -> dict[str, Any]:
     """Evaluate ``model`` (loaded, on ``device``, in eval mode) as ``cfg`` and ``plan`` say; the report."""
     buffers = chk.snapshot_buffers(model)
-    examples, selection = select_examples(data, model, cfg)
+    examples, selection, plan = _select(model, data, cfg, plan, device)
     if check_examples is None:  # a small subset: the checks cost about 1% of a real evaluation
         check_examples = min(32, max(8, examples.n // 20))
     log = chk.WarningLog()
+    if plan.deviations:  # one line on the terminal; the report lists them under "deviations"
+        log.add("autoattack-deviation", "; ".join(plan.deviations))
     prog = _start_progress(model, examples, plan, cfg, device, log)
     run_seconds = _attack(model, examples, plan, prog, device=device, log=log, events=events,
                           check_examples=check_examples)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from evidence_plot import plot_table
+from pitch import budget_rows, pitch_sentences, plot_pitch
 
 from harden.runtime.atomic import atomic_path
 from harden.stats import mcnemar_exact_p, paired_difference
@@ -152,11 +153,32 @@ def _methods(table: dict[str, Any]) -> list[str]:
     lines = []
     for index, definition in enumerate(table.get("row_definitions", [])):
         if len(definition) > 3 and definition[3]:
-            t = definition[3]
+            t = dict(definition[3])
+            budget = t.pop("budget", None)
+            if budget is not None:
+                epochs = max(1, round(table["settings"]["epochs"] * budget))
+                lines.append(f"row {index}: {epochs} adversarial epoch{'s' if epochs > 1 else ''} ({budget:.0%} of "
+                             f"the from-scratch budget), the same schedule shape.")
+            if "method" not in t:
+                continue
             extra = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in t.items() if k not in ("method", "steps"))
             lines.append(f"row {index}: {t['method'].upper()} with a {t['steps']}-step PGD inside (step 2.5 eps / "
                          f"{t['steps']}){', ' + extra if extra else ''}, otherwise the same training.")
     return lines
+
+
+def _kwargs_text(s: dict[str, Any]) -> str:
+    kwargs = s.get("model_kwargs") or {}
+    return f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else ""
+
+
+def converged_cell(seeds: list[dict[str, Any]]) -> str:
+    """Which seeds' validation curves converged by the protocol's rule ('-' for tables measured without it)."""
+    judged = [e for e in seeds if e.get("converged") is not None]
+    if not judged:
+        return "-"
+    missed = [str(e["seed"]) for e in judged if not e["converged"]]
+    return f"{len(judged) - len(missed)}/{len(judged)}" + (f" (not: s{', s'.join(missed)})" if missed else "")
 
 
 def _header(table: dict[str, Any], reason: str) -> list[str]:
@@ -165,8 +187,10 @@ def _header(table: dict[str, Any], reason: str) -> list[str]:
     steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps)"
     aside = " (the method aside, in the rows listed next)" if _methods(table) else ""
     return [
-        f"# Architecture changes on CIFAR-10: evidence table (protocol `{table['protocol']}`)", "",
-        f"model: `{table['model']}` at 32x32; data: `{table['data']}`; updated {table['updated']}",
+        f"# Architecture changes on {s.get('dataset', 'CIFAR-10')}: evidence table (protocol `{table['protocol']}`)",
+        "",
+        f"model: `{table['model']}`{_kwargs_text(s)} at {s.get('input_size', 32)}; data: `{table['data']}`; "
+        f"updated {table['updated']}",
         f"training, every row and seed alike{aside}: "
         f"{s['method'].upper()} at eps {s['eps']}"
         f"{steps}, {s['epochs']} epochs on "
@@ -191,7 +215,7 @@ def _rows_table(table: dict[str, Any]) -> list[str]:
     lines = [f"| # | change | start | seeds | clean % (n={s['n']}), mean ± sd | robust % ({atk}), mean ± sd | "
              f"robust vs baseline per seed: difference in points (exact McNemar p; {atk}) | "
              f"clean / robust % ({chk}, Linf {s['eps']}, n={s.get('check_n')}) | params | MACs | feature map | "
-             "train min per seed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "train min per seed | converged |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         seeds = r["seeds"]
         minutes = statistics.mean(e["train_seconds"] for e in seeds) / 60
@@ -199,7 +223,7 @@ def _rows_table(table: dict[str, Any]) -> list[str]:
             f"| {r['index']} | {r['row']} | {r['start']} | {', '.join(str(e['seed']) for e in seeds)} | "
             f"{mean_sd([e['clean_acc'] for e in seeds])} | {mean_sd([e['robust_acc'] for e in seeds])} | "
             f"{_per_seed(seeds, 'vs_baseline') if r['index'] else '-'} | {_check_cell(seeds)} | {human(r['params'])} "
-            f"| {human(r['macs'])} | {r['feature_map']} | {minutes:.1f} |")
+            f"| {human(r['macs'])} | {r['feature_map']} | {minutes:.1f} | {converged_cell(seeds)} |")
     return lines
 
 
@@ -239,6 +263,10 @@ FOOTNOTE = ("p: two-sided exact McNemar test on the test images that only one of
             "the rule.")
 
 
+CONVERGED_NOTE = ("converged: the seeds whose adversarial training's validation curve (PGD robust accuracy on the "
+                  "held-out training images, every epoch) stayed within 1 point of its best epoch over the last 20% "
+                  "of epochs; the rule was fixed before the first result.")
+
 PICTURE = "robust and clean accuracy of each row minus the baseline's, per training seed"
 
 
@@ -247,8 +275,21 @@ def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
     warned = sorted({(r["index"], w) for r in table["rows"] for e in r["seeds"] for w in e.get("warnings", [])})
     s = table["settings"]
     picture = out.with_suffix(".png")
-    lines = _header(table, reason) + _rows_table(table) + ["", FOOTNOTE, "", f"![{PICTURE}]({picture.name})"]
+    lines = _header(table, reason) + _rows_table(table) + ["", FOOTNOTE]
+    if any(e.get("converged") is not None for r in table["rows"] for e in r["seeds"]):
+        lines += ["", CONVERGED_NOTE]
+    lines += ["", f"![{PICTURE}]({picture.name})"]
     lines += _findings(table)
+    if budget_rows(table):
+        pitch = out.with_name(f"{out.stem}-pitch.png")
+        plot_pitch(table, pitch, f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}")
+        lines += ["", "## The pitch: fine-tuning a clean network against training from scratch", "",
+                  *(pitch_sentences(table) or ["- not yet measured: no fine-tuning row has a baseline of its seed"]),
+                  "", "Compute: forward-backward passes over training images (the attack's steps plus the loss), "
+                  "validation not counted; the clean pre-training is not counted either, since it is the network "
+                  "the user already has. Share of robust accuracy: each seed's fine-tuned robust accuracy over the "
+                  "same seed's from-scratch one; interval: Student t over seeds.", "",
+                  f"![robust accuracy against training compute]({pitch.name})"]
     if warned:
         lines += ["", "Warnings of the evaluations (harden's checks and AutoAttack's own): "
                   + "; ".join(f"row {i}: {w}" for i, w in warned)]

@@ -26,10 +26,12 @@ import argparse
 import datetime
 import hashlib
 import json
+import math
 import platform
 import sys
 import tarfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -61,6 +63,10 @@ class Row(NamedTuple):
     def training_cost(self, s: dict[str, Any]) -> float:
         """Training passes per image of this row relative to the protocol's method (AWP and TRADES cost more)."""
         return method_passes({"method": s["method"], "steps": s["steps"], **self.training}) / method_passes(s)
+
+    def epochs(self, s: dict[str, Any]) -> int:
+        """The adversarial epochs of this row: the protocol's, or the fraction ``budget`` of them (at least 1)."""
+        return max(1, round(s["epochs"] * self.training.get("budget", 1.0)))
 
     def definition(self) -> list[Any]:
         """The row as the table's JSON records it (rows without training changes as they always were)."""
@@ -102,9 +108,29 @@ SEARCHED: dict[tuple[str, str], list[Row]] = {
 }
 
 
+# The Fashion-MNIST protocol: the architecture rows, then harden's pitch measured as a curve: one network
+# trained clean to its plateau per seed (the user's existing model), adversarially fine-tuned with 10%, 25%
+# and 50% of the from-scratch budget, as it is and with SiLU first (chosen a priori, PITCH_REASON).
+FMNIST_ROWS: list[Row] = ROWS[:5] + [
+    Row(f"clean-trained, fine-tuned as it is, {pct}% of the budget", [], "pretrained", {"budget": pct / 100})
+    for pct in (10, 25, 50)
+] + [
+    Row(f"clean-trained, SiLU, fine-tuned, {pct}% of the budget", ["activation:name=silu"], "pretrained",
+        {"budget": pct / 100})
+    for pct in (10, 25, 50)
+]
+# each pitch row with SiLU against the same budget as it is
+FMNIST_REFERENCE = {8: 5, 9: 6, 10: 7}
+
+
 def rows_of(protocol: str, model: str) -> list[Row]:
-    """The rows of a protocol's table: every protocol's rows, then those searched for its model."""
-    return ROWS + SEARCHED.get((protocol, model), [])
+    """The rows of a protocol's table: the protocol's rows, then those searched for its model."""
+    return (FMNIST_ROWS if protocol == "fmnist" else ROWS) + SEARCHED.get((protocol, model), [])
+
+
+def reference_of(protocol: str) -> dict[int, int]:
+    """Each row's second paired comparison (besides the baseline) in a protocol's table."""
+    return FMNIST_REFERENCE if protocol == "fmnist" else REFERENCE
 
 
 # Each row's paired comparison besides the baseline: the pitch row against fine-tuning as it is; AWP
@@ -119,6 +145,12 @@ PITCH_REASON = ("SiLU was chosen a priori for the pitch row: it keeps the clean-
                 "help adversarial training.")
 
 _COMMON = {"eps": "8/255", "batch_size": 128, "val_n": 512, "eval_seed": 0}
+# The Fashion-MNIST protocol's network: a CIFAR-form wide residual network (3x3 stem, three stages of
+# pre-activation basic blocks that downsample 28 -> 14 -> 7, ReLU, global average pooling over the 7x7
+# map), one block per stage at half WRN's widths (8/16/32 channels), so that a row trains to its plateau
+# in minutes on 2 cores.
+FMNIST_MODEL = "cifar:wrn-10-1"
+FMNIST_KWARGS = {"base_width": 8, "in_chans": 1}
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # the papers' scale: a GPU run of each row (PGD-10 AT, AutoAttack standard on 1,000 images)
     "gpu": {**_COMMON, "model": "cifar:resnet18", "method": "pgd", "steps": 10, "epochs": 30, "train_n": None,
@@ -129,6 +161,12 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "lr": 0.2, "schedule": "onecycle", "val_n": 256, "val_steps": 5, "pretrain_epochs": 3,
             "pretrain_lr": 0.2, "attack": "apgd-ce", "n": 1000, "check_attack": "autoattack-fast", "check_n": 100,
             "seeds": [0, 1, 2]},
+    # Fashion-MNIST at convergence on two CPU cores: sized by the timing runs in benchmarks/results/README.md
+    "fmnist": {**_COMMON, "dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "model_kwargs": FMNIST_KWARGS,
+               "input_size": "1x28x28", "eps": "0.1", "method": "fgsm-rs", "steps": 1, "epochs": 15,
+               "train_n": None, "lr": 0.2, "schedule": "onecycle", "batch_size": 128, "val_n": 1000,
+               "val_steps": 10, "pretrain_epochs": 15, "pretrain_lr": 0.2, "attack": "apgd-ce", "n": 2000,
+               "check_attack": "autoattack-fast", "check_n": 500, "seeds": [0, 1, 2]},
     # toy size, for the test suite
     "quick": {**_COMMON, "model": "cifar:wrn-16-1", "method": "fgsm-rs", "steps": 1, "epochs": 1, "train_n": 32,
               "lr": 0.05, "schedule": "cosine", "batch_size": 16, "val_n": 16, "val_steps": 1, "pretrain_epochs": 1,
@@ -144,6 +182,21 @@ def cifar_folder(shared: Path, cache: Path) -> str:
             with tarfile.open(shared / f"{split}.tar.gz") as tar:
                 tar.extractall(cache, filter="data")
     return f"imagefolder:{cache}"
+
+
+SHARED = {"fmnist": "../shared/data/fashion-mnist"}
+
+
+def protocol_data(protocol: str, args: argparse.Namespace) -> str:
+    """The data spec of a run: ``--data``; Fashion-MNIST's IDX files read where they are; else the CIFAR-10
+    JPEG copy, unpacked once (not when joining: that measures nothing, only the spec must match)."""
+    if args.data:
+        return args.data
+    if protocol in SHARED:
+        return f"idx:{args.shared or SHARED[protocol]}"
+    if args.join:
+        return f"imagefolder:{args.cache}"
+    return cifar_folder(Path(args.shared or "../shared/data/cifar10-jpeg"), Path(args.cache))
 
 
 def command_line() -> str:
@@ -182,8 +235,10 @@ def _train(model: harden.HardenedModel, data: str, out: Path, s: dict, seed: int
         return harden.finetune(model, data, output=out, progress=progress, method="clean",
                                epochs=s["pretrain_epochs"], lr=s["pretrain_lr"], schedule=s["schedule"],
                                keep="last", **common)
-    method = {"method": s["method"], "steps": s["steps"], **(training or {})}
-    return harden.finetune(model, data, output=out, progress=progress, epochs=s["epochs"], lr=s["lr"],
+    training = dict(training or {})
+    epochs = max(1, round(s["epochs"] * training.pop("budget", 1.0)))
+    method = {"method": s["method"], "steps": s["steps"], **training}
+    return harden.finetune(model, data, output=out, progress=progress, epochs=epochs, lr=s["lr"],
                            schedule=s["schedule"], **method, **common)
 
 
@@ -197,13 +252,20 @@ def model_path(work: Path, index: int, seed: int, data: str, s: dict, training: 
     return work / f"row{index}-{digest}-seed{seed}.safetensors"
 
 
+def new_model(s: dict[str, Any]) -> harden.HardenedModel:
+    """The protocol's network with fresh weights (seed them first)."""
+    with warnings.catch_warnings():  # random weights are the point of training from scratch
+        warnings.simplefilter("ignore", harden.errors.HardenWarning)
+        return harden.load_model(s["model"], num_classes=10, input_size=s.get("input_size", 32),
+                                 model_kwargs=s.get("model_kwargs"))
+
+
 def pretrained_start(data: str, work: Path, s: dict, seed: int, progress: bool) -> harden.HardenedModel:
     """The clean-trained network of ``seed``, trained once and cached in ``work`` (shared by the rows)."""
     path = work / f"pretrain-{settings_digest({**s, 'data': data})}-seed{seed}.safetensors"
     if not path.exists():
         torch.manual_seed(seed)
-        base = harden.load_model(s["model"], num_classes=10, input_size=32)
-        _train(base, data, path, s, seed, clean=True, progress=progress)
+        _train(new_model(s), data, path, s, seed, clean=True, progress=progress)
     return harden.load(path)
 
 
@@ -238,6 +300,30 @@ def evaluate(model: harden.HardenedModel, data: str, attack: str, n: int, s: dic
             "seconds": round(report["seconds"], 1)}
 
 
+#: the convergence rule, fixed before any result: the last 20% of epochs all within 1 point of the best epoch
+CONVERGED_TAIL, CONVERGED_POINTS = 0.2, 1.0
+
+
+def converged(curve: list[dict[str, Any]], key: str = "val_robust") -> bool | None:
+    """Whether the last 20% of epochs (at least one) all stayed within 1 point of the best ``key``; None
+    without a validation curve."""
+    values = [c[key] for c in curve if c.get(key) is not None]
+    if not values:
+        return None
+    tail = max(1, math.ceil(CONVERGED_TAIL * len(values)))
+    return all(max(values) - v <= CONVERGED_POINTS for v in values[-tail:])
+
+
+def training_record(model: harden.HardenedModel, method: dict[str, Any]) -> dict[str, Any]:
+    """The adversarial training's validation curve, its convergence by the rule, and its compute."""
+    entry = model.provenance.finetune
+    assert entry is not None
+    curve = [{k: h.get(k) for k in ("epoch", "val_clean", "val_robust", "train_acc")} for h in entry.history]
+    return {"curve": curve, "converged": converged(curve), "kept_epoch": entry.kept_epoch,
+            "epochs_run": entry.epochs_run, "train_images": entry.train_n,
+            "train_passes": entry.epochs_run * entry.train_n * method_passes(method)}
+
+
 def run_one(index: int, seed: int, data: str, work: Path, s: dict, progress: bool,
             rows: list[Row] = ROWS) -> dict[str, Any]:
     """Train and evaluate row ``index`` of ``rows`` with ``seed``; the per-seed result with its model facts."""
@@ -247,14 +333,15 @@ def run_one(index: int, seed: int, data: str, work: Path, s: dict, progress: boo
         model = pretrained_start(data, work, s, seed, progress)
     else:
         torch.manual_seed(seed)
-        model = harden.load_model(s["model"], num_classes=10, input_size=32)
+        model = new_model(s)
     model = harden.apply(model, transforms) if transforms else model
     facts = model_facts(model)
     t1 = time.perf_counter()
     trained, train_seconds = trained_model(model, data, model_path(work, index, seed, data, s, training), s,
                                            seed, progress, training)
     result = {"seed": seed, **evaluate(trained, data, s["attack"], s["n"], s),
-              "pretrain_seconds": round(t1 - t0, 1), "train_seconds": train_seconds}
+              "pretrain_seconds": round(t1 - t0, 1), "train_seconds": train_seconds,
+              **training_record(trained, {"method": s["method"], "steps": s["steps"], **training})}
     if s["check_attack"] and seed == s["seeds"][0]:
         result["check"] = evaluate(trained, data, s["check_attack"], s["check_n"], s)
     return {"index": index, "row": label, "transforms": transforms, "start": start,
@@ -291,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="measure nothing: add the pieces of tables measured elsewhere (other clones or machines, "
                          "the same settings) to the table at --out")
     ap.add_argument("--data", default=None, help="data spec (default: the shared CIFAR-10 JPEG copy)")
-    ap.add_argument("--shared", default="../shared/data/cifar10-jpeg")
+    ap.add_argument("--shared", default=None, help="the shared data folder (default: ../shared/data/cifar10-jpeg, "
+                    "for fmnist ../shared/data/fashion-mnist)")
     ap.add_argument("--cache", default="data/cifar10-jpeg")
     ap.add_argument("--work", default="runs/reproduce", help="folder for the trained models")
     ap.add_argument("--out", default=None, help="markdown table (default: benchmarks/results/evidence-PROTOCOL.md)")
@@ -327,7 +415,7 @@ def join(paths: list[str], out: Path, table: dict[str, Any] | None, identity: di
         if differ:
             print(f"error: --join: '{path}' was measured with other {', '.join(differ)}", file=sys.stderr)
             sys.exit(1)
-        table, added = join_tables(table, other, identity, REFERENCE)
+        table, added = join_tables(table, other, identity, reference_of(identity["protocol"]))
         print(f"{path}: {added} piece(s) added")
     assert table is not None
     write_table(out, table, PITCH_REASON)
@@ -342,10 +430,7 @@ def main(argv: list[str] | None = None) -> Path:
     rows = parse_list(args.rows, list(range(len(table_rows))), "rows", range(len(table_rows)))
     seeds = parse_list(args.seeds, s["seeds"], "seeds")
     out = Path(args.out or f"benchmarks/results/evidence-{name}.md")
-    if args.data or args.join:  # joining measures nothing: the data need not be unpacked, its spec must match
-        data = args.data or f"imagefolder:{args.cache}"
-    else:
-        data = cifar_folder(Path(args.shared), Path(args.cache))
+    data = protocol_data(name, args)
     identity = {"protocol": name, "model": s["model"], "data": data, "settings": s, "device": device_name(),
                 "row_definitions": [r.definition() for r in table_rows]}
     saved = _saved_table(out, identity, "join" if args.join else "merge") if args.merge or args.join else None
@@ -362,7 +447,7 @@ def main(argv: list[str] | None = None) -> Path:
             fresh.append(run_one(index, seed, data, work, s, progress=not args.quick, rows=table_rows))
             print(json.dumps({k: v for k, v in fresh[-1]["seed_result"].items() if k != "outcome"}
                              | {"row": fresh[-1]["row"]}), flush=True)
-    table = merge_results(saved, identity, piece, fresh, REFERENCE)
+    table = merge_results(saved, identity, piece, fresh, reference_of(name))
     text = write_table(out, table, PITCH_REASON)
     print(text)
     print(f"wrote {out}")

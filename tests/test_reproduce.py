@@ -230,3 +230,62 @@ def test_training_cost_counts_the_passes_of_each_method() -> None:
     costs = {r.label.split(" (")[0]: r.training_cost(s) for r in reproduce.ROWS}
     assert costs["baseline"] == 1.0 and costs["TRADES"] == 2.0 and costs["TRADES + AWP gamma 0.005"] == 3.0
     assert reproduce.method_passes({"method": "pgd", "steps": 10}) == 11
+
+
+def test_convergence_rule_judges_the_last_fifth_of_epochs_against_the_best() -> None:
+    reproduce = _import("reproduce")
+    flat = [{"epoch": i, "val_robust": v} for i, v in enumerate([20, 40, 50, 55, 56, 56.5, 56, 55.8, 56.2, 56.4])]
+    assert reproduce.converged(flat) is True
+    rising = flat[:-2] + [{"epoch": 8, "val_robust": 58.0}, {"epoch": 9, "val_robust": 60.0}]
+    assert reproduce.converged(rising) is False  # epoch 8 is 2 points below the best (epoch 9)
+    collapsed = flat[:-1] + [{"epoch": 9, "val_robust": 30.0}]
+    assert reproduce.converged(collapsed) is False
+    assert reproduce.converged([{"epoch": 1, "val_robust": None}]) is None
+    assert reproduce.converged([{"epoch": 1, "val_robust": 10.0}]) is True  # one epoch is its own best
+
+
+def test_the_fmnist_protocol_measures_what_the_issue_asks() -> None:
+    reproduce = _import("reproduce")
+    s = reproduce.PROTOCOLS["fmnist"]
+    rows = reproduce.rows_of("fmnist", s["model"])
+    assert len(rows) >= 8 and len(s["seeds"]) >= 3 and s["n"] >= 2000 and s["check_n"] >= 500
+    assert s["train_n"] is None and s["input_size"] == "1x28x28" and s["dataset"] == "Fashion-MNIST"
+    assert [r.transforms for r in rows[:5]] == [[], ["upsample:factor=2"], ["stride-mod"], ["activation:name=silu"],
+                                                ["last-stage-width:ratio=0.5"]]
+    budgets = [(r.start, r.training.get("budget"), r.transforms) for r in rows[5:11]]
+    assert [b[1] for b in budgets] == [0.1, 0.25, 0.5] * 2 and all(b[0] == "pretrained" for b in budgets)
+    assert [rows[i].epochs(s) for i in range(5, 8)] == [max(1, round(s["epochs"] * f)) for f in (0.1, 0.25, 0.5)]
+    for silu, plain in reproduce.reference_of("fmnist").items():
+        assert rows[silu].training == rows[plain].training and rows[silu].transforms == ["activation:name=silu"]
+    model = reproduce.new_model(s)
+    assert model.input_size == (1, 28, 28) and model.provenance.model.weights == "random"
+
+
+def _budget_table(tmp_path: Path) -> dict:
+    reproduce = _import("reproduce")
+    rows = reproduce.rows_of("fmnist", "m")
+    curve = [{"epoch": e, "val_clean": 80.0, "val_robust": 60.0 + e, "train_acc": 70.0} for e in range(1, 11)]
+    table_rows = []
+    for index, robust, passes, seconds in ((0, 70.0, 1000, 100.0), (5, 56.0, 100, 12.0), (8, 63.0, 100, 12.0)):
+        seeds = [{"seed": s, "robust_acc": robust + s, "clean_acc": 85.0, "train_passes": passes,
+                  "train_seconds": seconds, "curve": curve, "epochs_run": 10, "converged": index != 5, "n": 4,
+                  "outcome": ["robust"] * 4, "piece": 0} for s in (0, 1, 2)]
+        table_rows.append({"index": index, "row": rows[index].label, "start": rows[index].start, "seeds": seeds,
+                           "params": 1, "macs": 1, "feature_map": "7x7"})
+    return {"protocol": "fmnist", "model": "m", "data": "idx:x", "updated": "now",
+            "settings": reproduce.PROTOCOLS["fmnist"], "row_definitions": [r.definition() for r in rows],
+            "rows": table_rows, "pieces": [{"date": "d", "device": "cpu", "rows": [0], "seeds": [0], "command": "c"}]}
+
+
+def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
+    pitch, table = _import("pitch"), _import("evidence_table")
+    data = _budget_table(tmp_path)
+    found = {f["index"]: f for f in pitch.pitch_findings(data)}
+    assert set(found) == {5, 8} and found[5]["compute"] == pytest.approx(10.0)
+    mean, lo, hi = found[5]["share"]
+    assert mean == pytest.approx(100 * (56 + 57 + 58) / 3 / 71, rel=0.02) and lo < mean < hi
+    sentence = pitch.pitch_sentences(data)[0]
+    assert "reaches 80% (95% interval over 3 seeds" in sentence and "at 10% of its compute (12% of its wall" in sentence
+    text = table.write_table(tmp_path / "evidence-fmnist.md", data, "reason")
+    assert "# Architecture changes on Fashion-MNIST" in text and "| 0/3 (not: s0, s1, s2) |" in text
+    assert "## The pitch" in text and (tmp_path / "evidence-fmnist-pitch.png").stat().st_size > 5000

@@ -193,17 +193,23 @@ class NetworkBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-DEPTH-WIDEN for 32x32 inputs: (depth - 4) / 6 blocks per stage, 16k-32k-64k channels."""
+    """WRN-DEPTH-WIDEN for 32x32 inputs: (depth - 4) / 6 blocks per stage, 16k-32k-64k channels.
+
+    ``base_width`` (16 in the paper) scales every stage: 8 gives 8k-16k-32k channels, a quarter of the MACs.
+    """
 
     def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10,
-                 drop_rate: float = 0.0) -> None:
+                 drop_rate: float = 0.0, base_width: int = 16) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 34, ...), got {depth}")
         if widen_factor < 1:
             raise ValueError(f"WRN widen factor must be >= 1, got {widen_factor}")
+        if base_width < 1:
+            raise ValueError(f"WRN base width must be >= 1, got {base_width}")
         n = (depth - 4) // 6
-        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        b = base_width
+        channels = [b, b * widen_factor, 2 * b * widen_factor, 4 * b * widen_factor]
         self.conv1 = nn.Conv2d(3, channels[0], 3, stride=1, padding=1, bias=False)
         self.block1 = NetworkBlock(n, channels[0], channels[1], 1, drop_rate)
         self.block2 = NetworkBlock(n, channels[1], channels[2], 2, drop_rate)

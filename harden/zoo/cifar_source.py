@@ -88,13 +88,14 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
             _check_kwargs(name, kwargs, ())
             net = _FIXED[name](n)
         elif (m := _WRN.fullmatch(name)) is not None:
-            _check_kwargs(name, kwargs, ("drop_rate",))
+            _check_kwargs(name, kwargs, ("drop_rate", "base_width"))
             depth, widen = int(m.group(1)), int(m.group(2))
             if depth < 10 or (depth - 4) % 6 != 0:
                 raise UsageError(f"cifar:{name}: a WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth}")
             if widen < 1:
                 raise UsageError(f"cifar:{name}: the widen factor must be at least 1")
-            net = cifar.WideResNet(depth, widen, n, drop_rate=float(kwargs.get("drop_rate", 0.0)))
+            net = cifar.WideResNet(depth, widen, n, drop_rate=float(kwargs.get("drop_rate", 0.0)),
+                                   base_width=int(kwargs.get("base_width", 16)))
         elif (m := _ROBUST.fullmatch(name)) is not None:
             block = "robust" if m.group(1) == "robustresnet" else "basic"
             _check_kwargs(name, kwargs, _ROBUST_KWARGS if block == "robust" else ("activation", "strides"))

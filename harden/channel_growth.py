@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden.channels import CONV, GroupScan, choose_removed, is_channel_norm, keep_count, layer_width, root_layer
+from harden.channels import CONV, GroupScan, is_channel_norm, layer_width, plan_removed, root_layer
 from harden.errors import HardenError
 
 NEW_FILTER_SCALE = 1e-2  # new output filters: this times the standard deviation of the layer's weights
@@ -73,17 +73,16 @@ def grow_channels(dg: Any, net: nn.Module, plans: Sequence[ChannelPlan], who: st
 
 
 def _plan(path: str, channels: int, factor: float, scan: GroupScan, group: Any, dg: Any) -> ChannelPlan | None:
-    ch_groups, unit = (scan.channel_groups, 1) if factor < 1 else _growth_layout(dg, group, path)
+    if factor < 1:
+        removed = set(plan_removed(scan, path, channels, factor))
+        if not removed:
+            return None
+        kept = [i for i in range(channels) if i not in removed]
+        return ChannelPlan(path, channels, len(kept), kept)
+    ch_groups, unit = _growth_layout(dg, group, path)
     if channels % ch_groups:
         raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
     per_group = channels // ch_groups
-    if factor < 1:
-        keep = keep_count(factor, per_group)
-        if keep == per_group:
-            return None
-        removed = set(choose_removed(scan.importance(), ch_groups, keep))
-        kept = [i for i in range(channels) if i not in removed]
-        return ChannelPlan(path, channels, keep * ch_groups, kept)
     new_per_group = max(per_group, math.floor(factor * per_group / unit + 0.5) * unit)
     if new_per_group == per_group:
         return None

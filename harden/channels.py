@@ -3,7 +3,9 @@
 Shared by the width transforms (``last-stage-width``, ``stage-widths``): the analysis of which
 layers' channels are coupled (residual adds, concatenations, norms, the next layer's input) comes
 from torch-pruning; this module scores and removes channels group by group (growing them is
-:mod:`harden.channel_growth`), and reports layer widths and how they changed.
+:mod:`harden.channel_growth`), and reports layer widths and how they changed. Networks that shuffle or
+split their channels (ShuffleNet, MixNet), which torch-pruning does not follow, go through
+:mod:`harden.channel_groups` instead.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError
-from harden.graph.channel_ops import find_channel_ops
-from harden.graph.tracing import eval_mode, prefer_fake, preserve_state, trace_with_shapes
+from harden.graph.tracing import eval_mode, prefer_fake, preserve_state
 
 # layers whose output channels mix their inputs: the filters that define a channel's importance
 _MIXING = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention, nn.RNNBase)
@@ -27,25 +28,7 @@ CONV = nn.modules.conv._ConvNd
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-def structure_error(net: nn.Module, input_size: tuple[int, ...], who: str, fallback: HardenError,
-                    near: str = "") -> HardenError:
-    """``fallback``, or a clearer error when ``net`` rearranges channels in a way channel removal cannot follow
-    (naming first such an operation inside the block of layer ``near``)."""
-    try:
-        ops = find_channel_ops(trace_with_shapes(net, input_size))
-    except Exception:  # a model fx cannot trace: keep the original message
-        return fallback
-    if not ops:
-        return fallback
-    block = near.rpartition(".")[0]
-    ops.sort(key=lambda op: not (block and op.where.strip("'").startswith(block)))
-    more = f" (and {len(ops) - 1} more)" if len(ops) > 1 else ""
-    return HardenError(f"{who} cannot change the widths of this model: it has {ops[0].describe()}{more}, which "
-                       "channel removal cannot keep consistent; use transforms that keep the widths instead "
-                       "(upsample, stride-mod, strides, activation)")
-
-
-def dependency_graph(net: nn.Module, input_size: tuple[int, ...], who: str = "a width transform") -> Any:
+def dependency_graph(net: nn.Module, input_size: tuple[int, ...]) -> Any:
     """torch-pruning's dependency graph of ``net`` (traced in eval mode; train/eval modes are kept).
 
     The graph only needs the autograd structure of one forward pass on zeros; for large inputs it is
@@ -76,10 +59,9 @@ def dependency_graph(net: nn.Module, input_size: tuple[int, ...], who: str = "a 
         try:
             return build(fake=False)
         except Exception as exc:
-            plain = HardenError(
+            raise HardenError(
                 f"torch-pruning cannot build the channel dependency graph of this model ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
-            raise structure_error(net, input_size, who, plain) from exc
+                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from exc
 
 
 def filter_l1(layer: nn.Module, idxs: list[int]) -> torch.Tensor | None:
@@ -158,6 +140,17 @@ def choose_removed(importance: torch.Tensor, channel_groups: int, keep: int) -> 
     return [g * per_group + o for g in range(channel_groups) for o in removed_offsets]
 
 
+def plan_removed(scan: GroupScan, path: str, channels: int, ratio: float) -> list[int]:
+    """The channels of a coupled group to remove so that it keeps ``ratio`` of them (the largest-L1
+    ones, the same offsets in each channel group), sorted; [] when it keeps them all."""
+    if channels % scan.channel_groups:
+        raise HardenError(f"{path}: {channels} channels do not split into {scan.channel_groups} equal "
+                          "channel groups")
+    per_group = channels // scan.channel_groups
+    keep = keep_count(ratio, per_group)
+    return [] if keep == per_group else choose_removed(scan.importance(), scan.channel_groups, keep)
+
+
 def coupled_groups(dg: Any, net: nn.Module, layer_paths: Sequence[str]) -> Iterator[tuple[str, int, Any, GroupScan]]:
     """Each coupled channel group of the conv/linear layers in ``layer_paths``, once, in their order:
     ``(root path, output channels, torch-pruning group, scan)``."""
@@ -191,16 +184,15 @@ def root_layer(dg: Any, net: nn.Module, root: str, channels: int, who: str, fits
 
 
 def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int],
-                    who: str = "last-stage-width", input_size: tuple[int, ...] | None = None) -> None:
+                    who: str = "last-stage-width") -> None:
     """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it
-    (``who`` names the transform in error messages; ``input_size`` lets them name the structure at fault)."""
+    (``who`` names the transform in error messages)."""
     layer = root_layer(dg, net, root, channels, who, fits=not (removed and max(removed) >= channels))
     pruner = dg.get_pruner_of_module(layer)
     group = dg.get_pruning_group(layer, pruner.prune_out_channels, removed)
     if not dg.check_pruning_group(group):
-        plain = HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
-                            "leave a coupled layer without channels")
-        raise plain if input_size is None else structure_error(net, input_size, who, plain, near=root)
+        raise HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
+                          "leave a coupled layer without channels")
     group.prune(record_history=False)
 
 

@@ -12,6 +12,11 @@ produce the channel (every convolution/linear layer of the group that outputs it
 convolutions keep the same channels in every group. The removed channels are recorded in the
 recipe, so :meth:`LastStageWidth.replay` redoes the same surgery on a fresh model without
 recomputing importance.
+
+Networks that shuffle or split their channels, which torch-pruning does not follow (ShuffleNet's
+channel shuffles and chunks, MixNet's mixed-kernel convolutions), are narrowed through
+:mod:`harden.channel_groups` instead: whole shuffle groups so that every chunk stays balanced, a
+share of every split part; their removed filters are recorded per layer (``state["flow"]``).
 """
 
 from __future__ import annotations
@@ -21,14 +26,20 @@ from typing import Any
 
 from torch import nn
 
+from harden.channel_groups import (
+    FlowAnalysis,
+    flow_analysis,
+    plan_group,
+    remove_classes,
+    replay_removal,
+)
 from harden.channels import (
-    choose_removed,
     coupled_groups,
     dependency_graph,
-    keep_count,
     layer_names,
     param_change,
     param_count,
+    plan_removed,
     remove_channels,
 )
 from harden.errors import HardenError
@@ -37,8 +48,7 @@ from harden.graph.stages import Head, Stage, find_head, find_stages
 from harden.model import HardenedModel
 from harden.transforms import Applied, Param, Transform, parse_number
 
-# Layers that mix channels: the width of their output is their own, not their input's.
-_MAX_GROUP_LINES = 10
+_MAX_GROUP_LINES = 10  # groups listed one per line in the changes; the rest summed up
 
 
 def _ratio_problem(value: float) -> str | None:
@@ -88,17 +98,60 @@ def _plan_groups(dg: Any, net: nn.Module, stage: Stage, ratio: float) -> tuple[l
         if outside:
             skipped.append(f"{path} ({channels} channels, coupled to {outside[0]} outside the last stage)")
             continue
-        ch_groups = scan.channel_groups
-        if channels % ch_groups:
-            raise HardenError(f"{path}: {channels} channels do not split into {ch_groups} equal channel groups")
-        per_group = channels // ch_groups
-        keep = keep_count(ratio, per_group)
-        if keep == per_group:
+        removed = plan_removed(scan, path, channels, ratio)
+        if not removed:
             continue
-        removed = choose_removed(scan.importance(), ch_groups, keep)
         producers = sorted(scan.producers, key=stage.layers.index)
-        plans.append(_Plan(path, channels, producers, removed, ch_groups))
+        plans.append(_Plan(path, channels, producers, removed, scan.channel_groups))
     return plans, skipped
+
+
+def _group_lines(groups: list[tuple[str, int, int]]) -> list[str]:
+    """One line per group (its line, channels before and after), the groups past the tenth summed up."""
+    if len(groups) <= _MAX_GROUP_LINES + 1:
+        return [line for line, _, _ in groups]
+    rest = groups[_MAX_GROUP_LINES:]
+    return [*(line for line, _, _ in groups[:_MAX_GROUP_LINES]),
+            f"... {len(rest)} more groups: {sum(n for _, n, _ in rest)} -> {sum(k for _, _, k in rest)} "
+            "channels in all"]
+
+
+def _narrow(model: HardenedModel, stage: Stage, ratio: float) -> tuple[list[str], dict[str, Any]]:
+    """Narrow the last stage's coupled groups on torch-pruning's dependency graph: the change lines and state."""
+    net, size = model.net, model.net_input_size()
+    dg = dependency_graph(net, size)
+    plans, skipped = _plan_groups(dg, net, stage, ratio)
+    for plan in plans:
+        remove_channels(dg, net, plan.root, plan.channels, plan.removed)
+    lines = []
+    for plan in plans:
+        grouped = f", same channels in each of {plan.channel_groups} groups" if plan.channel_groups > 1 else ""
+        lines.append((f"{layer_names(plan.producers)}: {plan.channels} -> {plan.kept} channels{grouped}",
+                      plan.channels, plan.kept))
+    state = {"groups": [{"root": p.root, "channels": p.channels, "removed": p.removed} for p in plans]}
+    return [*_group_lines(lines), *(f"kept {s}" for s in skipped)], state
+
+
+def _narrow_flow(analysis: FlowAnalysis, stage: Stage, ratio: float,
+                 who: str) -> tuple[list[str], dict[str, Any]]:
+    """Narrow the last stage of a network with channel shuffles or splits (:mod:`harden.channel_groups`)."""
+    inside = set(stage.layers)
+    plans, skipped = [], []
+    for group in analysis.groups:
+        within = [p for p in group.layers if p in inside]
+        outside = [p for p in group.producers if p not in inside]
+        if not within:
+            continue
+        if outside:
+            skipped.append(f"kept {within[0]} ({len(group.classes)} channels, coupled to {outside[0]} "
+                           "outside the last stage)")
+            continue
+        plan = plan_group(analysis, group, ratio)
+        if plan.removed or plan.unit is not None:
+            plans.append(plan)
+    groups = remove_classes(analysis, {c for plan in plans for c in plan.removed}, who)
+    lines = [(p.describe(), len(p.group.classes), len(p.group.classes) - len(p.removed)) for p in plans]
+    return [*_group_lines(lines), *skipped], {"groups": groups, "flow": True}
 
 
 def _in_width(layer: nn.Module) -> int | None:
@@ -128,29 +181,19 @@ class LastStageWidth(Transform):
         following = [p for p in head.layers if p not in stage.layers]
         widths = {p: _in_width(net.get_submodule(p)) for p in following}
         params_before = param_count(model)
-        dg = dependency_graph(net, model.net_input_size(), self.name)
-        plans, skipped = _plan_groups(dg, net, stage, ratio)
-        for plan in plans:
-            remove_channels(dg, net, plan.root, plan.channels, plan.removed,
-                            input_size=model.net_input_size())
-        for i, plan in enumerate(plans):
-            if i == _MAX_GROUP_LINES and len(plans) > _MAX_GROUP_LINES + 1:
-                rest = plans[i:]
-                changes.append(f"... {len(rest)} more groups: {sum(p.channels for p in rest)} -> "
-                               f"{sum(p.kept for p in rest)} channels in all")
-                break
-            grouped = f", same channels in each of {plan.channel_groups} groups" if plan.channel_groups > 1 else ""
-            changes.append(f"{layer_names(plan.producers)}: {plan.channels} -> {plan.kept} channels{grouped}")
-        changes += [f"kept {s}" for s in skipped]
+        analysis = flow_analysis(net, model.net_input_size(), self.name)
+        if analysis is None:
+            lines, state = _narrow(model, stage, ratio)
+        else:
+            lines, state = _narrow_flow(analysis, stage, ratio, self.name)
+        changes += lines
         for path, before in widths.items():
             after = _in_width(net.get_submodule(path))
             if before is not None and after != before:
                 changes.append(f"{path}: input {before} -> {after}")
-        if not plans:
+        if not state["groups"]:
             changes.append(f"ratio {ratio:g} removes no channel (groups too small)")
-        params_after = param_count(model)
-        changes.append(param_change(params_before, params_after))
-        state = {"groups": [{"root": p.root, "channels": p.channels, "removed": p.removed} for p in plans]}
+        changes.append(param_change(params_before, param_count(model)))
         return Applied(changes, state)
 
     def replay(self, model: HardenedModel, state: dict[str, Any]) -> None:
@@ -158,6 +201,9 @@ class LastStageWidth(Transform):
         if groups is None:
             raise HardenError("last-stage-width: the recipe has no recorded channel choice to replay")
         if not groups:
+            return
+        if state.get("flow"):
+            replay_removal(model.net, model.net_input_size(), groups, self.name)
             return
         dg = dependency_graph(model.net, model.net_input_size())
         for entry in groups:

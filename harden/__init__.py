@@ -23,6 +23,9 @@ from harden._version import __version__ as __version__
 _EXPORTS = {
     "HardenError": "harden.errors",
     "UsageError": "harden.errors",
+    "ImageDataset": "harden.data",
+    "as_image_dataset": "harden.data",
+    "image_dataset": "harden.data",
     "evaluate": "harden.evaluation",
     "HardenedModel": "harden.model",
     "apply": "harden.pipeline",
@@ -46,13 +49,16 @@ __all__ = [
     "Applied",
     "HardenError",
     "HardenedModel",
+    "ImageDataset",
     "Param",
     "Provenance",
     "Transform",
     "UsageError",
     "apply",
+    "as_image_dataset",
     "evaluate",
     "finetune",
+    "image_dataset",
     "list_transforms",
     "load",
     "load_model",
@@ -86,6 +92,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
+    from harden.data import ImageDataset, as_image_dataset, image_dataset
     from harden.errors import HardenError, UsageError
     from harden.evaluation import evaluate
     from harden.model import HardenedModel

@@ -1,8 +1,11 @@
 """Data sources: turning a data spec into images in [0, 1] and labels.
 
-Specs: ``sample`` (a CIFAR-10 sample bundled with harden), ``imagefolder:ROOT`` (an ImageFolder
-tree, optionally with ``train/`` and ``test/`` splits), ``cifar10:ROOT`` and ``cifar100:ROOT``
-(torchvision's format; downloaded only when asked).
+Specs: ``sample`` (a CIFAR-10 sample bundled with harden), ``imagefolder:ROOT`` (an ImageFolder tree,
+with split folders such as ``train/``, ``val/``, ``test/`` or none), ``cifar10:ROOT`` and
+``cifar100:ROOT`` (torchvision's format; downloaded only when asked), ``idx:DIR`` (MNIST-like IDX
+files) and ``npz:FILE`` (numpy arrays). :func:`load_dataset` brings the images to a model's input;
+:func:`image_dataset` takes the user's own preprocessing; :func:`as_image_dataset` takes a torch
+``Dataset``, a ``DataLoader`` or ``(x, y)`` tensors. How images are converted: :mod:`harden.data_images`.
 """
 
 from __future__ import annotations
@@ -15,101 +18,29 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
+from harden.data_adapters import as_image_dataset, has_class_names
+from harden.data_arrays import Arrays, read_idx_dir, read_npz
+from harden.data_images import DamagedImage, DataWarning, ImageDataset, Preprocess, Transform, data_warning
 from harden.errors import HardenError, UsageError, close_matches
 
-SPLITS = ("train", "test")
+__all__ = ["CIFAR10_CLASSES", "DATA_SOURCES", "SPLITS", "DamagedImage", "DataSource", "DataWarning", "ImageDataset",
+           "Preprocess", "Selection", "as_image_dataset", "check_spec", "has_class_names", "image_dataset",
+           "load_dataset", "load_tensors", "select", "skip_unreadable"]
+
+SPLITS = ("train", "test")  # the splits of sample, cifar10/cifar100 and idx; ImageFolder trees and npz name their own
+FOLDER_SPLITS = ("train", "val", "valid", "validation", "test", "eval")  # folder names that mark a tree with splits
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def _to_tensor(img: Image.Image, size: int | None) -> torch.Tensor:
-    img = img.convert("RGB")
-    if size is not None and img.size != (size, size):
-        # resize the short side, then centre-crop to a square
-        w, h = img.size
-        scale = size / min(w, h)
-        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-        w, h = img.size
-        left, top = (w - size) // 2, (h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.uint8).copy()
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
-
-
-class DamagedImage(UsageError):
-    """An image file that cannot be decoded (truncated, corrupt or not an image)."""
-
-
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-
-
-class ImageDataset(Dataset):
-    """Images in [0, 1] (C, H, W float tensors) with integer labels and class names."""
-
-    def __init__(self, spec: str, split: str, classes: Sequence[str], items: Sequence[Any],
-                 loader: Callable[[Any], Image.Image | torch.Tensor], labels: Sequence[int],
-                 image_size: int | None = None) -> None:
-        self.spec = spec
-        self.split = split
-        self.classes = list(classes)
-        self._items = list(items)
-        self._loader = loader
-        self.labels = [int(v) for v in labels]
-        self.image_size = image_size
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def item_name(self, index: int) -> str:
-        """The file (or entry) behind example ``index``, for messages."""
-        return str(self._items[index])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        try:
-            x = self._as_tensor(self._loader(self._items[index]))
-        except _DECODE_ERRORS as exc:
-            reason = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-            raise DamagedImage(f"cannot read image '{self.item_name(index)}' ({reason}); repair or remove it, "
-                               "or pass --skip-bad-images to go on without it") from exc
-        return x, self.labels[index]
-
-    def _as_tensor(self, item: Image.Image | torch.Tensor) -> torch.Tensor:
-        if isinstance(item, Image.Image):
-            with item:
-                return _to_tensor(item, self.image_size)
-        if self.image_size is not None and item.shape[-1] != self.image_size:
-            item = torch.nn.functional.interpolate(item[None], size=(self.image_size, self.image_size),
-                                                   mode="bilinear", align_corners=False)[0]
-        return item
-
-    def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "split": self.split, "size": len(self), "num_classes": self.num_classes}
-
-    def readable(self, indices: Sequence[int]) -> tuple[list[int], list[str]]:
-        """Split ``indices`` into those that decode and the names of the files that do not."""
-        good, bad = [], []
-        for i in indices:
-            try:
-                self[i]
-            except DamagedImage:
-                bad.append(self.item_name(i))
-            else:
-                good.append(i)
-        return good, bad
+_SAME_IMAGES = "training and evaluation read the same images"
 
 
 # ------------------------------------------------------------------------------------------ sources
 
 
-def _sample(root: str, split: str, download: bool, image_size: int | None) -> ImageDataset:
+def _sample(root: str, split: str, download: bool, pre: Preprocess) -> ImageDataset:
+    pre.file_mode("sample")
     blobs: dict[str, bytes] = {}
     ref = resources.files("harden") / "_sample" / "cifar10-sample.tar.gz"
     with ref.open("rb") as fh, tarfile.open(fileobj=io.BytesIO(fh.read()), mode="r:gz") as tar:
@@ -119,47 +50,80 @@ def _sample(root: str, split: str, download: bool, image_size: int | None) -> Im
     names = sorted(blobs)
     labels = [CIFAR10_CLASSES.index(Path(n).parts[1]) for n in names]
     return ImageDataset("sample", split, CIFAR10_CLASSES, names, lambda n: Image.open(io.BytesIO(blobs[n])),
-                        labels, image_size)
+                        labels, preprocess=pre)
 
 
-_IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
+_IMG_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff", ".gif")
 
 
-def _imagefolder(root: str, split: str, download: bool, image_size: int | None) -> ImageDataset:
+def _split_folder(base: Path, root: str, split: str) -> Path:
+    """The folder of ``split`` in an ImageFolder tree; the tree itself when it has no split folders (warned)."""
+    if (base / split).is_dir():
+        return base / split
+    present = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name.lower() in FOLDER_SPLITS)
+    if present:
+        raise UsageError(f"'{root}' has no '{split}' split (it has: {', '.join(present)}); pick one with --split")
+    if split not in SPLITS:
+        raise UsageError(f"'{root}' has no '{split}' split folder (nor any split folders: it is read as one set "
+                         "for train and test)")
+    data_warning(f"'{root}' has no split folders (train/, val/, test/): every split reads all of it, so "
+                 f"{_SAME_IMAGES}; give it split folders, or fine-tune and evaluate on different trees")
+    return base
+
+
+def _imagefolder(root: str, split: str, download: bool, pre: Preprocess) -> ImageDataset:
     base = Path(root)
     if not base.is_dir():
         raise UsageError(f"data root '{root}' does not exist or is not a directory")
-    folder = base / split if (base / split).is_dir() else base
-    if folder is base and any((base / s).is_dir() for s in SPLITS):
-        present = [s for s in SPLITS if (base / s).is_dir()]
-        raise UsageError(f"'{root}' has no '{split}' split (it has: {', '.join(present)}); pick one with --split")
+    pre.file_mode(f"imagefolder:{root}")
+    folder = _split_folder(base, root, split)
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise UsageError(f"'{folder}' has no class folders; an ImageFolder tree is ROOT/<class>/<image>")
+        raise UsageError(f"'{folder}' has no class folders; an ImageFolder tree is ROOT[/SPLIT]/<class>/<image>")
     items, labels = [], []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).rglob("*") if p.suffix.lower() in _IMG_EXT)
+        files = sorted(p for p in (folder / cls).rglob("*") if p.suffix.lower() in _IMG_EXT and p.is_file())
+        if not files:
+            raise UsageError(f"class folder '{folder / cls}' holds no images; remove it or add images")
         items += files
         labels += [label] * len(files)
-    if not items:
-        raise UsageError(f"'{folder}' holds no images")
-    return ImageDataset(f"imagefolder:{root}", split, classes, items, Image.open, labels, image_size)
+    return ImageDataset(f"imagefolder:{root}", split, classes, items, Image.open, labels, preprocess=pre, root=base)
 
 
-def _cifar(kind: str) -> Callable[[str, str, bool, int | None], ImageDataset]:
-    def build(root: str, split: str, download: bool, image_size: int | None) -> ImageDataset:
+def _arrays(spec: str, split: str, arrays: Arrays, pre: Preprocess) -> ImageDataset:
+    """An ImageDataset over uint8 arrays read from a file."""
+    pre.check_channels(arrays.x.shape[1], spec)
+    if arrays.flat:
+        data_warning(f"'{spec}' has no per-split arrays (x_train, x_test, ...): every split reads x and y, so "
+                     f"{_SAME_IMAGES}")
+    x = arrays.x
+    return ImageDataset(spec, split, arrays.classes, list(range(len(x))), lambda i: x[i], arrays.labels,
+                        preprocess=pre)
+
+
+def _idx(root: str, split: str, download: bool, pre: Preprocess) -> ImageDataset:
+    return _arrays(f"idx:{root}", split, read_idx_dir(root, split), pre)
+
+
+def _npz(root: str, split: str, download: bool, pre: Preprocess) -> ImageDataset:
+    return _arrays(f"npz:{root}", split, read_npz(root, split), pre)
+
+
+def _cifar(kind: str) -> Callable[[str, str, bool, Preprocess], ImageDataset]:
+    def build(root: str, split: str, download: bool, pre: Preprocess) -> ImageDataset:
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
         if not Path(root).is_dir() and not download:
             raise UsageError(f"data root '{root}' does not exist (pass --download to fetch {kind} there)")
+        pre.check_channels(3, f"{kind}:{root}")
         try:
             ds = cls(root, train=(split == "train"), download=download)
         except RuntimeError as exc:
             raise UsageError(f"{kind} not found in '{root}' ({exc}); pass --download to fetch it") from exc
         data = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return ImageDataset(f"{kind}:{root}", split, ds.classes, list(range(len(data))),
-                            lambda i: data[i].float().div(255.0), ds.targets, image_size)
+        return ImageDataset(f"{kind}:{root}", split, ds.classes, list(range(len(data))), lambda i: data[i],
+                            ds.targets, preprocess=pre)
 
     return build
 
@@ -168,44 +132,94 @@ def _cifar(kind: str) -> Callable[[str, str, bool, int | None], ImageDataset]:
 class DataSource:
     name: str
     description: str
-    build: Callable[[str, str, bool, int | None], ImageDataset]
+    build: Callable[[str, str, bool, Preprocess], ImageDataset]
     needs_root: bool = True
+    splits: tuple[str, ...] | None = SPLITS  # None: any split name (the data names its own)
+    root_is: str = "folder"                  # "folder" or "file"
+    downloads: bool = False
 
 
 DATA_SOURCES: dict[str, DataSource] = {
     "sample": DataSource("sample", "CIFAR-10 sample bundled with harden (2000 train / 1000 test)", _sample, False),
-    "imagefolder": DataSource("imagefolder", "ImageFolder tree: ROOT[/train|/test]/<class>/<image>", _imagefolder),
-    "cifar10": DataSource("cifar10", "torchvision CIFAR-10 (python pickle format)", _cifar("cifar10")),
-    "cifar100": DataSource("cifar100", "torchvision CIFAR-100 (python pickle format)", _cifar("cifar100")),
+    "imagefolder": DataSource("imagefolder", "ImageFolder tree: ROOT[/train|/val|/test|/NAME]/<class>/<image>",
+                              _imagefolder, splits=None),
+    "cifar10": DataSource("cifar10", "torchvision CIFAR-10 (python pickle format)", _cifar("cifar10"), downloads=True),
+    "cifar100": DataSource("cifar100", "torchvision CIFAR-100 (python pickle format)", _cifar("cifar100"),
+                           downloads=True),
+    "idx": DataSource("idx", "IDX files of MNIST, Fashion-MNIST, KMNIST, EMNIST: DIR/{train,t10k}-images-idx3-ubyte"
+                             "[.gz] and -labels-idx1-ubyte[.gz]", _idx),
+    "npz": DataSource("npz", "numpy .npz file: x (uint8 images) and y (labels), or x_SPLIT/y_SPLIT; classes optional",
+                      _npz, splits=None, root_is="file"),
 }
 
 
+def _check_split(kind: str, split: str) -> None:
+    source = DATA_SOURCES[kind]
+    if not split or not isinstance(split, str) or split in (".", "..") or any(c in split for c in "/\\:"):
+        raise UsageError(f"split must be a name such as train, val or test, got '{split}'")
+    if source.splits is not None and split not in source.splits:
+        raise UsageError(f"split must be one of {', '.join(source.splits)} for {kind} data, got '{split}'")
+
+
 def check_spec(spec: str, split: str = "test", *, download: bool = False) -> None:
-    """Cheap validation of a data spec (source name, root folder, split) before anything is loaded."""
-    if split not in SPLITS:
-        raise UsageError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
+    """Cheap validation of a data spec (source name, root, split) before anything is loaded."""
     kind, _, root = spec.partition(":")
     if kind not in DATA_SOURCES:
         raise UsageError(f"unknown data source '{kind}'{close_matches(kind, DATA_SOURCES)} "
-                         "(use sample, imagefolder:ROOT, cifar10:ROOT or cifar100:ROOT)")
-    if DATA_SOURCES[kind].needs_root:
-        if not root:
-            raise UsageError(f"data spec '{spec}' needs a root folder: {kind}:ROOT")
-        if not Path(root).is_dir() and not (download and kind != "imagefolder"):
-            raise UsageError(f"data root '{root}' does not exist or is not a directory"
-                             + (f" (pass --download to fetch {kind} there)" if kind != "imagefolder" else ""))
-
-
-def load_dataset(spec: str, split: str = "test", *, download: bool = False,
-                 image_size: int | None = None) -> ImageDataset:
-    """Open the dataset a spec names. ``image_size`` resizes (short side + centre crop) when needed."""
-    check_spec(spec, split, download=download)
-    kind, _, root = spec.partition(":")
+                         "(use sample, imagefolder:ROOT, cifar10:ROOT, cifar100:ROOT, idx:DIR or npz:FILE)")
+    _check_split(kind, split)
     source = DATA_SOURCES[kind]
-    ds = source.build(root, split, download, image_size)
+    if not source.needs_root:
+        return
+    if not root:
+        raise UsageError(f"data spec '{spec}' needs a {'file' if source.root_is == 'file' else 'root folder'}: "
+                         f"{kind}:{'FILE' if source.root_is == 'file' else 'ROOT'}")
+    if source.root_is == "file":
+        if not Path(root).is_file():
+            raise UsageError(f"data file '{root}' does not exist or is not a file")
+    elif not Path(root).is_dir() and not (download and source.downloads):
+        raise UsageError(f"data root '{root}' does not exist or is not a directory"
+                         + (f" (pass --download to fetch {kind} there)" if source.downloads else ""))
+
+
+def image_dataset(spec: str, split: str, *, input_size: int | Sequence[int] | None = None,
+                  transform: Transform | None = None, resize: int | str | Sequence[int] | None = None,
+                  crop: str = "center", download: bool = False) -> ImageDataset:
+    """The ``split`` of data ``spec``, with harden's preprocessing or your own ``transform``.
+
+    ``input_size`` is the model's input (N, (H, W) or (C, H, W); e.g. ``model.input_size``): images are
+    converted to its channels, resized (the short side, or to ``resize``) and centre-cropped to it
+    (``crop="none"``: resized straight to it). ``transform`` replaces that preprocessing: it takes a PIL
+    image (mode ``L`` for a 1-channel ``input_size``, else ``RGB``) and returns a (C, H, W) tensor in
+    [0, 1] (no normalization: the model does it). Training decodes each image once and augments on the
+    device (``augment=``), so the transform is preprocessing, not random augmentation.
+
+    >>> from torchvision.transforms import v2  # doctest: +SKIP
+    >>> prep = v2.Compose([v2.Resize(72), v2.CenterCrop(64), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    >>> ds = image_dataset("imagefolder:pets", "train", input_size=model.input_size, transform=prep)  # doctest: +SKIP
+    >>> harden.finetune(model, ds, epochs=5)  # doctest: +SKIP
+    """
+    check_spec(spec, split, download=download)
+    pre = Preprocess.make(input_size, resize=resize, crop=crop, transform=transform)
+    kind, _, root = spec.partition(":")
+    ds = DATA_SOURCES[kind].build(root, split, download, pre)
     if len(ds) == 0:
         raise UsageError(f"the {split} split of '{spec}' is empty")
     return ds
+
+
+def load_dataset(spec: str, split: str = "test", *, download: bool = False,
+                 image_size: int | Sequence[int] | None = None, resize: int | str | Sequence[int] | None = None,
+                 crop: str = "center") -> ImageDataset:
+    """Open the dataset a spec names, its images brought to ``image_size`` (N, (H, W) or (C, H, W)).
+
+    Without ``image_size`` images keep their size (files are read as RGB). ``resize`` and ``crop`` as
+    for :func:`image_dataset`.
+    """
+    return image_dataset(spec, split, input_size=image_size, resize=resize, crop=crop, download=download)
+
+
+# ---------------------------------------------------------------------------------------- selection
 
 
 @dataclass
@@ -219,12 +233,15 @@ class Selection:
     seed: int | None
     indices: list[int] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)   # damaged images left out (--skip-bad-images)
+    files: list[str] | None = None  # the files of ``indices`` (relative to the data root), for file data
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"data": self.spec, "split": self.split, "n": self.n, "selection": self.mode}
         if self.mode == "random":
             out["selection_seed"] = self.seed
         out["indices_head"] = self.indices[:10]
+        if self.files is not None:
+            out["files_head"] = self.files[:10]
         if self.skipped:
             out["skipped_images"] = len(self.skipped)
             out["skipped_files"] = self.skipped[:20]
@@ -238,12 +255,26 @@ def skip_unreadable(dataset: ImageDataset, selection: Selection) -> Selection:
         raise UsageError(f"none of the {selection.n} selected images of '{dataset.spec}' can be read "
                          f"(first: '{bad[0]}')")
     return Selection(selection.spec, selection.split, len(good), selection.mode, selection.seed, good,
-                     selection.skipped + bad)
+                     selection.skipped + bad, dataset.file_names(good))
+
+
+def _warn_if_few_classes(dataset: ImageDataset, n: int) -> None:
+    """Warn when the first ``n`` examples of class-sorted data miss classes (a folder's first n are one class)."""
+    labels = dataset.labels
+    if n >= len(labels) or any(a > b for a, b in zip(labels, labels[1:])):
+        return
+    have, total = len(set(labels[:n])), len(set(labels))
+    if have < total:
+        data_warning(f"the first {n} images of the {dataset.split} split of '{dataset.spec}' hold {have} of its "
+                     f"{total} classes (it is sorted by class); pass --random-subset for images of every class")
 
 
 def select(dataset: ImageDataset, n: int | None, *, random_subset: bool = False,
            seed: int = 0) -> Selection:
-    """The first ``n`` examples, or a seeded random subset of ``n``; all when ``n`` is None."""
+    """The first ``n`` examples, or a seeded random subset of ``n``; all when ``n`` is None.
+
+    The first ``n`` of data sorted by class (ImageFolder trees, the sample) miss classes: that is warned.
+    """
     total = len(dataset)
     if n is not None and n <= 0:
         raise UsageError(f"n must be positive, got {n}")
@@ -251,8 +282,10 @@ def select(dataset: ImageDataset, n: int | None, *, random_subset: bool = False,
     if random_subset:
         gen = torch.Generator().manual_seed(seed)
         indices = torch.randperm(total, generator=gen)[:n].tolist()
-        return Selection(dataset.spec, dataset.split, n, "random", seed, indices)
-    return Selection(dataset.spec, dataset.split, n, "first", None, list(range(n)))
+        return Selection(dataset.spec, dataset.split, n, "random", seed, indices, files=dataset.file_names(indices))
+    _warn_if_few_classes(dataset, n)
+    indices = list(range(n))
+    return Selection(dataset.spec, dataset.split, n, "first", None, indices, files=dataset.file_names(indices))
 
 
 def load_tensors(dataset: ImageDataset, selection: Selection) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from harden.data import ImageDataset, load_dataset
+from harden.data_images import held_warnings
 from harden.errors import UsageError
 from harden.model import HardenedModel
 from harden.runtime.modes import eval_mode
@@ -137,11 +138,15 @@ class ExtraData:
 
 def load_extra(spec: str | ImageDataset, main: ImageDataset, image_shape: tuple[int, ...], *, fraction: float,
                batch_size: int, seed: int, rank: int, world: int, device: torch.device, workers: int,
-               teacher: Teacher | None = None, download: bool = False) -> ExtraData:
-    """Read, check and (with a teacher) pseudo-label the extra data of a run."""
-    extra = spec if isinstance(spec, ImageDataset) else load_dataset(spec, "train", download=download,
-                                                                     image_size=image_shape[-1])
-    check_extra_dataset(extra, main, image_shape, labelled=teacher is None)
+               teacher: Teacher | None = None, download: bool = False, resize: int | str | None = None,
+               crop: str = "center") -> ExtraData:
+    """Read, check and (with a teacher) pseudo-label the extra data of a run (its train split, brought to
+    ``image_shape`` (C, H, W) with the main data's ``resize`` and ``crop``)."""
+    with held_warnings():  # the data's warnings only when it fits
+        extra = spec if isinstance(spec, ImageDataset) else load_dataset(spec, "train", download=download,
+                                                                         image_size=tuple(image_shape),
+                                                                         resize=resize, crop=crop)
+        check_extra_dataset(extra, main, image_shape, labelled=teacher is None)
     if teacher is not None:  # a teacher of the wrong size is refused before the whole set is decoded
         first = (extra[0][0] * 255).round().to(torch.uint8)[None]
         pseudo_labels(teacher.model, first, num_classes=main.num_classes, device=device)

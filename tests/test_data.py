@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from harden.data import CIFAR10_CLASSES, check_spec, load_dataset, load_tensors, select
+from harden.data import CIFAR10_CLASSES, DataWarning, check_spec, load_dataset, load_tensors, select
 from harden.errors import UsageError
 
 
@@ -50,7 +50,8 @@ def test_imagefolder_splits(tree):
 
 
 def test_imagefolder_without_splits(tree):
-    flat = load_dataset(f"imagefolder:{tree / 'train'}", "test")
+    with pytest.warns(DataWarning, match="has no split folders"):
+        flat = load_dataset(f"imagefolder:{tree / 'train'}", "test")
     assert len(flat) == 6 and flat.classes == ["cat", "dog"]
 
 
@@ -61,6 +62,11 @@ def test_imagefolder_without_splits(tree):
     ("cifar100:{root}/nope", "test", "pass --download"),
     ("imagenet:{root}", "test", "unknown data source"),
     ("sample", "val", "split must be one of"),
+    ("cifar10:{root}", "val", "split must be one of train, test for cifar10 data"),
+    ("imagefolder:{root}", "a/b", "split must be a name such as train, val or test"),
+    ("idx:{root}/nope", "test", "does not exist"),
+    ("npz", "test", "needs a file: npz:FILE"),
+    ("npz:{root}/nope.npz", "test", "data file .* does not exist"),
 ])
 def test_bad_specs(tree, spec, split, needle):
     spec = spec.format(root=tree)
@@ -78,7 +84,7 @@ def test_missing_split_and_empty_split(tree, tmp_path):
         load_dataset(f"imagefolder:{only_test}", "train")
     empty = tmp_path / "empty"
     (empty / "test" / "a").mkdir(parents=True)
-    with pytest.raises(UsageError, match="holds no images"):
+    with pytest.raises(UsageError, match="class folder '.*a' holds no images; remove it or add images"):
         load_dataset(f"imagefolder:{empty}", "test")
     (tmp_path / "noclass" / "test").mkdir(parents=True)
     with pytest.raises(UsageError, match="no class folders"):
@@ -87,8 +93,10 @@ def test_missing_split_and_empty_split(tree, tmp_path):
 
 def test_selection_first_and_random(tree):
     ds = load_dataset("sample", "test")
-    first = select(ds, 5)
+    with pytest.warns(DataWarning, match="hold 1 of its 10 classes"):  # the sample is stored class by class
+        first = select(ds, 5)
     assert first.indices == [0, 1, 2, 3, 4] and first.mode == "first"
+    assert "files_head" not in first.describe()  # the bundled sample's reports stay as they were
     a, b = select(ds, 5, random_subset=True, seed=1), select(ds, 5, random_subset=True, seed=1)
     c = select(ds, 5, random_subset=True, seed=2)
     assert a.indices == b.indices != c.indices and len(set(a.indices)) == 5

@@ -53,10 +53,10 @@ def test_shipped_recipes_are_valid() -> None:
     assert {"quickstart.yaml", "rcm-resnet18-cifar10.yaml", "trades-silu-resnet18.yaml"} <= names
     quick = load_recipe(ROOT / "recipes" / "quickstart.yaml")
     assert quick.values["data"]["train"] == "sample" and quick.values["transforms"]
-    rcm = load_recipe(ROOT / "recipes" / "rcm-resnet18-cifar10.yaml")
+    rcm = load_recipe(ROOT / "recipes" / "rcm-resnet18-cifar10.yaml", check_data=False)  # data/cifar10 absent here
     assert rcm.values["finetune"]["method"] == "pgd" and "autoattack" in rcm.values["evaluate"]["attacks"]
     assert sorted(rcm.values["variants"].values()) == [["strides:pattern=1122"], ["upsample:factor=2"]]
-    trades = load_recipe(ROOT / "recipes" / "trades-silu-resnet18.yaml")
+    trades = load_recipe(ROOT / "recipes" / "trades-silu-resnet18.yaml", check_data=False)
     assert trades.values["finetune"]["method"] == "trades" and trades.values["transforms"] == ["activation:name=silu"]
     assert quick.values["finetune"]["eps"] == pytest.approx(8 / 255)  # "8/255" becomes a number
 
@@ -109,6 +109,53 @@ def test_cli_run_reports_a_bad_recipe_in_one_line(tmp_path) -> None:
     assert result.exit_code == 2 and "does not exist" in result.output
     result = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / "quickstart.yaml"), "--set", "epochs"])
     assert result.exit_code == 2 and "--set takes key=value" in result.output
+
+
+def _tree(root: Path, splits=("train", "val")) -> None:
+    from PIL import Image
+
+    for split in splits:
+        for label, cls in enumerate(("a", "b")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (20, 12), 60 * label + 10 * i).save(root / split / cls / f"{i}.png")
+
+
+def test_data_paths_are_read_beside_the_recipe_and_checked(tmp_path, monkeypatch) -> None:
+    from harden.recipes.plan import plan_run
+    from harden.recipes.stages import load_data
+
+    _tree(tmp_path / "project" / "pets")
+    recipe = tmp_path / "project" / "pets.yaml"
+    text = GOOD.replace("  train: sample\n", "  train: imagefolder:pets\n  test_split: val\n  resize: 16x20\n"
+                                             "  crop: center\n").replace("num_classes: 10", "num_classes: 2")
+    recipe.write_text(text)
+    monkeypatch.chdir(tmp_path)  # the recipe is elsewhere: its data is read beside it
+    checked = CliRunner().invoke(main, ["run", str(recipe), "--check"])
+    assert checked.exit_code == 0, checked.output
+    r = load_recipe(recipe)
+    assert r.values["data"]["resize"] == "16x20" and r.values["data"]["test_split"] == "val"
+    plan = plan_run(r, tmp_path / "out")
+    assert plan.data["train"] == f"imagefolder:{tmp_path / 'project' / 'pets'}"
+    import harden
+
+    base = harden.wrap(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                           torch.nn.Flatten(), torch.nn.Linear(2, 2)), input_size=(1, 12, 16))
+    train, test = load_data(plan, base)
+    assert (train.split, test.split, len(test)) == ("train", "val", 6) and train[0][0].shape == (1, 12, 16)
+
+    recipe.write_text(text.replace("imagefolder:pets", "imagefolder:gone"))
+    missing = CliRunner().invoke(main, ["run", str(recipe), "--check"])
+    assert missing.exit_code == 2 and missing.output == (
+        f"error: {recipe}, line 7: data.train: data root 'gone' does not exist or is not a directory\n")
+    recipe.write_text(text.replace("train: imagefolder:pets", "train: sample"))
+    assert "line 8: data.test: split must be one of train, test for sample data, got 'val'" in CliRunner().invoke(
+        main, ["run", str(recipe), "--check"]).output
+    assert _error(text.replace("resize: 16x20", "resize: big")) == (
+        "r.yaml, line 9: data.resize must be N or HxW (e.g. 36 or 72x64), got 'big'")
+    assert "data.crop must be one of center, none" in _error(text.replace("crop: center", "crop: random"))
+    shipped = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / "rcm-resnet18-cifar10.yaml"), "--check"])
+    assert shipped.exit_code == 2 and "data.train: data root 'data/cifar10' does not exist" in shipped.output
 
 
 def test_run_writes_models_reports_and_the_comparison(tmp_path) -> None:

@@ -10,7 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden.data import ImageDataset, Selection, load_dataset, select, skip_unreadable
+from harden.data import (
+    ImageDataset,
+    Selection,
+    as_image_dataset,
+    has_class_names,
+    load_dataset,
+    select,
+    skip_unreadable,
+)
+from harden.data_images import held_warnings
 from harden.errors import UsageError
 from harden.schemas.evaluate import EvaluateConfig
 
@@ -24,6 +33,7 @@ class Examples:
                  dataset: ImageDataset | None = None, indices: Sequence[int] | None = None) -> None:
         self.dataset = dataset
         self.indices = list(indices) if indices is not None else list(range(len(y) if y is not None else 0))
+        self.files = dataset.file_names(self.indices) if dataset is not None else None  # for file data
         if y is None:
             assert dataset is not None
             y = torch.tensor([dataset.labels[i] for i in self.indices], dtype=torch.long)
@@ -92,22 +102,26 @@ def _from_tensors(x: torch.Tensor, y: torch.Tensor, model: nn.Module,
 
 
 def _dataset_for(data: Any, model: nn.Module, cfg: EvaluateConfig) -> ImageDataset:
+    """The dataset ``data`` names, its images brought to the model's input (its ``input_size``, if it has one)."""
+    insize = getattr(model, "input_size", None)
+    size = tuple(insize) if isinstance(insize, (tuple, list)) and len(insize) == 3 else None
     if isinstance(data, str):
-        size = None
-        insize = getattr(model, "input_size", None)
-        if isinstance(insize, tuple) and len(insize) == 3 and insize[1] == insize[2]:
-            size = int(insize[1])
-        return load_dataset(data, cfg.split, download=cfg.download, image_size=size)
-    if isinstance(data, ImageDataset):
-        return data
-    raise UsageError("data must be a data spec (sample, imagefolder:ROOT, cifar10:ROOT, cifar100:ROOT), "
-                     "an ImageDataset or an (x, y) pair of tensors")
+        return load_dataset(data, cfg.split, download=cfg.download, image_size=size,
+                            resize=getattr(cfg, "resize", None), crop=getattr(cfg, "crop", "center"))
+    ncls = getattr(model, "num_classes", None)
+    classes = None if has_class_names(data) or not isinstance(ncls, int) else ncls
+    return as_image_dataset(data, classes=classes, input_size=size)
 
 
 def select_examples(data: Any, model: nn.Module, cfg: EvaluateConfig) -> tuple[Examples, dict[str, Any]]:
     """The examples ``cfg`` asks for (first ``n`` or a seeded random subset) and their description."""
     if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         return _from_tensors(data[0], data[1], model, cfg)
+    with held_warnings():  # the data's warnings only when it fits the model
+        return _from_dataset(data, model, cfg)
+
+
+def _from_dataset(data: Any, model: nn.Module, cfg: EvaluateConfig) -> tuple[Examples, dict[str, Any]]:
     dataset = _dataset_for(data, model, cfg)
     selection: Selection = select(dataset, cfg.n, random_subset=cfg.random_subset, seed=cfg.seed)
     if cfg.skip_bad_images:
@@ -115,6 +129,9 @@ def select_examples(data: Any, model: nn.Module, cfg: EvaluateConfig) -> tuple[E
     examples = Examples(dataset=dataset, indices=selection.indices)
     probe = examples.get(torch.arange(min(2, examples.n)))[0].to(device_of(model))
     ncls = _num_classes(model, probe)
+    if ncls != dataset.num_classes and not isinstance(data, (str, ImageDataset)) and not has_class_names(data) \
+            and max(dataset.labels) < ncls:
+        dataset.classes = [str(i) for i in range(ncls)]  # unnamed labels that fit the model's classes
     if ncls != dataset.num_classes:
         raise UsageError(f"the model has {ncls} classes but {dataset.spec} has {dataset.num_classes}; "
                          "evaluate on data with the model's classes (or rebuild the model with --num-classes)")

@@ -112,7 +112,8 @@ def _accuracy(plan: AttackPlan, m: Measured, clean: int, robust: int) -> dict[st
         "per_attack": _per_attack(plan, m.prog, n),
         "selection": m.selection,
         "examples": {"indices": m.examples.indices, "labels": m.examples.y.tolist(),
-                     "outcome": outcomes(m.prog.status, plan.stages)},
+                     "outcome": outcomes(m.prog.status, plan.stages),
+                     **({"files": m.examples.files} if m.examples.files is not None else {})},
     }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from harden.attacks import takes_steps
+from harden.data import check_spec
 from harden.errors import UsageError, close_matches
 from harden.evaluation import plan_attack
 from harden.recipes.schema import SCHEMA, Key, Recipe, _Checker
@@ -63,8 +64,12 @@ def _apply_override(values: dict[str, Any], where: dict[str, str], dotted: str, 
     where[dotted] = f"--set {dotted}"
 
 
-def parse_recipe(text: str, *, source: str = "<recipe>", overrides: Sequence[tuple[str, str]] = ()) -> Recipe:
-    """Check recipe YAML ``text`` (and ``--set`` overrides) and return the :class:`Recipe`."""
+def parse_recipe(text: str, *, source: str = "<recipe>", overrides: Sequence[tuple[str, str]] = (),
+                 check_data: bool = True) -> Recipe:
+    """Check recipe YAML ``text`` (and ``--set`` overrides) and return the :class:`Recipe`.
+
+    ``check_data``: also check that the data the recipe names is there (its root, its splits).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -82,11 +87,18 @@ def parse_recipe(text: str, *, source: str = "<recipe>", overrides: Sequence[tup
     for dotted, value in overrides:
         _apply_override(recipe.values, recipe.where, dotted, value)
     _check_semantics(recipe)
+    if check_data:
+        check_data_paths(recipe)
     return recipe
 
 
-def load_recipe(path: str | os.PathLike[str], *, overrides: Sequence[tuple[str, str]] = ()) -> Recipe:
-    """Read and check a recipe file; ``overrides`` are ``(dotted.key, yaml value)`` pairs (``--set``)."""
+def load_recipe(path: str | os.PathLike[str], *, overrides: Sequence[tuple[str, str]] = (),
+                check_data: bool = True) -> Recipe:
+    """Read and check a recipe file; ``overrides`` are ``(dotted.key, yaml value)`` pairs (``--set``).
+
+    Relative data paths are read from the current folder, else beside the recipe; ``check_data``: refuse a
+    recipe whose data is not there.
+    """
     p = Path(path)
     if not p.is_file():
         shipped = SHIPPED_RECIPES / p.name
@@ -96,7 +108,31 @@ def load_recipe(path: str | os.PathLike[str], *, overrides: Sequence[tuple[str, 
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"recipe '{path}' could not be read ({exc})") from None
-    return parse_recipe(text, source=str(path), overrides=overrides)
+    return parse_recipe(text, source=str(path), overrides=overrides, check_data=check_data)
+
+
+def check_data_paths(recipe: Recipe) -> None:
+    """Refuse (one line, naming the key) a data spec whose root is missing or that has no such split."""
+    data = recipe.values.get("data") or {}
+    download = bool(data.get("download"))
+    for key in ("train", "test"):
+        spec = data.get(key, data.get("train")) if key == "test" else data.get(key)
+        if not isinstance(spec, str):
+            continue
+        split = data.get(f"{key}_split", key)
+        try:
+            check_spec(recipe.data_spec(spec), split, download=download)
+        except UsageError as exc:
+            about_split = f"{key}_split" in data and "split" in str(exc)
+            where = recipe.location(f"data.{key}_split" if about_split else f"data.{key}" if key in data
+                                    else "data.train")
+            raise UsageError(f"{where}: data.{key}: {exc}") from None
+    extra = (recipe.values.get("finetune") or {}).get("extra_data")
+    if isinstance(extra, str):
+        try:
+            check_spec(recipe.data_spec(extra), "train", download=download)
+        except UsageError as exc:
+            raise UsageError(f"{recipe.location('finetune.extra_data')}: finetune.extra_data: {exc}") from None
 
 
 def _option_key(message: str, section: dict[str, Any]) -> str | None:

@@ -46,6 +46,12 @@ def plan_run(recipe: Recipe, out_dir: str | os.PathLike[str] | None) -> RunPlan:
     ft = dict(v.get("finetune") or {})
     if ft.get("pseudo_label"):  # a teacher file beside the recipe, as for model.weights
         ft["pseudo_label"] = recipe.local_path(ft["pseudo_label"])
+    if ft.get("extra_data"):  # data paths too
+        ft["extra_data"] = recipe.data_spec(ft["extra_data"])
+    data = v["data"]
+    for key in ("train", "test"):
+        if key in data:
+            data[key] = recipe.data_spec(data[key])
     ev = dict(v.get("evaluate") or {})
     variants: list[tuple[str, list[str]]] = [("baseline", [])] if v.get("baseline", True) else []
     variants += list(v["variants"].items()) if "variants" in v else [("hardened", list(v["transforms"]))]

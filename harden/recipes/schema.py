@@ -19,7 +19,7 @@ from harden.attacks import list_attacks
 from harden.errors import UsageError, close_matches
 from harden.schemas.evaluate import EvaluateConfig
 from harden.schemas.fields import parse_number, yaml_keys
-from harden.schemas.finetune import FinetuneConfig
+from harden.schemas.finetune import CROPS, FinetuneConfig, resize_text
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,13 @@ SCHEMA: dict[str, Key] = {
                                 "resumed runs start from the same weights"),
     }),
     "data": Key("map", required=True, children={
-        "train": Key("str", required=True, help="data spec for fine-tuning (its train split)"),
+        "train": Key("str", required=True, help="data spec for fine-tuning (its train split); a relative path is "
+                                                "read from the current folder, else beside the recipe"),
         "test": Key("str", help="data spec for evaluation (its test split; default: the train spec)"),
+        "train_split": Key("str", help="the split fine-tuning reads (default train)"),
+        "test_split": Key("str", help="the split evaluation reads (default test)"),
+        "resize": Key("size", help="N or HxW: resize images before the centre crop to the model's input"),
+        "crop": Key("str", choices=CROPS, help="center (default), or none: resize straight to the model's input"),
         "download": Key("bool"),
     }),
     "pretrain": Key("map", children=_schema_keys(FinetuneConfig),
@@ -82,7 +87,8 @@ SCHEMA: dict[str, Key] = {
 
 _KIND_TEXT = {"str": "a string", "int": "an integer", "number": "a number (e.g. 0.1 or 8/255)",
               "bool": "true or false", "list[str]": "a list of strings", "list[number]": "a list of numbers",
-              "map": "a mapping of keys", "variants": "a mapping of name: [transforms]"}
+              "map": "a mapping of keys", "variants": "a mapping of name: [transforms]",
+              "size": "N or HxW (e.g. 36 or 72x64)"}
 _PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -108,6 +114,11 @@ class Recipe:
                 return loc
             parts.pop()
         return str(self.path)
+
+    def data_spec(self, spec: str) -> str:
+        """A data spec of the recipe with its path read as :meth:`local_path` reads files (``sample`` as it is)."""
+        kind, sep, root = spec.partition(":")
+        return f"{kind}:{self.local_path(root)}" if sep and root else spec
 
     def local_path(self, name: str | None) -> str | None:
         """A file the recipe names (weights, a teacher): beside the recipe when it is there and not in the cwd."""
@@ -193,6 +204,12 @@ class _Checker:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif kind == "bool":
             ok = isinstance(value, bool)
+        elif kind == "size":
+            try:
+                value = resize_text(value, dotted) if isinstance(value, (int, str)) else value
+                ok = isinstance(value, str)
+            except UsageError as exc:
+                raise self.fail(node, str(exc)) from None
         elif kind == "number":
             if isinstance(value, str):
                 try:

@@ -22,6 +22,7 @@ import yaml
 from harden import evaluation, training  # called through the modules: tests and callers may replace them
 from harden.attacks import takes_steps
 from harden.data import ImageDataset, load_dataset
+from harden.data_images import held_warnings
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.pipeline import apply
@@ -67,14 +68,16 @@ def load_start_model(recipe: Recipe, plan: RunPlan) -> HardenedModel:
 
 
 def load_data(plan: RunPlan, base: HardenedModel) -> tuple[ImageDataset, ImageDataset]:
-    """The fine-tuning (train split) and evaluation (test split) data, at the model's input size."""
-    data, size = plan.data, base.input_size[-1]
-    download = bool(data.get("download"))
-    train_ds = resolve_data(load_dataset(data["train"], "train", download=download, image_size=size), base, False)
-    test_ds = load_dataset(data.get("test", data["train"]), "test", download=download, image_size=size)
-    if test_ds.num_classes != base.num_classes:
-        raise UsageError(f"the test data '{test_ds.spec}' has {test_ds.num_classes} classes but the model has "
-                         f"{base.num_classes} outputs")
+    """The fine-tuning (train split) and evaluation (test split) data, brought to the model's input."""
+    data = plan.data
+    read = {"download": bool(data.get("download")), "image_size": base.input_size, "resize": data.get("resize"),
+            "crop": data.get("crop", "center")}
+    with held_warnings():  # warned only when both fit the model
+        train_ds = resolve_data(load_dataset(data["train"], data.get("train_split", "train"), **read), base, False)
+        test_ds = load_dataset(data.get("test", data["train"]), data.get("test_split", "test"), **read)
+        if test_ds.num_classes != base.num_classes:
+            raise UsageError(f"the test data '{test_ds.spec}' has {test_ds.num_classes} classes but the model has "
+                             f"{base.num_classes} outputs")
     return train_ds, test_ds
 
 

@@ -21,7 +21,8 @@ from harden.schemas.finetune import NORMS
 class EvaluateConfig:
     """What :func:`harden.evaluate` measures and how; the CLI options and recipe keys use the same names."""
 
-    split: str = text("test", help="Split of the data (train or test).", yaml=False)
+    split: str = text("test", help="Split of the data: test, train, or any split folder of an ImageFolder tree "
+                                   "(val, ...).", yaml=False)
     download: bool = flag(help="Download cifar10/cifar100 into ROOT if missing.", yaml=False)
     eps: float | str = number("8/255", cli_text=True, help="Perturbation size: 8/255 or 0.031.")
     norm: str = text("Linf", choices=NORMS, cli_text=True, help="Threat model: Linf or L2.")

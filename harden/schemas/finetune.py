@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,8 @@ ATTACK_MODES = ("eval", "train")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
 NORMS = ("Linf", "L2")
+AUGMENTS = ("none", "crop-flip", "strong")
+CROPS = ("center", "none")
 
 # Adversarial weight perturbation (harden.awp): gamma and warm-up epochs of the authors' code, by method
 AWP_DEFAULT_GAMMA = {"pgd": 1e-2, "trades": 5e-3, "mart": 5e-3}
@@ -32,6 +35,41 @@ AWP_MAX_GAMMA = 0.1
 def extra_count(fraction: float, batch_size: int) -> int:
     """Extra examples per batch: ``round(fraction * batch_size)``."""
     return int(round(fraction * batch_size))
+
+
+def parse_resize(value: int | str | Sequence[int] | None, option: str = "--resize") -> int | tuple[int, int] | None:
+    """``--resize``: ``N`` (the short side, aspect kept) or ``HxW`` / ``(H, W)`` (exactly); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.strip().lower().split("x")
+        if not all(p.strip().isdigit() for p in parts) or len(parts) > 2:
+            raise UsageError(f"{option} must be N or HxW (e.g. 36 or 72x64), got '{value}'")
+        nums: list[int] = [int(p) for p in parts]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        nums = [value]
+    elif isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        nums = list(value)
+    else:
+        raise UsageError(f"{option} must be N or HxW (e.g. 36 or 72x64), got {value!r}")
+    if min(nums) <= 0:
+        raise UsageError(f"{option} must be positive, got {value!r}")
+    return nums[0] if len(nums) == 1 else (nums[0], nums[1])
+
+
+def resize_text(value: int | str | Sequence[int] | None, option: str = "--resize") -> str | None:
+    """``value`` as a setting records it: ``"36"`` or ``"72x64"`` (None stays None)."""
+    size = parse_resize(value, option)
+    if size is None:
+        return None
+    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
+def augment_name(value: str | bool) -> str:
+    """``--augment`` as a name; the library's older ``augment=True``/``False`` mean crop-flip/none."""
+    if isinstance(value, bool):
+        return "crop-flip" if value else "none"
+    return value
 
 
 @dataclass
@@ -59,16 +97,26 @@ class FinetuneConfig:
                                help="Ramp eps linearly from 0 over the first EPOCHS epochs (0: full eps from the "
                                     "start).")
     val_n: int = integer(512, help="Training examples held out for per-epoch validation (0: none, keep the last "
-                                   "epoch).")
+                                   "epoch); more than a third of the training split: a tenth of it instead.")
     val_steps: int = integer(10, help="PGD steps of the validation attack.")
     attack_mode: str = text("eval", choices=ATTACK_MODES,
                             help="Model mode while crafting training attacks (eval: batch-norm statistics "
                                  "untouched).")
     bn_recalib: bool = flag(True, help="Do not recompute batch-norm statistics on clean data before training.")
-    augment: bool = flag(True, help="No random crop and flip.")
+    augment: str = text("crop-flip", choices=AUGMENTS,
+                        help="Training augmentation: crop-flip (random crop after padding by 1/8 of the side, and "
+                             "horizontal flip, on the device), strong (TrivialAugmentWide per image, then crop-flip) "
+                             "or none.")
     keep: str = text("best", choices=KEEP, help="Keep the best robust validation epoch or the last one.")
     patience: int | None = integer(help="Stop after this many epochs without a better robust score.")
     train_n: int | None = integer(help="Train on at most this many examples.")
+    split: str = text("train", yaml=False, help="Split of the data to train on: train, or any split folder of an "
+                                                "ImageFolder tree (or x_NAME/y_NAME arrays of an npz file).")
+    resize: str | None = text(metavar="N|HxW", cli_text=True, yaml=False,
+                              help="Resize images before the centre crop to the model's input: N for the short "
+                                   "side, HxW exactly [default: the short side to the input].")
+    crop: str = text("center", choices=CROPS, yaml=False,
+                     help="center: crop the resized images to the model's input; none: resize straight to it.")
     lipschitz_reg: float = number("0", metavar="LAMBDA",
                                   help="Add LAMBDA times harden.lipschitz's spectral penalty to the loss.")
     awp: float = number("0", metavar="GAMMA",
@@ -127,6 +175,10 @@ def make_config(**options: Any) -> FinetuneConfig:
     """
     check_names(FinetuneConfig, options, "fine-tuning setting")
     values = parse_numbers(FinetuneConfig, {k: v for k, v in options.items() if v is not None})
+    if "augment" in values:
+        values["augment"] = augment_name(values["augment"])
+    if "resize" in values:
+        values["resize"] = resize_text(values["resize"])
     if values.get("extra_data") and values.get("extra_fraction") is None:
         values["extra_fraction"] = 0.5  # half of every batch, as Carmon et al.
     cfg = FinetuneConfig(**values)

@@ -1,6 +1,9 @@
-"""Training-time augmentation: random crop after zero padding and random horizontal flip, on the device."""
+"""Training-time augmentation on the device: ``crop-flip`` (random crop after zero padding and random
+horizontal flip, batched) and ``strong`` (torchvision's TrivialAugmentWide per image, then crop-flip)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,3 +26,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tens
     ni = torch.arange(n, device=dev)[:, None, None, None]
     ci = torch.arange(c, device=dev)[None, :, None, None]
     return xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def strong_policy() -> Any:
+    """The ``strong`` policy: torchvision's TrivialAugmentWide (one random op of random strength per image)."""
+    from torchvision.transforms import v2
+
+    return v2.TrivialAugmentWide()
+
+
+def strong_augment(x_u8: torch.Tensor, policy: Any) -> torch.Tensor:
+    """``policy`` applied to each uint8 image (N, C, H, W) of the batch on its device (draws from torch's RNG)."""
+    return torch.stack([policy(img) for img in x_u8])

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
-from harden.data import DamagedImage, ImageDataset, load_dataset
+from harden.data import DamagedImage, ImageDataset, as_image_dataset, has_class_names, load_dataset
+from harden.data_images import held_warnings
 from harden.errors import UsageError
 from harden.model import HardenedModel
 from harden.runtime.session import DistSession
@@ -22,23 +24,28 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def resolve_data(data: str | ImageDataset, model: HardenedModel, download: bool) -> ImageDataset:
-    """The training split that ``data`` names (or ``data`` itself), checked against the model's classes and input."""
+def resolve_data(data: Any, model: HardenedModel, download: bool, *, split: str = "train",
+                 resize: int | str | None = None, crop: str = "center") -> ImageDataset:
+    """The training data ``data`` names, checked against the model's classes and input.
+
+    ``data`` is a data spec (its ``split``, brought to the model's input with ``resize``/``crop``), an
+    ImageDataset, a torch Dataset or DataLoader, or ``(x, y)`` tensors (see :func:`harden.data.as_image_dataset`).
+    """
     size = model.input_size
-    if isinstance(data, ImageDataset):
-        ds = data
-    elif isinstance(data, str):
-        ds = load_dataset(data, "train", download=download, image_size=size[-1])
-    else:
-        raise UsageError("data must be a data spec (sample, imagefolder:ROOT, cifar10:ROOT) or a harden ImageDataset")
-    if ds.num_classes != model.num_classes:
-        raise UsageError(
-            f"the data '{ds.spec}' has {ds.num_classes} classes but the model has {model.num_classes} outputs; "
-            f"build the model with --num-classes {ds.num_classes} or use matching data")
-    first = _first_image(ds)
-    if tuple(first.shape) != tuple(size):
-        raise UsageError(f"the data '{ds.spec}' gives images of shape {tuple(first.shape)}, "
-                         f"the model takes {tuple(size)}")
+    with held_warnings():  # warned only when the data fits the model
+        if isinstance(data, str):
+            ds = load_dataset(data, split, download=download, image_size=size, resize=resize, crop=crop)
+        else:
+            classes = None if has_class_names(data) else model.num_classes
+            ds = as_image_dataset(data, classes=classes, input_size=size)
+        if ds.num_classes != model.num_classes:
+            raise UsageError(
+                f"the data '{ds.spec}' has {ds.num_classes} classes but the model has {model.num_classes} outputs; "
+                f"build the model with --num-classes {ds.num_classes} or use matching data")
+        first = _first_image(ds)
+        if tuple(first.shape) != tuple(size):
+            raise UsageError(f"the data '{ds.spec}' gives images of shape {tuple(first.shape)}, "
+                             f"the model takes {tuple(size)}")
     return ds
 
 
@@ -52,10 +59,22 @@ def _first_image(ds: ImageDataset) -> torch.Tensor:
     return ds[0][0]
 
 
+def held_out_count(val_n: int, n: int) -> int:
+    """Validation images held out of ``n`` training images: ``val_n`` while it is at most a third of them,
+    else a tenth of them (at least 1, leaving at least 2 to train on)."""
+    if val_n <= n // 3:
+        return val_n
+    return max(0, min(max(1, n // 10), n - 2))
+
+
 def split_indices(n: int, cfg: FinetuneConfig) -> tuple[list[int], list[int]]:
-    """Held-out validation indices and training indices of the training split (seeded, disjoint)."""
+    """Held-out validation indices and training indices of the training split (seeded, disjoint).
+
+    The held-out count is :func:`held_out_count` of ``cfg.val_n`` (so small data keeps most of its images).
+    """
+    held = held_out_count(cfg.val_n, n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "split") % 2**31)).tolist()
-    val, train = sorted(perm[: cfg.val_n]), perm[cfg.val_n:]
+    val, train = sorted(perm[:held]), perm[held:]
     if cfg.train_n is not None:
         train = train[: cfg.train_n]
     return val, sorted(train)

@@ -14,6 +14,7 @@ from torch import nn
 
 from harden import tracking
 from harden.data import ImageDataset
+from harden.data_images import data_warning
 from harden.errors import UsageError
 from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
 from harden.losses import PAIRED
@@ -28,20 +29,22 @@ from harden.serialization import save
 from harden.training.batchnorm import recalibrate_bn
 from harden.training.checkpoint import RunState, checkpoint_store, load_for_resume, restore, run_fingerprint
 from harden.training.curves import curves_path_for, write_curves
-from harden.training.data import TrainData, default_workers, resolve_data, split_indices
+from harden.training.data import TrainData, default_workers, held_out_count, resolve_data, split_indices
 from harden.training.ema import EMA
 from harden.training.epochs import RunParts, train_epochs
 from harden.training.trainer import Trainer
 from harden.uint8_images import decode_uint8
 
 
-def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os.PathLike[str] | None = None,
+def finetune(model: HardenedModel, data: str | ImageDataset | Any, *, output: str | os.PathLike[str] | None = None,
              resume: bool = False, force: bool = False, checkpoint: str | os.PathLike[str] | None = None,
              progress: bool = True, download: bool = False, device: str | torch.device | None = None,
              callback: Callable[[dict[str, Any]], None] | None = None, curves: bool = True,
              trust_code: bool = False, tracker: Any = None, **options: Any) -> HardenedModel:
     """Adversarially fine-tune a copy of ``model`` on the training split of ``data``; return it.
 
+    ``data`` is a data spec (``split``, ``resize`` and ``crop`` shape how it is read), a harden ImageDataset,
+    a torch ``Dataset`` or ``DataLoader``, or ``(x, y)`` tensors (see :func:`harden.data.as_image_dataset`).
     ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
     ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` (the
     teacher) may be a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
@@ -61,19 +64,26 @@ def finetune(model: HardenedModel, data: str | ImageDataset, *, output: str | os
     warn_if_random(model, "fine-tuning")
     output = Path(output) if output is not None else None
     ckpt_path = _checked_paths(output, checkpoint, resume=resume, force=force)
-    dataset = resolve_data(data, model, download)
-    if cfg.val_n >= len(dataset):
-        raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
+    dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)
     teacher = load_teacher(teacher_arg, trust_code=trust_code) if teacher_arg is not None else None
+    _note_held_out(cfg, len(dataset))
     with tracking.Session(tracker, run_name=output.stem if output else None) as tracked, session(device) as dist:
         events = ev.Events(tracking.TrackerSink(tracked), ev.Callbacks(on_epoch=callback),
                            ev.Terminal() if progress and dist.is_main else None)
         events.emit(ev.Record("settings", {"model": model.spec,
-                                           "data": str(getattr(data, "spec", data)), **cfg.as_dict()}))
+                                           "data": dataset.spec, **cfg.as_dict()}))
         result = _run(model, dataset, cfg, output=output, ckpt_path=ckpt_path, resume=resume, dist=dist,
                       events=events, curves=curves, teacher=teacher, download=download)
         _report_kept(events, result, output)
     return result
+
+
+def _note_held_out(cfg: FinetuneConfig, n: int) -> None:
+    """Say so when ``val_n`` is more than small data can spare and a tenth of it is held out instead."""
+    held = held_out_count(cfg.val_n, n)
+    if held != cfg.val_n:
+        data_warning(f"--val-n {cfg.val_n} is more than a third of the {n} training images: holding out {held} "
+                     "(a tenth) for validation")
 
 
 def _checked_paths(output: Path | None, checkpoint: str | os.PathLike[str] | None, *, resume: bool,
@@ -112,7 +122,7 @@ def _extra_source(cfg: FinetuneConfig, dataset: ImageDataset, data: TrainData, t
     assert cfg.extra_fraction is not None
     return load_extra(cfg.extra_data, dataset, data.image_shape, fraction=cfg.extra_fraction,
                       batch_size=cfg.batch_size, seed=cfg.seed, rank=dist.rank, world=dist.world, device=device,
-                      workers=workers, teacher=teacher, download=download)
+                      workers=workers, teacher=teacher, download=download, resize=cfg.resize, crop=cfg.crop)
 
 
 def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, output: Path | None,
@@ -228,7 +238,8 @@ def _finetune_entry(run: RunParts, state: RunState, dataset: ImageDataset, count
         "eps_warmup": cfg.eps_warmup,
         "attack_mode": cfg.attack_mode,
         "bn_recalibrated_on": state.bn_seen,
-        "augment": cfg.augment,
+        "augment": cfg.augment != "none",
+        "augmentation": cfg.augment,
         "lipschitz_reg": cfg.lipschitz_reg or None,
         "precision": "bf16" if run.trainer.bf16 else "fp32",
         "seed": cfg.seed,

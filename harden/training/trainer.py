@@ -16,7 +16,7 @@ from harden.runtime.modes import eval_mode
 from harden.runtime.session import DistSession
 from harden.schemas.finetune import FinetuneConfig
 from harden.seeding import derive_seed
-from harden.training.augment import augment
+from harden.training.augment import augment, strong_augment, strong_policy
 from harden.training.ema import EMA
 from harden.training.inner_attack import _frozen, perturb
 
@@ -62,6 +62,7 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.penalty = _lipschitz_penalty(self.model, cfg.seed) if cfg.lipschitz_reg > 0 else None
         self.pad = max(1, round(model.input_size[-1] / 8))
+        self.policy = strong_policy() if cfg.augment == "strong" else None
         gen_device = device if device.type == "cuda" else torch.device("cpu")
         self.generator = torch.Generator(device=gen_device)
         self.generator.manual_seed(cfg.seed)
@@ -91,7 +92,9 @@ class Trainer:
 
     def prepare(self, x_u8: torch.Tensor) -> torch.Tensor:
         """uint8 batch on the device -> augmented float images in [0, 1] in the training memory format."""
-        if self.cfg.augment:
+        if self.policy is not None:  # seeded through torch's generator (reseed sets it per epoch)
+            x_u8 = strong_augment(x_u8, self.policy)
+        if self.cfg.augment != "none":
             x_u8 = augment(x_u8, self.generator, self.pad)
         x = x_u8.float().div_(255)
         return x.contiguous(memory_format=self.memory_format)

@@ -163,9 +163,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "seeds": [0, 1, 2]},
     # Fashion-MNIST at convergence on two CPU cores: sized by the timing runs in benchmarks/results/README.md
     "fmnist": {**_COMMON, "dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "model_kwargs": FMNIST_KWARGS,
-               "input_size": "1x28x28", "eps": "0.1", "method": "fgsm-rs", "steps": 1, "epochs": 15,
+               "input_size": "1x28x28", "eps": "0.1", "method": "fgsm-rs", "steps": 1, "epochs": 20,
                "train_n": None, "lr": 0.2, "schedule": "onecycle", "batch_size": 128, "val_n": 1000,
-               "val_steps": 10, "pretrain_epochs": 15, "pretrain_lr": 0.2, "attack": "apgd-ce", "n": 2000,
+               "val_steps": 10, "pretrain_epochs": 20, "pretrain_lr": 0.2, "attack": "apgd-ce", "n": 2000,
                "check_attack": "autoattack-fast", "check_n": 500, "seeds": [0, 1, 2]},
     # toy size, for the test suite
     "quick": {**_COMMON, "model": "cifar:wrn-16-1", "method": "fgsm-rs", "steps": 1, "epochs": 1, "train_n": 32,

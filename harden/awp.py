@@ -23,11 +23,7 @@ from torch import nn
 
 from harden.runtime.modes import modes_kept
 
-# the authors' gamma and warm-up epochs, by method: fine-tuning settings, kept in its schema
-from harden.schemas.finetune import AWP_DEFAULT_GAMMA as DEFAULT_GAMMA  # noqa: F401
-from harden.schemas.finetune import AWP_DEFAULT_WARMUP as DEFAULT_WARMUP  # noqa: F401
-from harden.schemas.finetune import AWP_MAX_GAMMA as MAX_GAMMA  # noqa: F401
-from harden.schemas.finetune import AWP_METHODS as METHODS  # noqa: F401
+# the authors' gamma and warm-up epochs by method live with each method (harden.methods: awp_gamma, awp_warmup)
 
 _EPS = 1e-20
 

@@ -203,6 +203,7 @@ class FinetuneEntry(_Record):
     steps: int
     step_size: float
     beta: float | None
+    nfgsm_noise: float | None = field(default=None, metadata=_OMIT_EMPTY)  # N-FGSM's noise, in multiples of eps
     awp: AwpEntry | None
     extra_data: ExtraDataEntry | None
     epochs: int
@@ -230,6 +231,7 @@ class FinetuneEntry(_Record):
     skipped_images: int
     validation: ValidationEntry
     history: list[dict[str, Any]]  # one mapping of numbers per epoch
+    collapse: dict[str, Any] | None = field(default=None, metadata=_OMIT_EMPTY)  # the guard's finding, if any
     seconds: float
     device: str
     previous: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the fine-tuning before this one

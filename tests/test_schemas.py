@@ -142,7 +142,8 @@ def test_every_yaml_setting_is_a_recipe_key_of_its_kind(schema: type, sections: 
         keys = SCHEMA[section].children or {}
         assert set(keys) - recipe_only == {n for n, (_, s) in settings.items() if s.yaml}
         for name in set(keys) - recipe_only:
-            assert (keys[name].kind, keys[name].choices) == (settings[name][1].kind, settings[name][1].choices)
+            assert (keys[name].kind, tuple(keys[name].allowed())) == (settings[name][1].kind,
+                                                                      settings[name][1].choice_names())
 
 
 @pytest.mark.parametrize("schema", [FinetuneConfig, EvaluateConfig, SearchConfig])

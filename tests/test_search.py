@@ -332,3 +332,42 @@ def test_a_finished_trial_is_measured_not_pruned(tmp_path: Path, monkeypatch: py
                            eps_warmup=0, pruner="halving")
     assert sorted(r["transforms"] for r in result.rows) == [[], ["blindfold"]]  # worse, but finished: kept
     assert result.best["transforms"] == [] and result.files == {}
+
+
+# --------------------------------------------------------------------------------- the noise-aware verdict
+
+
+def test_the_verdict_names_a_winner_only_when_both_measurements_pass_the_rule() -> None:
+    from harden.searching import verdict as v
+
+    base = "1" * 40 + "0" * 60
+    better = "1" * 40 + "1" * 25 + "0" * 35  # 25 more robust images, none fewer: p ~ 6e-8
+    slightly = "1" * 40 + "1" * 3 + "0" * 57  # 3 more: p = 0.25
+    strong, weak = v.compare(base, better), v.compare(base, slightly)
+    assert strong["difference"] == 25.0 and strong["p_value"] < 1e-6 and strong["ci95"][0] > 15
+    assert weak["p_value"] > 0.05 and weak["ci95"][0] < 0 < weak["ci95"][1]
+    rows = [{"trial": 1, "transforms": ["a"], "vs_base": strong, "confirmation": strong},
+            {"trial": 2, "transforms": ["b"], "vs_base": strong, "confirmation": weak}]
+    assert v.decide(rows) == {"verdict": "winner", "trial": 1, "transforms": ["a"], "rule": v.RULE,
+                              "candidates": [1, 2]}
+    assert v.decide(rows[1:])["verdict"] == "keep the base"  # the second seed did not confirm it
+    lo, hi = v.paired_interval(0, 0, 50)
+    assert lo == hi == 0.0
+
+
+def test_two_identical_candidates_give_no_winner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    lines: list[str] = []  # upsample x1 changes nothing: the candidate is the base itself
+    result = harden.search(model, _two_class_data(96), out=tmp_path / "p", space="none", extra=["upsample:factor=1"],
+                           trials=2, epochs=1, val_n=24, val_steps=1, method="fgsm-rs", batch_size=16, lr=0.05,
+                           eps="16/255", eps_warmup=0, pruner="none", confirm=1, echo=lines.append)
+    assert sorted(r["transforms"] for r in result.rows) == [[], ["upsample:factor=1"]]
+    same = next(r for r in result.rows if r["transforms"])
+    assert same["vs_base"]["difference"] == 0.0 and same["vs_base"]["p_value"] == 1.0
+    assert result.verdict["verdict"] == "keep the base" and result.best["transforms"] == []
+    assert any(line.startswith("verdict: keep the base") for line in lines)
+    stored = json.loads((tmp_path / "p" / "pareto.json").read_text())
+    assert stored["verdict"]["verdict"] == "keep the base" and stored["best_trial"] == 0
+    assert "transforms: []" in (tmp_path / "p" / "best.yaml").read_text()

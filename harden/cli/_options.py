@@ -62,8 +62,8 @@ def _option(name: str, default: Any, setting: Setting) -> Callable[[Any], Any]:
         return click.option(*decls, default=default, **kw)
     if setting.kind == "list[str]":
         return click.option(*decls, multiple=True, **kw)
-    if setting.choices and not setting.cli_text:
-        kw["type"] = click.Choice(list(setting.choices))
+    if setting.choice_names() and not setting.cli_text:
+        kw["type"] = click.Choice(list(setting.choice_names()))
     elif setting.path is not None:
         kw["type"] = click.Path(dir_okay=setting.path == "folder", file_okay=setting.path == "file")
     elif setting.kind == "int" and not setting.cli_text:

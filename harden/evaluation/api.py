@@ -20,7 +20,6 @@ from harden.evaluation.eps import parse_eps, parse_eps_list
 from harden.evaluation.plan import AttackPlan, plan_attack
 from harden.evaluation.progress import progress_store
 from harden.evaluation.run import Clock, evaluate_loaded, report_path
-from harden.model import warn_if_random
 from harden.runtime import events as ev
 from harden.runtime.modes import eval_mode
 from harden.runtime.session import session
@@ -83,7 +82,8 @@ def _finish(result: dict[str, Any], cfg: EvaluateConfig, main: bool, events: ev.
 def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tensor, torch.Tensor] = "sample", *,
              attack: str = "autoattack", eps: str | float = 8 / 255, norm: str = "Linf", fast: bool = False,
              n: int | None = 1000, seed: int = 0, batch_size: int | str | None = "auto", device: str = "auto",
-             split: str = "test", random_subset: bool = False, download: bool = False, steps: int | None = None,
+             split: str = "test", resize: int | str | Sequence[int] | None = None, crop: str = "center",
+             random_subset: bool = False, download: bool = False, steps: int | None = None,
              step_size: float | None = None, report: str | os.PathLike[str] | None = None, resume: bool = False,
              into: str | os.PathLike[str] | None = None, eps_sweep: str | Sequence[str | float] | None = None,
              progress: bool = False, check_examples: int | None = None, trust_code: bool = False,
@@ -104,14 +104,14 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     """
     clock = Clock.start()
     cfg = make_evaluate_config(attack=attack, eps=eps, norm=norm, fast=fast, n=n, seed=seed, batch_size=batch_size,
-                               device=device, split=split, random_subset=random_subset, download=download,
+                               device=device, split=split, resize=resize, crop=crop, random_subset=random_subset,
+                               download=download,
                                steps=steps, step_size=step_size, report=report, resume=resume, into=into,
                                eps_sweep=eps_sweep, skip_bad_images=skip_bad_images)
     plan, sweep = check_settings(cfg)
     path = report_path(cfg)
     with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(device) as dist:
         model = _resolve_model(model, trust_code).to(dist.device)
-        warn_if_random(model, "evaluating")
         events = _events(cfg, dist.is_main, progress=progress, on_batch=on_batch, tracked=tracked)
         with eval_mode(model):
             result = evaluate_loaded(model, data, cfg, plan=plan, sweep=sweep, device=dist.device, events=events,

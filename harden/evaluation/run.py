@@ -24,6 +24,7 @@ from harden.evaluation.progress import _Progress, progress_store
 from harden.evaluation.report import Measured, build_report
 from harden.evaluation.stages import run_stages
 from harden.evaluation.sweep import run_sweep
+from harden.model import warn_if_random
 from harden.runtime import distributed as hd
 from harden.runtime import events as ev
 from harden.runtime.store import state_digest
@@ -81,6 +82,7 @@ def _select(model: nn.Module, data: Any, cfg: EvaluateConfig, plan: AttackPlan,
     examples, selection = select_examples(data, model, cfg)
     if probe is None:
         plan = _plan_for(model, examples.get(torch.arange(1))[0].to(device), plan)
+    warn_if_random(model, "evaluating")  # once the data fit: a failing command says only what failed
     return examples, selection, plan
 
 

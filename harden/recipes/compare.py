@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harden.attacks import attack_label
+from harden.methods import METHODS
 from harden.provenance import FinetuneEntry
 from harden.recipes.plan import RunPlan
 from harden.recipes.schema import Recipe
@@ -96,10 +97,11 @@ def _finetune_text(entry: FinetuneEntry | Mapping[str, Any] | None) -> str:
     if not entry:
         return "none"
     s = _FinetuneSummary.of(entry)
-    if s.method == "clean":
+    method = METHODS.get(s.method) if s.method in METHODS else None
+    if method is not None and not method.attacks:
         return f"{s.epochs_run} ep (kept {s.kept_epoch})"
     eps = f"{s.eps * 255:.3g}/255" if s.norm == "Linf" else f"{s.eps:g}"
-    steps = f"-{s.steps}" if s.method in ("pgd", "trades", "mart") else ""
+    steps = f"-{s.steps}" if method is not None and method.fixed_steps is None else ""
     extras = (f"+awp {s.awp_gamma:g}" if s.awp_gamma is not None else "") + (
         f"+extra {s.extra_fraction:g}" if s.extra_fraction is not None else "")
     return f"{s.method}{steps}{extras} eps {eps}, {s.epochs_run} ep (kept {s.kept_epoch})"

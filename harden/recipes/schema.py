@@ -44,7 +44,8 @@ def _attack_names() -> tuple[str, ...]:
 
 def _schema_keys(schema: type) -> dict[str, Key]:
     """The recipe keys of a command's schema (its fields marked as YAML keys), in the declared order."""
-    return {name: Key(s.kind, choices=s.choices, help=s.help) for name, s in yaml_keys(schema).items()}
+    return {name: Key(s.kind, choices=s.registry.names if s.registry is not None else s.choices, help=s.help)
+            for name, s in yaml_keys(schema).items()}
 
 
 SCHEMA: dict[str, Key] = {

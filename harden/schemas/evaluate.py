@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.errors import UsageError
-from harden.schemas.fields import check_names, flag, integer, number, settings_of, text, whole_number
-from harden.schemas.finetune import NORMS
+from harden.schemas.fields import check_choices, check_names, flag, integer, number, settings_of, text, whole_number
+from harden.schemas.finetune import NORMS, resize_text
 
 
 @dataclass
@@ -23,6 +23,11 @@ class EvaluateConfig:
 
     split: str = text("test", help="Split of the data: test, train, or any split folder of an ImageFolder tree "
                                    "(val, ...).", yaml=False)
+    resize: str | None = text(metavar="N|HxW", cli_text=True, yaml=False,
+                              help="Resize images before the centre crop to the model's input: N for the short "
+                                   "side, HxW exactly [default: the short side to the input].")
+    crop: str = text("center", choices=("center", "none"), yaml=False,
+                     help="center: crop the resized images to the model's input; none: resize straight to it.")
     download: bool = flag(help="Download cifar10/cifar100 into ROOT if missing.", yaml=False)
     eps: float | str = number("8/255", cli_text=True, help="Perturbation size: 8/255 or 0.031.")
     norm: str = text("Linf", choices=NORMS, cli_text=True, help="Threat model: Linf or L2.")
@@ -66,7 +71,10 @@ def make_evaluate_config(**options: Any) -> EvaluateConfig:
             values[name] = whole_number(values[name], fields[name][1].option_name(name), allow=words)
     if values.get("n") == "all":
         values["n"] = None
+    if values.get("resize") is not None:
+        values["resize"] = resize_text(values["resize"])
     cfg = EvaluateConfig(**values)
+    check_choices(cfg)
     if cfg.n is not None and cfg.n <= 0:
         raise UsageError(f"-n/--num-examples must be positive, got {cfg.n}")
     if isinstance(cfg.batch_size, int) and cfg.batch_size <= 0:

@@ -53,6 +53,12 @@ class Setting:
     cli: bool = True
     yaml: bool = True
     default_text: str | None = None
+    #: a :class:`harden.registry.Registry` whose names are the choices (read when asked, so plugins count)
+    registry: Any = None
+
+    def choice_names(self) -> tuple[str, ...]:
+        """The allowed values: the registry's names now, else the fixed ``choices``."""
+        return tuple(self.registry.names()) if self.registry is not None else self.choices
 
     def option_name(self, name: str) -> str:
         """The long option that names this setting in messages: ``--step-size``."""
@@ -130,6 +136,10 @@ def check_choices(config: Any) -> None:
     """Raise :class:`UsageError` for the first setting of ``config`` that is not one of its choices."""
     for name, (_, setting) in settings_of(type(config)).items():
         value = getattr(config, name)
+        if setting.registry is not None:
+            if value not in setting.registry:
+                raise UsageError(f"{setting.option_name(name)}: {setting.registry.get_error(value)}")
+            continue
         if setting.choices and value not in setting.choices:
             raise UsageError(f"{setting.option_name(name)} must be one of {', '.join(setting.choices)}, "
                              f"got '{value}'")

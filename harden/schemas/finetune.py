@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.errors import UsageError
+from harden.methods import METHODS as REGISTERED_METHODS
+from harden.methods import get_method, method_names
 from harden.schemas.fields import check_choices, check_names, flag, integer, number, parse_numbers, text
 
-METHODS = ("pgd", "trades", "fgsm-rs", "clean", "mart")
+METHODS = tuple(method_names())  # the built-in training methods and installed plugins when first imported
+ON_COLLAPSE = ("stop", "warn", "ignore")
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 ATTACK_MODES = ("eval", "train")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -25,11 +28,12 @@ NORMS = ("Linf", "L2")
 AUGMENTS = ("none", "crop-flip", "strong")
 CROPS = ("center", "none")
 
-# Adversarial weight perturbation (harden.awp): gamma and warm-up epochs of the authors' code, by method
-AWP_DEFAULT_GAMMA = {"pgd": 1e-2, "trades": 5e-3, "mart": 5e-3}
-AWP_DEFAULT_WARMUP = {"pgd": 0, "trades": 10, "mart": 10}
-AWP_METHODS = tuple(AWP_DEFAULT_GAMMA)
 AWP_MAX_GAMMA = 0.1
+
+
+def awp_methods() -> list[str]:
+    """The methods adversarial weight perturbation (harden.awp) works with: those with an AWP gamma default."""
+    return [name for name in method_names() if get_method(name).awp_gamma is not None]
 
 
 def extra_count(fraction: float, batch_size: int) -> int:
@@ -76,13 +80,16 @@ def augment_name(value: str | bool) -> str:
 class FinetuneConfig:
     """Hyper-parameters of :func:`finetune`; the CLI options and the recipe keys use the same names."""
 
-    method: str = text("pgd", choices=METHODS,
-                       help="PGD-AT (Madry), TRADES (Zhang), MART (Wang), FGSM with random start (Wong), or clean "
-                            "training.")
+    method: str = text("pgd", registry=REGISTERED_METHODS,
+                       help="PGD-AT (Madry), TRADES (Zhang), MART (Wang), FGSM with random start (Wong), N-FGSM "
+                            "(de Jorge), or clean training.")
     eps: float = number("8/255", help="Perturbation budget (images in [0, 1]).")
     norm: str = text("Linf", choices=NORMS)
     steps: int = integer(10, help="Attack steps during training.")
-    step_size: float | None = number(help="Attack step [default: 2.5*eps/steps, 1.25*eps for fgsm-rs].")
+    step_size: float | None = number(help="Attack step [default: 2.5*eps/steps, 1.25*eps for fgsm-rs, eps for "
+                                          "n-fgsm].")
+    nfgsm_noise: float | None = number(metavar="K", help="N-FGSM's uniform noise magnitude, in multiples of eps "
+                                                         "[default: 2, the paper's].")
     beta: float = number("6", help="TRADES / MART trade-off weight.")
     epochs: int = integer(10)
     lr: float = number("0.01", help="Peak learning rate (SGD, momentum 0.9).")
@@ -109,6 +116,9 @@ class FinetuneConfig:
                              "or none.")
     keep: str = text("best", choices=KEEP, help="Keep the best robust validation epoch or the last one.")
     patience: int | None = integer(help="Stop after this many epochs without a better robust score.")
+    on_collapse: str = text("stop", choices=ON_COLLAPSE,
+                            help="Catastrophic overfitting (validation PGD accuracy below half its best while the "
+                                 "training attack's accuracy rises): stop and keep the best epoch, warn, or ignore.")
     train_n: int | None = integer(help="Train on at most this many examples.")
     split: str = text("train", yaml=False, help="Split of the data to train on: train, or any split folder of an "
                                                 "ImageFolder tree (or x_NAME/y_NAME arrays of an npz file).")
@@ -146,15 +156,17 @@ class FinetuneConfig:
         """The attack step: given, else 1.25 eps for FGSM-RS, else 2.5 eps / steps (2/255 for PGD-10 at 8/255)."""
         if self.step_size is not None:
             return float(self.step_size)
-        if self.method == "fgsm-rs":
-            return 1.25 * self.eps
-        return 2.5 * self.eps / self.steps
+        return get_method(self.method).step_size(self.eps, self.steps)
 
     def resolved_awp_warmup(self) -> int:
         """Epochs before AWP starts: given, else the AWP authors' default for the method (0 for PGD-AT, 10 else)."""
         if self.awp_warmup is not None:
             return int(self.awp_warmup)
-        return AWP_DEFAULT_WARMUP.get(self.method, 0)
+        return get_method(self.method).awp_warmup
+
+    def method_options(self) -> dict[str, Any]:
+        """The settings only some methods read, for :meth:`harden.methods.TrainingMethod.perturb`."""
+        return {"nfgsm_noise": self.nfgsm_noise}
 
     def extra_per_batch(self) -> int:
         """Examples of the extra data in every batch (0 without extra data)."""
@@ -226,8 +238,8 @@ def _extension_checks(cfg: FinetuneConfig) -> list[tuple[bool, str]]:
         (math.isfinite(gamma) and 0 <= gamma <= AWP_MAX_GAMMA,
          f"--awp must be in [0, {AWP_MAX_GAMMA:g}] (gamma, relative to each layer's weight norm; Wu et al. use 0.005 "
          f"for TRADES and 0.01 for PGD-AT), got {gamma:g}"),
-        (gamma == 0 or cfg.method in AWP_METHODS,
-         f"--awp works with --method {', '.join(AWP_METHODS)}, not {cfg.method}"),
+        (gamma == 0 or get_method(cfg.method).awp_gamma is not None,
+         f"--awp works with --method {', '.join(awp_methods())}, not {cfg.method}"),
         (cfg.awp_warmup is None or cfg.awp_warmup >= 0, f"--awp-warmup must be non-negative, got {cfg.awp_warmup}"),
         (gamma == 0 or warmup < cfg.epochs,
          f"AWP would never start: --awp-warmup is {warmup} (the default for {cfg.method}, from Wu et al.'s code, "

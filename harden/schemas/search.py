@@ -45,6 +45,9 @@ class SearchConfig:
                                         "repeatable.")
     pruner: str = text("halving", choices=PRUNERS, yaml=False,
                        help="How trials that fall behind are stopped (robust accuracy after each epoch).")
+    confirm: int = integer(2, yaml=False,
+                           help="Front candidates trained again with a second seed and measured on twice the held-out "
+                                "images before a winner is named (0: no confirmation, no verdict).")
     recipe_epochs: int | None = integer(yaml=False,
                                         help="Epochs of best.yaml's fine-tuning (its full budget) [default: --epochs].")
 

@@ -29,11 +29,15 @@ from harden.searching.study import (
     Objective,
     _counted,
     exhausted,
+    held_out_images,
     make_pruner,
     open_storage,
     parse_budget,
     redact,
+    robust_outcome,
 )
+from harden.searching.verdict import confirm as confirm_candidates
+from harden.searching.verdict import pair_with_base
 
 _EVALUATE = {"attacks": ["pgd", "autoattack"], "n": 1000}
 
@@ -167,7 +171,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
            budget_macs: str | float | None = None, budget_params: str | float | None = None, trials: int = 20,
            timeout: float | str | None = None, storage: str | None = None, resume: bool = False,
            space: str | Sequence[str] | None = None, extra: Sequence[str] = (), pruner: str = "halving",
-           recipe_epochs: int | None = None,
+           recipe_epochs: int | None = None, confirm: int = 2,
            model_block: dict[str, Any] | None = None, sampler_seed: int | None = None, progress: bool = False,
            echo: Callable[[str], Any] | None = None, device: Any = None, download: bool = False,
            **options: Any) -> SearchResult:
@@ -178,7 +182,10 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     base model) or amounts (``"2G"``, ``"20M"``). ``trials`` is the study's total: a resumed study or
     several processes sharing ``storage`` (an SQLAlchemy URL) run until it holds that many.
     ``space`` names the dimensions searched (all that apply by default); each ``extra`` transform is
-    searched on or off. With ``out``, writes ``pareto.json``, ``pareto.png``, ``best.yaml`` (and the SQLite study).
+    searched on or off. ``confirm`` front candidates and the base are trained again with a second seed and
+    measured on twice the held-out images; a winner is named only when it beats the base in both measurements
+    (:mod:`harden.searching.verdict`), else the verdict keeps the base. With ``out``, writes ``pareto.json``,
+    ``pareto.png``, ``best.yaml`` (and the SQLite study).
     """
     try:
         import optuna
@@ -187,20 +194,21 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
 
     from harden.summary import model_facts
     from harden.training import make_config, resolve_data
+    from harden.training.data import held_out_count
 
     say = echo or (lambda _s: None)
     timeout = _check_args(model, out=out, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
                           timeout=timeout, storage=storage, resume=resume, space=space, extra=extra, pruner=pruner,
-                          recipe_epochs=recipe_epochs).timeout  # seconds, also when given as "2h"
+                          recipe_epochs=recipe_epochs, confirm=confirm).timeout  # seconds, also when given as "2h"
     cfg = make_config(**options)
     if cfg.val_n == 0:
         raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
     pruner_obj = make_pruner(pruner, cfg.epochs)
     if storage is not None:
         open_storage(storage)  # a URL that cannot be opened fails before any work
-    dataset = resolve_data(data, model, download)
-    if cfg.val_n >= len(dataset):
-        raise UsageError(f"--val-n {cfg.val_n} leaves no training data ({len(dataset)} examples); lower it")
+    dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)
+    if held_out_count(cfg.val_n, len(dataset)) < 1:
+        raise UsageError(f"the {len(dataset)} training images are too few to hold any out for validation")
     facts = model_facts(model)
     budgets = {"macs": parse_budget(budget_macs, facts.macs, "macs"),
                "params": parse_budget(budget_params, facts.params, "params")}
@@ -223,14 +231,15 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
         raise
     return _run_study(study, model, dataset, the_space, cfg, facts, budgets, url=url, out=out_path, trials=trials,
                       timeout=timeout, pruner=pruner, progress=progress, device=device, echo=say,
-                      model_block=_model_block(model, model_block), recipe_epochs=recipe_epochs)
+                      model_block=_model_block(model, model_block), recipe_epochs=recipe_epochs, confirm=confirm)
 
 
 def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any, facts: Any,
                budgets: dict[str, int | None], *, url: str, out: Path | None, trials: int, timeout: float | None,
                pruner: str, progress: bool, device: Any, echo: Callable[[str], Any], model_block: dict[str, Any],
-               recipe_epochs: int | None) -> SearchResult:
+               recipe_epochs: int | None, confirm: int = 2) -> SearchResult:
     from harden.summary import human
+    from harden.training.data import held_out_count
 
     t0 = time.perf_counter()
     before = _counted(study)
@@ -256,13 +265,18 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
 
         study.optimize(objective, timeout=timeout, callbacks=[stop_when_full])
     attack = {"name": f"pgd-{cfg.val_steps}", "norm": cfg.norm, "eps": cfg.eps, "eps_text": str(_eps_text(cfg.eps)),
-              "n": cfg.val_n, "seed": cfg.seed, "data": f"{dataset.spec} (held-out training images)"}
+              "n": held_out_count(cfg.val_n, len(dataset)), "seed": cfg.seed,
+              "data": f"{dataset.spec} (held-out training images)"}
     base = {"spec": model.spec, "macs": facts.macs, "params": facts.params,
             "feature_map": list(facts.feature_map) if facts.feature_map else None}
     info = {"name": STUDY_NAME, "storage": redact(url), "target_trials": trials, "pruner": pruner, "sampler": "TPE",
             "model": model.spec, "data": dataset.spec, "budgets": budgets, "finetune": _finetune_values(cfg),
             "seconds_this_run": round(time.perf_counter() - t0, 1)}
     result = collect(study, base, attack, space, info)
+    pair_with_base(result.rows)
+    if confirm > 0 and result.rows:
+        result.verdict = confirm_candidates(result.rows, _second_seed_measure(model, dataset, options, device),
+                                            top=confirm, echo=echo)
     result.recipe = best_recipe(result, model_block, dataset.spec, _finetune_values(cfg), epochs=recipe_epochs,
                                 evaluate={**_EVALUATE, "eps": _eps_text(cfg.eps), "norm": cfg.norm},
                                 prefix=_earlier_transforms(model))
@@ -275,6 +289,24 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
         echo("")
         write_outputs(out, result, echo)
     return result
+
+
+def _second_seed_measure(model: HardenedModel, dataset: ImageDataset, options: dict[str, Any],
+                         device: Any) -> Callable[[list[str]], str]:
+    """transforms -> the per-image robustness of ``model`` with them, fine-tuned with the next seed and measured on
+    twice the held-out images (at most a third of the data)."""
+    from harden.pipeline import apply
+    from harden.training import finetune
+
+    second = {**options, "seed": options["seed"] + 1, "val_n": min(2 * options["val_n"], len(dataset) // 3)}
+    images = held_out_images(dataset, second)
+
+    def measure(transforms: list[str]) -> str:
+        candidate = apply(model, transforms) if transforms else model
+        tuned = finetune(candidate, dataset, progress=False, device=device, curves=False, **second)
+        return robust_outcome(tuned, images, second, device)
+
+    return measure
 
 
 def _earlier_transforms(model: HardenedModel) -> list[str]:

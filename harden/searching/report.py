@@ -36,12 +36,19 @@ class SearchResult:
     space: dict[str, Any]
     recipe: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
 
     @property
     def best(self) -> dict[str, Any] | None:
-        """The candidate with the highest robust accuracy (fewest MACs among ties), or None."""
+        """The verdict's pick (the confirmed winner, or the base when the verdict keeps it); without a verdict,
+        the candidate with the highest robust accuracy (fewest MACs among ties); None when nothing was measured."""
         if not self.rows:
             return None
+        if self.verdict is not None:
+            chosen = self.verdict.get("trial")
+            pick = [r for r in self.rows if (r["trial"] == chosen if chosen is not None else not r["transforms"])]
+            if pick:
+                return pick[0]
         return max(self.rows, key=lambda r: (r["robust_acc"], -r["macs"], -r["trial"]))
 
     @property
@@ -52,7 +59,7 @@ class SearchResult:
         best = self.best
         return {"format": "harden.search/1", "study": self.study, "base": self.base, "attack": self.attack,
                 "space": self.space, "candidates": self.rows, "not_measured": self.skipped,
-                "best_trial": best["trial"] if best else None, "proxies": self.proxies}
+                "best_trial": best["trial"] if best else None, "verdict": self.verdict, "proxies": self.proxies}
 
 
 def measured_row(number: int, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +74,7 @@ def measured_row(number: int, attrs: dict[str, Any]) -> dict[str, Any]:
         "clean_ci95": list(wilson_interval(clean_correct, n)), "robust_acc": attrs["robust_acc"],
         "robust_ci95": list(wilson_interval(robust_correct, n)), "kept_epoch": attrs.get("kept_epoch"),
         "epochs_run": attrs.get("epochs_run"), "seconds": attrs.get("seconds"), "history": attrs.get("history", []),
-        "pareto": False,
+        "val_outcome": attrs.get("val_outcome"), "pareto": False,
     }
 
 
@@ -87,13 +94,21 @@ def _transforms_text(transforms: Sequence[str]) -> str:
     return ", ".join(transforms) or "none (base)"
 
 
+def _versus_text(row: dict[str, Any]) -> str:
+    v = row.get("vs_base")
+    if v is None:
+        return "-" if row["transforms"] else "(base)"
+    return f"{v['difference']:+.1f} ({v['ci95'][0]:+.1f} to {v['ci95'][1]:+.1f}; p={v['p_value']:.2g})"
+
+
 def table(result: SearchResult) -> str:
     """The terminal table: every measured candidate, best robust accuracy first, and what was not measured."""
     att = result.attack
     lines = [f"robust accuracy: {att['name']} at {att['norm']} eps {att['eps_text']} on {att['n']} held-out "
              f"training images (seed {att['seed']}); base model {human(result.base['macs'])} MACs, "
              f"{human(result.base['params'])} parameters", ""]
-    head = ("trial", "front", "MACs", "params", "fmap", "Lipschitz", "clean %", "robust % (95% interval)", "transforms")
+    head = ("trial", "front", "MACs", "params", "fmap", "Lipschitz", "clean %", "robust % (95% interval)",
+            "vs base, paired (95% interval; p)", "transforms")
     cells = [head]
     for r in sorted(result.rows, key=lambda r: (-r["robust_acc"], r["macs"])):
         lip = r["proxies"].get("lipschitz")
@@ -102,10 +117,10 @@ def table(result: SearchResult) -> str:
                       f"{fmap[0]}x{fmap[1]}" if fmap else "-", f"{lip:.3g}" if lip is not None else "-",
                       f"{r['clean_acc']:.1f}",
                       f"{r['robust_acc']:.1f} ({r['robust_ci95'][0]:.1f}-{r['robust_ci95'][1]:.1f})",
-                      _transforms_text(r["transforms"])))
+                      _versus_text(r), _transforms_text(r["transforms"])))
     widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
     for k, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i in (1, 8) else c.rjust(w)
+        lines.append("  ".join(c.ljust(w) if i in (1, 9) else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -115,6 +130,10 @@ def table(result: SearchResult) -> str:
     if counts:
         lines += ["", "not measured: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))]
         lines += [f"  trial {s['trial']} {s['status']}: {s['reason']}" for s in result.skipped[:12]]
+    if result.verdict is not None:
+        from harden.searching.verdict import verdict_text
+
+        lines += ["", verdict_text(result.verdict, result.rows)]
     lines += ["", "proxies (rank agreement with measured robust accuracy):"]
     lines += [f"  {agreement_text(p)}" for p in result.proxies]
     return "\n".join(lines)

@@ -186,6 +186,12 @@ class Objective:
         self.base, self.dataset, self.space, self.options = base, dataset, space, options
         self.budgets, self.trials, self.progress, self.device, self.echo = budgets, trials, progress, device, echo
 
+    def val_outcome(self, model: HardenedModel) -> str:
+        """``model``'s per-image robustness on the study's held-out images (the same for every trial)."""
+        if getattr(self, "_val", None) is None:
+            self._val = held_out_images(self.dataset, self.options)
+        return robust_outcome(model, self._val, self.options, self.device)
+
     def __call__(self, trial: Any) -> float:
 
         trial.set_user_attr("status", DECIDING)  # also replaces the status a retried trial inherits
@@ -286,6 +292,7 @@ class Objective:
             self.echo(f"trial {trial.number}: {_text(transforms)}: failed, {exc}")
             raise optuna.TrialPruned(str(exc)) from None
         entry = tuned.provenance.finetune
+        trial.set_user_attr("val_outcome", self.val_outcome(tuned))
         val = entry.validation
         for key, value in (("clean_acc", val.clean_acc), ("robust_acc", val.robust_acc), ("n", val.n),
                            ("kept_epoch", entry.kept_epoch), ("epochs_run", entry.epochs_run),
@@ -294,6 +301,28 @@ class Objective:
         self.echo(f"trial {trial.number}: {_text(transforms)}: clean {val.clean_acc:.1f}%, robust "
                   f"{val.robust_acc:.1f}% (epoch {entry.kept_epoch} of {entry.epochs_run})")
         return float(val.robust_acc)
+
+
+def held_out_images(dataset: ImageDataset, options: dict[str, Any]) -> tuple[Any, Any]:
+    """The held-out training images (x, y) that fine-tuning with ``options`` validates on."""
+    from harden.data import Selection, load_tensors
+    from harden.training import make_config
+    from harden.training.data import split_indices
+
+    cfg = make_config(**options)
+    val, _ = split_indices(len(dataset), cfg)
+    return load_tensors(dataset, Selection(dataset.spec, dataset.split, len(val), "held-out", cfg.seed, val))
+
+
+def robust_outcome(model: HardenedModel, images: tuple[Any, Any], options: dict[str, Any], device: Any) -> str:
+    """Per-image robustness of ``model`` to the validation attack (PGD, ``val_steps``) as a '0'/'1' string."""
+    from harden.evaluation import evaluate
+    from harden.searching.verdict import outcome_text
+
+    report = evaluate(model, images, attack="pgd", eps=options["eps"], norm=options["norm"],
+                      steps=options["val_steps"], n=None, seed=options["seed"], check_examples=0,
+                      device=device or "auto")
+    return outcome_text([o == "robust" for o in report["examples"]["outcome"]])
 
 
 def _text(transforms: Sequence[str]) -> str:

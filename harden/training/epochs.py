@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harden.errors import HardenError
+from harden.errors import HardenError, HardenWarning
 from harden.extra_data import ExtraData
 from harden.runtime import events as ev
 from harden.runtime.session import DistSession
@@ -17,6 +18,7 @@ from harden.runtime.store import Store
 from harden.schemas.finetune import FinetuneConfig
 from harden.training import schedule
 from harden.training.checkpoint import RunState, checkpoint_payload
+from harden.training.collapse import collapse_message, collapse_of, first_collapse
 from harden.training.data import TrainData
 from harden.training.trainer import Trainer
 
@@ -49,18 +51,35 @@ def train_epochs(run: RunParts, state: RunState, *, store: Store | None, fingerp
     for epoch in range(state.start_epoch, cfg.epochs):
         if cfg.patience is not None and state.bad_epochs >= cfg.patience:
             return True
+        if cfg.on_collapse == "stop" and first_collapse(state.history):  # a resumed run that the guard stopped
+            return True
         run.trainer.reseed(epoch)
         t0 = time.perf_counter()
         entry = _train_epoch(run, state, epoch, ckpt_path)
         if run.x_val is not None and run.y_val is not None:
             _validate_and_keep(run, state, entry, epoch)
+            _guard(run, state, entry)
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         run.events.emit(ev.ProgressEnded())
         state.history.append(entry)
         if store is not None and run.dist.is_main:
             store.save(checkpoint_payload(fingerprint, epoch + 1, run.trainer, state))
         run.events.emit(ev.Record("epoch", dict(entry)))
+        if entry.get("collapse") and cfg.on_collapse == "stop":
+            return True
     return False
+
+
+def _guard(run: RunParts, state: RunState, entry: dict[str, Any]) -> None:
+    """Mark a catastrophic-overfitting epoch in ``entry`` and say so once (see :mod:`harden.training.collapse`)."""
+    if not run.trainer.method.attacks or run.cfg.on_collapse == "ignore" or first_collapse(state.history):
+        return
+    found = collapse_of(state.history, entry)
+    if found is None:
+        return
+    entry["collapse"] = found
+    if run.dist.is_main:
+        warnings.warn(collapse_message(found, run.cfg.on_collapse), HardenWarning, stacklevel=2)
 
 
 def _train_epoch(run: RunParts, state: RunState, epoch: int, ckpt_path: Path | None) -> dict[str, Any]:
@@ -103,7 +122,7 @@ def _step_status(cfg: FinetuneConfig, loss_sum: float, correct: float, seen: int
                  ) -> dict[str, str]:
     """The numbers the progress bar shows while an epoch trains (running means over ``seen`` examples)."""
     shown = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{100 * correct / seen:.1f}%", "lr": f"{lr:.3g}"}
-    if cfg.method != "clean":
+    if cfg.method != "clean":  # the eps schedule matters only to methods that attack
         shown["eps"] = f"{eps * 255:.2f}/255"
     return shown
 
@@ -116,7 +135,7 @@ def _validate_and_keep(run: RunParts, state: RunState, entry: dict[str, Any], ep
     run.events.emit(ev.ProgressMade(0, status={"loss": f"{entry['loss']:.3f}",
                                                "clean": f"{entry['val_clean']:.1f}%",
                                                "robust": f"{entry['val_robust']:.1f}%"}))
-    score = entry["val_clean"] if run.cfg.method == "clean" else entry["val_robust"]
+    score = entry["val_robust"] if run.trainer.method.attacks else entry["val_clean"]
     if score > state.best["score"]:
         state.best = {"epoch": epoch + 1, "score": score, "clean": entry["val_clean"], "robust": entry["val_robust"],
                       "state": {k: v.detach().clone() for k, v in trainer.eval_model().state_dict().items()}}

@@ -17,7 +17,7 @@ from harden.data import ImageDataset
 from harden.data_images import data_warning
 from harden.errors import UsageError
 from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
-from harden.losses import PAIRED
+from harden.methods import get_method
 from harden.model import HardenedModel, warn_if_random
 from harden.provenance import FinetuneEntry
 from harden.runtime import events as ev
@@ -28,6 +28,7 @@ from harden.schemas.finetune import FinetuneConfig, make_config
 from harden.serialization import save
 from harden.training.batchnorm import recalibrate_bn
 from harden.training.checkpoint import RunState, checkpoint_store, load_for_resume, restore, run_fingerprint
+from harden.training.collapse import first_collapse
 from harden.training.curves import curves_path_for, write_curves
 from harden.training.data import TrainData, default_workers, held_out_count, resolve_data, split_indices
 from harden.training.ema import EMA
@@ -61,7 +62,6 @@ def finetune(model: HardenedModel, data: str | ImageDataset | Any, *, output: st
     if isinstance(teacher_arg, nn.Module):  # recorded by name; its digest goes into the fingerprint
         options["pseudo_label"] = teacher_name(teacher_arg)
     cfg = make_config(**options)
-    warn_if_random(model, "fine-tuning")
     output = Path(output) if output is not None else None
     ckpt_path = _checked_paths(output, checkpoint, resume=resume, force=force)
     dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)
@@ -134,6 +134,8 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
     ckpt = load_for_resume(store, ckpt_path, fingerprint) if resume else None
     run, counts = _set_up(model, dataset, cfg, dist=dist, events=events, teacher=teacher, download=download)
     state = restore(run.trainer, ckpt, dist.device) if ckpt is not None else _fresh_state(run)
+    if dist.is_main and ckpt is None:  # every setting checked: the run starts
+        warn_if_random(model, "fine-tuning")
     stopped_early = train_epochs(run, state, store=store, fingerprint=fingerprint, ckpt_path=ckpt_path)
     result, kept_epoch = _kept_model(model, run.trainer, state, cfg)
     entry = _finetune_entry(run, state, dataset, counts, kept_epoch=kept_epoch, stopped_early=stopped_early,
@@ -191,7 +193,8 @@ def _kept_model(model: HardenedModel, trainer: Trainer, state: RunState, cfg: Fi
     """A copy of ``model`` with the kept weights (on the CPU in fp32 and the default layout), and their epoch."""
     final = trainer.eval_model()
     kept_epoch = state.history[-1]["epoch"] if state.history else 0
-    if cfg.keep == "best" and state.best.get("state") is not None:
+    stopped_by_guard = cfg.on_collapse == "stop" and first_collapse(state.history) is not None
+    if (cfg.keep == "best" or stopped_by_guard) and state.best.get("state") is not None:
         final.load_state_dict(state.best["state"])
         kept_epoch = int(state.best["epoch"])
     result = copy.deepcopy(model)
@@ -202,13 +205,15 @@ def _kept_model(model: HardenedModel, trainer: Trainer, state: RunState, cfg: Fi
 
 def _method_fields(cfg: FinetuneConfig) -> dict[str, Any]:
     """The provenance entry's description of the training method."""
+    method = get_method(cfg.method)
     return {
         "method": cfg.method,
         "norm": cfg.norm,
         "eps": cfg.eps,
-        "steps": 1 if cfg.method == "fgsm-rs" else (0 if cfg.method == "clean" else cfg.steps),
+        "steps": method.steps(cfg.steps),
         "step_size": cfg.resolved_step_size(),
-        "beta": cfg.beta if cfg.method in PAIRED else None,
+        "beta": cfg.beta if method.uses_beta else None,
+        **({"nfgsm_noise": 2.0 if cfg.nfgsm_noise is None else cfg.nfgsm_noise} if cfg.method == "n-fgsm" else {}),
         "awp": ({"gamma": cfg.awp, "warmup": cfg.resolved_awp_warmup(), "paper": "Wu et al. 2020"}
                 if cfg.awp > 0 else None),
     }
@@ -249,6 +254,8 @@ def _finetune_entry(run: RunParts, state: RunState, dataset: ImageDataset, count
         "validation": {"n": counts["val_n"], "attack": f"pgd-{cfg.val_steps}", "eps": cfg.eps, "norm": cfg.norm,
                        "clean_acc": kept.get("val_clean"), "robust_acc": kept.get("val_robust")},
         "history": history,
+        "collapse": ({**first_collapse(history), "action": cfg.on_collapse}  # type: ignore[dict-item]
+                     if first_collapse(history) else None),
         "seconds": round(time.perf_counter() - start_time, 2),
         "device": device_text(run.dist.device, detail=False),
     }

@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from harden.attacks import check_logits
 from harden.awp import WeightPerturbation
 from harden.lipschitz import SpectralPenalty
-from harden.losses import PAIRED, method_loss
+from harden.methods import get_method
 from harden.model import HardenedModel
 from harden.runtime.modes import eval_mode
 from harden.runtime.session import DistSession
@@ -66,8 +67,9 @@ class Trainer:
         gen_device = device if device.type == "cuda" else torch.device("cpu")
         self.generator = torch.Generator(device=gen_device)
         self.generator.manual_seed(cfg.seed)
+        self.method = get_method(cfg.method)
         self.attack_model: nn.Module = self.model
-        objective: nn.Module = _Pair(self.model) if cfg.method in PAIRED else self.model
+        objective: nn.Module = _Pair(self.model) if self.method.paired else self.model
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -79,7 +81,7 @@ class Trainer:
             objective = torch.compile(objective)
         self.objective = objective
         # the AWP pass runs outside DistributedDataParallel (it only asks for weight gradients)
-        self.raw_objective: nn.Module = _Pair(self.attack_model) if cfg.method in PAIRED else self.attack_model
+        self.raw_objective: nn.Module = _Pair(self.attack_model) if self.method.paired else self.attack_model
         self.awp = (WeightPerturbation(self.model, cfg.awp, all_sum=dist.all_sum, world=dist.world)
                     if cfg.awp > 0 else None)
         self.epoch = 0
@@ -107,15 +109,15 @@ class Trainer:
             group["lr"] = lr
         x = self.prepare(x_u8)
         x_adv = x
-        if cfg.method != "clean" and eps > 0:
-            kind = "pgd" if cfg.method == "pgd" else cfg.method
+        if self.method.attacks and eps > 0:
             if cfg.attack_mode == "eval":
                 self.model.eval()
             else:
                 self.model.train()
             with _frozen(self.params), self.autocast():
-                x_adv = perturb(self.attack_model, x, y, kind=kind, eps=eps, step=self.step_size * eps / cfg.eps,
-                                steps=cfg.steps, norm=cfg.norm, generator=self.generator)
+                x_adv = self.method.perturb(self.attack_model, x, y, eps=eps, step=self.step_size * eps / cfg.eps,
+                                            steps=self.method.steps(cfg.steps), norm=cfg.norm,
+                                            generator=self.generator, options=cfg.method_options())
         perturbation = contextlib.nullcontext()
         if self.awp_active():  # the weight perturbation, from the method's loss at the current weights
             deltas = self.awp.compute(lambda: self.loss(self.raw_objective, x, x_adv, y)[0])  # type: ignore[union-attr]
@@ -135,19 +137,20 @@ class Trainer:
 
     def awp_active(self) -> bool:
         """Whether this epoch's updates use adversarial weight perturbation (after its warm-up)."""
-        return self.awp is not None and self.cfg.method != "clean" and self.epoch >= self.cfg.resolved_awp_warmup()
+        return self.awp is not None and self.method.attacks and self.epoch >= self.cfg.resolved_awp_warmup()
 
     def loss(self, net: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """The method's loss (fp32) and the logits of the trained inputs, with ``net`` (a model or its pair)."""
         cfg = self.cfg
         with self.autocast():
-            if cfg.method in PAIRED:
+            if self.method.paired:
                 logits_nat, logits = (t.float() for t in net(x, x_adv))
             else:
                 logits_nat, logits = None, net(x_adv).float()
-            loss = method_loss(cfg.method, logits, y, logits_nat=logits_nat, beta=cfg.beta,
-                               label_smoothing=cfg.label_smoothing)
+            check_logits(logits)
+            loss = self.method.loss(logits, y, logits_nat=logits_nat, beta=cfg.beta,
+                                    label_smoothing=cfg.label_smoothing)
         return loss, logits
 
     def eval_model(self) -> nn.Module:

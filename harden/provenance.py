@@ -194,6 +194,19 @@ class ValidationEntry(_Record):
 
 
 @dataclass(kw_only=True)
+class CollapseEntry(_Record):
+    """Catastrophic overfitting found by the guard (harden.training.collapse): where, the figures, what was done."""
+
+    epoch: int
+    val_robust: float
+    train_acc: float
+    best_epoch: int
+    best_val_robust: float
+    best_train_acc: float
+    action: str  # "stop" or "warn"
+
+
+@dataclass(kw_only=True)
 class FinetuneEntry(_Record):
     """An adversarial fine-tuning run: its settings, data, validation and per-epoch history."""
 
@@ -231,7 +244,7 @@ class FinetuneEntry(_Record):
     skipped_images: int
     validation: ValidationEntry
     history: list[dict[str, Any]]  # one mapping of numbers per epoch
-    collapse: dict[str, Any] | None = field(default=None, metadata=_OMIT_EMPTY)  # the guard's finding, if any
+    collapse: CollapseEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the guard's finding, if any
     seconds: float
     device: str
     previous: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the fine-tuning before this one

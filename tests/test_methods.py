@@ -151,12 +151,12 @@ def test_the_guard_stops_keeps_the_best_epoch_and_records_it(monkeypatch, tmp_pa
         out = harden.finetune(model, (x, y), output=tmp_path / "o.safetensors", **opts)
     entry = harden.load(tmp_path / "o.safetensors", base=_net()).provenance.finetune
     assert entry.epochs_run == 3 and entry.kept_epoch == 2 and entry.stopped_early
-    assert entry.collapse["epoch"] == 3 and entry.collapse["best_epoch"] == 2 and entry.collapse["action"] == "stop"
+    assert entry.collapse.epoch == 3 and entry.collapse.best_epoch == 2 and entry.collapse.action == "stop"
     assert entry.history[2]["collapse"]["val_robust"] == 12.0
     assert out.provenance.finetune.collapse == entry.collapse
     with pytest.warns(harden.errors.HardenWarning, match="training on"):
         warned = harden.finetune(model, (x, y), on_collapse="warn", **opts)
-    assert warned.provenance.finetune.epochs_run == 5 and warned.provenance.finetune.collapse["action"] == "warn"
+    assert warned.provenance.finetune.epochs_run == 5 and warned.provenance.finetune.collapse.action == "warn"
     ignored = harden.finetune(model, (x, y), on_collapse="ignore", **opts)
     assert ignored.provenance.finetune.collapse is None and ignored.provenance.finetune.epochs_run == 5
 

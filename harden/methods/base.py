@@ -40,7 +40,7 @@ class TrainingMethod:
 
     def step_size(self, eps: float, steps: int) -> float:
         """The default attack step: 2.5 eps / steps (2/255 for PGD-10 at 8/255)."""
-        return 2.5 * eps / self.steps(steps)
+        return 2.5 * eps / steps
 
     def short_name(self, steps: int) -> str:
         """How tables name a run of the method: ``PGD-10``, ``FGSM-RS``, ``TRADES-5``."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.errors import UsageError
-from harden.schemas.fields import check_choices, check_names, flag, integer, number, settings_of, text, whole_number
+from harden.schemas.fields import check_names, flag, integer, number, settings_of, text, whole_number
 from harden.schemas.finetune import NORMS, resize_text
 
 
@@ -74,7 +74,8 @@ def make_evaluate_config(**options: Any) -> EvaluateConfig:
     if values.get("resize") is not None:
         values["resize"] = resize_text(values["resize"])
     cfg = EvaluateConfig(**values)
-    check_choices(cfg)
+    if cfg.crop not in ("center", "none"):
+        raise UsageError(f"--crop must be center or none, got '{cfg.crop}'")
     if cfg.n is not None and cfg.n <= 0:
         raise UsageError(f"-n/--num-examples must be positive, got {cfg.n}")
     if isinstance(cfg.batch_size, int) and cfg.batch_size <= 0:

@@ -26,7 +26,7 @@ test-all: test test-slow
 demo: $(STAMP)
 	$(BIN)/harden apply resnet18 --num-classes 10 --input-size 32 --upsample 2 --stride-mod -o demo-out/resnet18-rcm.safetensors --force
 	$(BIN)/harden inspect demo-out/resnet18-rcm.safetensors
-	$(BIN)/harden run recipes/quickstart.yaml --out demo-out/quickstart
+	$(BIN)/harden run recipes/quickstart-fmnist.yaml --out demo-out/quickstart-fmnist
 
 lint: $(STAMP)
 	$(BIN)/ruff check harden plugins tests benchmarks

@@ -39,7 +39,16 @@ _SAME_IMAGES = "training and evaluation read the same images"
 # ------------------------------------------------------------------------------------------ sources
 
 
+SAMPLES = ("cifar10", "fashion-mnist")  # sample (= sample:cifar10) and sample:fashion-mnist
+
+
 def _sample(root: str, split: str, download: bool, pre: Preprocess) -> ImageDataset:
+    if root not in ("", *SAMPLES):
+        raise UsageError(f"unknown sample '{root}'{close_matches(root, SAMPLES)} (bundled: sample for CIFAR-10, "
+                         "sample:fashion-mnist)")
+    if root == "fashion-mnist":
+        with resources.as_file(resources.files("harden") / "_sample" / "fashion-mnist") as folder:
+            return _arrays("sample:fashion-mnist", split, read_idx_dir(str(folder), split), pre)
     pre.file_mode("sample")
     blobs: dict[str, bytes] = {}
     ref = resources.files("harden") / "_sample" / "cifar10-sample.tar.gz"
@@ -140,7 +149,8 @@ class DataSource:
 
 
 DATA_SOURCES: dict[str, DataSource] = {
-    "sample": DataSource("sample", "CIFAR-10 sample bundled with harden (2000 train / 1000 test)", _sample, False),
+    "sample": DataSource("sample", "samples bundled with harden: sample (CIFAR-10, 2000 train / 1000 test) and "
+                                   "sample:fashion-mnist (2000 train / 500 test, 1x28x28)", _sample, False),
     "imagefolder": DataSource("imagefolder", "ImageFolder tree: ROOT[/train|/val|/test|/NAME]/<class>/<image>",
                               _imagefolder, splits=None),
     "cifar10": DataSource("cifar10", "torchvision CIFAR-10 (python pickle format)", _cifar("cifar10"), downloads=True),

@@ -59,6 +59,35 @@ def test_shipped_recipes_are_valid() -> None:
     trades = load_recipe(ROOT / "recipes" / "trades-silu-resnet18.yaml", check_data=False)
     assert trades.values["finetune"]["method"] == "trades" and trades.values["transforms"] == ["activation:name=silu"]
     assert quick.values["finetune"]["eps"] == pytest.approx(8 / 255)  # "8/255" becomes a number
+    gray = load_recipe(ROOT / "recipes" / "quickstart-fmnist.yaml")
+    assert gray.values["model"]["input_size"] == "1x28x28" and gray.values["model"]["kwargs"] == {"base_width": 8}
+    assert gray.values["data"]["train"] == "sample:fashion-mnist"
+
+
+def test_model_input_size_and_constructor_arguments_in_a_recipe() -> None:
+    text = GOOD.replace("  input_size: 32", "  input_size: 1x28x20\n  kwargs: {base_width: 8, strides: [1, 2]}")
+    assert "1x28x20" in text
+    values = parse_recipe(text, source="r.yaml").values
+    assert values["model"]["input_size"] == "1x28x20"
+    assert values["model"]["kwargs"] == {"base_width": 8, "strides": [1, 2]}
+    assert "model.input_size: input size must be N, HxW or CxHxW" in _error(
+        GOOD.replace("  input_size: 32", "  input_size: 28x"))
+    assert "argument names are Python identifiers" in _error(
+        GOOD.replace("  input_size: 32", "  input_size: 32\n  kwargs: {'in chans': 1}"))
+    assert "a plain value or a list of them" in _error(
+        GOOD.replace("  input_size: 32", "  input_size: 32\n  kwargs: {depths: {a: 1}}"))
+
+
+@pytest.mark.slow
+def test_the_demo_takes_a_clean_model_to_clearly_robust(tmp_path) -> None:
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / "quickstart-fmnist.yaml"), "--out", str(out),
+                                    "--quiet"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = {r["model"]: r for r in json.loads((out / "comparison.json").read_text())["rows"]}
+    start, tuned = rows["start"]["robust_ci95"]["PGD-10"], rows["baseline"]["robust_ci95"]["PGD-10"]
+    assert tuned[0] > start[1] + 10  # the fine-tuned model's interval lies well above the start's
+    assert "| start | none |" in res.output and "too small to tell whether SiLU helps" in res.output
 
 
 def test_unknown_keys_and_wrong_types_name_the_key_and_line() -> None:

@@ -371,3 +371,17 @@ def test_two_identical_candidates_give_no_winner(tmp_path: Path, monkeypatch: py
     stored = json.loads((tmp_path / "p" / "pareto.json").read_text())
     assert stored["verdict"]["verdict"] == "keep the base" and stored["best_trial"] == 0
     assert "transforms: []" in (tmp_path / "p" / "best.yaml").read_text()
+
+
+def test_resuming_a_search_with_other_settings_is_one_line(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    opts = dict(out=tmp_path / "p", space="none", extra=["upsample:factor=1"], trials=1, epochs=1, val_n=16,
+                val_steps=1, method="fgsm-rs", batch_size=16, lr=0.05, eps_warmup=0, pruner="none", confirm=0)
+    harden.search(model, _two_class_data(48), **opts)
+    with pytest.raises(UsageError) as info:
+        harden.search(model, _two_class_data(48), resume=True, **{**opts, "epochs": 2, "lr": 0.1})
+    message = str(info.value)
+    assert "is a search with other settings (they differ at finetune.epochs, finetune.lr)" in message
+    assert "\n" not in message

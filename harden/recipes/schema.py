@@ -20,6 +20,7 @@ from harden.errors import UsageError, close_matches
 from harden.schemas.evaluate import EvaluateConfig
 from harden.schemas.fields import parse_number, yaml_keys
 from harden.schemas.finetune import CROPS, FinetuneConfig, resize_text
+from harden.shapes import parse_input_size
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,9 @@ SCHEMA: dict[str, Key] = {
     "model": Key("map", required=True, children={
         "spec": Key("str", required=True, help="model spec: timm name, tv:NAME, cifar:NAME, package.module:factory"),
         "num_classes": Key("int"),
-        "input_size": Key("int"),
+        "input_size": Key("input_size", help="N, HxW or CxHxW (e.g. 32, 64x48, 1x28x28)"),
+        "kwargs": Key("kwargs", help="constructor arguments of the model (e.g. in_chans or base_width of a cifar: "
+                                     "WRN), plain values only"),
         "weights": Key("str", help="state dict file for the base model (relative to the recipe or the cwd)"),
         "pretrained": Key("bool"),
         "mean": Key("list[number]"),
@@ -89,7 +92,8 @@ SCHEMA: dict[str, Key] = {
 _KIND_TEXT = {"str": "a string", "int": "an integer", "number": "a number (e.g. 0.1 or 8/255)",
               "bool": "true or false", "list[str]": "a list of strings", "list[number]": "a list of numbers",
               "map": "a mapping of keys", "variants": "a mapping of name: [transforms]",
-              "size": "N or HxW (e.g. 36 or 72x64)"}
+              "size": "N or HxW (e.g. 36 or 72x64)", "input_size": "N, HxW or CxHxW (e.g. 32, 64x48, 1x28x28)",
+              "kwargs": "a mapping of argument names to plain values"}
 _PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map"))
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -171,6 +175,8 @@ class _Checker:
         self.plain(node)
         self.where.setdefault(dotted, self.at(node))
         label = dotted or "the recipe"
+        if key.kind == "kwargs":
+            return self.arguments(node, dotted)
         if key.kind in ("map", "variants"):
             if not isinstance(node, yaml.MappingNode):
                 raise self.fail(node, f"{label} must be {_KIND_TEXT[key.kind]}, got {_describe(self.scalar(node))}")
@@ -190,6 +196,26 @@ class _Checker:
             return out
         return self.leaf(node, key, dotted)
 
+    def arguments(self, node: yaml.Node, dotted: str) -> dict[str, Any]:
+        """A mapping of constructor argument names to plain values (numbers, strings, booleans, lists of them)."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{dotted} must be {_KIND_TEXT['kwargs']}, got {_describe(self.scalar(node))}")
+        out: dict[str, Any] = {}
+        for k_node, v_node in node.value:
+            self.plain(k_node)
+            name = self.scalar(k_node)
+            if not isinstance(name, str) or not name.isidentifier():
+                raise self.fail(k_node, f"{dotted}: argument names are Python identifiers, got {name!r}")
+            items = v_node.value if isinstance(v_node, yaml.SequenceNode) else [v_node]
+            values = []
+            for item in items:
+                self.plain(item)
+                if not isinstance(item, yaml.ScalarNode):
+                    raise self.fail(item, f"{dotted}.{name} must be a plain value or a list of them")
+                values.append(self.scalar(item))
+            out[name] = values if isinstance(v_node, yaml.SequenceNode) else values[0]
+        return out
+
     def leaf(self, node: yaml.Node, key: Key, dotted: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, f"{dotted} must be {_KIND_TEXT[key.kind]}, got a "
@@ -205,6 +231,11 @@ class _Checker:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif kind == "bool":
             ok = isinstance(value, bool)
+        elif kind == "input_size":
+            try:
+                parse_input_size(value)
+            except UsageError as exc:
+                raise self.fail(node, f"{dotted}: {exc}") from None
         elif kind == "size":
             try:
                 value = resize_text(value, dotted) if isinstance(value, (int, str)) else value

@@ -64,7 +64,7 @@ def load_start_model(recipe: Recipe, plan: RunPlan) -> HardenedModel:
         torch.manual_seed(m.get("seed", 0))
         return load_model(m["spec"], num_classes=m.get("num_classes"), pretrained=bool(m.get("pretrained")),
                           weights=recipe.local_path(m.get("weights")), input_size=m.get("input_size"),
-                          mean=m.get("mean"), std=m.get("std"))
+                          mean=m.get("mean"), std=m.get("std"), model_kwargs=m.get("kwargs"))
 
 
 def load_data(plan: RunPlan, base: HardenedModel) -> tuple[ImageDataset, ImageDataset]:

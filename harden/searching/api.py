@@ -87,9 +87,10 @@ def _fingerprint(model: HardenedModel, dataset: ImageDataset, space: SearchSpace
 
 
 def _diffs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    from harden.recipes import _dotted_diffs
+    """The dotted keys where a saved study's fingerprint and this search's differ."""
+    from harden.runtime.store import as_json, differences
 
-    return _dotted_diffs(old, new)
+    return [key or "(everything)" for key, _, _ in differences(old, as_json(new))]
 
 
 def _storage_url(out: Path | None, storage: str | None, resume: bool) -> str:

@@ -17,14 +17,14 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from harden.stats import paired_difference
+from harden.stats import Z95, paired_difference
 
 ALPHA = 0.05
 RULE = ("a candidate beats the base when its robust accuracy is higher with exact McNemar p < 0.05 in both the "
         "study's measurement and a second seed's on twice as many held-out images")
 
 
-def paired_interval(only_a: int, only_b: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+def paired_interval(only_a: int, only_b: int, n: int, z: float = Z95) -> tuple[float, float]:
     """95% interval (Wald, paired proportions) of B's accuracy minus A's, in points."""
     d = (only_b - only_a) / n
     var = max(0.0, (only_a + only_b) / n - d * d) / n

@@ -418,3 +418,12 @@ def test_cli_finetunes_on_grayscale_idx_and_evaluates_a_val_split(idx_dir, mixed
     bad = CliRunner().invoke(main, [*args[:7], f"idx:{tmp_path / 'nope'}", "-o", str(tmp_path / "b.safetensors"),
                                     *args[10:]])
     assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "does not exist" in bad.output
+
+
+def test_the_bundled_fashion_mnist_sample():
+    train = load_dataset("sample:fashion-mnist", "train", image_size=(1, 28, 28))
+    test = load_dataset("sample:fashion-mnist", "test", image_size=(1, 28, 28))
+    assert (len(train), len(test)) == (2000, 500) and train.classes[0] == "T-shirt/top"
+    assert train[0][0].shape == (1, 28, 28) and sorted(set(test.labels)) == list(range(10))
+    with pytest.raises(UsageError, match="unknown sample 'fmnist'; did you mean"):
+        load_dataset("sample:fmnist", "test")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -59,3 +64,38 @@ def full_and_interrupted(make_model, tmp_path, opts: dict):
     with pytest.raises(Stop):
         finetune(make_model(), "sample", output=part, callback=interrupt, **opts)
     return full, part
+
+
+def calibrated(spec: str) -> nn.Module:
+    """``spec`` (10 classes, 32x32) whose batch norms have non-trivial running statistics, in eval mode."""
+    import harden
+
+    torch.manual_seed(0)
+    model = harden.load_model(spec, num_classes=10, input_size=32)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(16, 3, 32, 32))
+    return model.eval()
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread (tiny attacked models are overhead-bound: faster, and deterministic)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def importable_module(folder: Path, name: str, source: str) -> Iterator[Path]:
+    """``source`` written as module ``name`` in ``folder`` and importable while the block runs."""
+    (folder / f"{name}.py").write_text(source)
+    sys.path.insert(0, str(folder))
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(name, None)

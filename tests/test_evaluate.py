@@ -20,7 +20,7 @@ from harden import evaluation
 from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
 from harden.serialization import read_reports
-from tests.helpers import train_on_sample
+from tests.helpers import importable_module, one_thread, train_on_sample
 
 REPO = Path(__file__).resolve().parents[1]
 AA_EXAMPLES = Path(__import__("pyautoattack").__file__).parent / "examples"
@@ -41,21 +41,14 @@ def TinyNet(num_classes: int = 10) -> nn.Module:
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    # the attacks on these tiny models are overhead-bound: one thread is faster and deterministic
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory):
-    d = tmp_path_factory.mktemp("tinynets")
-    (d / f"{TINY_MODULE}.py").write_text(TINY_SOURCE)
-    sys.path.insert(0, str(d))
-    yield d
-    sys.path.remove(str(d))
-    sys.modules.pop(TINY_MODULE, None)
+    with importable_module(tmp_path_factory.mktemp("tinynets"), TINY_MODULE, TINY_SOURCE) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ normalization check of ``harden evaluate``."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from harden.errors import UsageError
 from harden.losses import method_loss
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
 from harden.training.inner_attack import perturb
+from tests.helpers import importable_module, one_thread
 
 MODULE = "harden_fewclass_nets"
 SOURCE = '''
@@ -36,20 +36,14 @@ CLASSES = (2, 3, 5)
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
 def nets_dir(tmp_path_factory: pytest.TempPathFactory):
-    d = tmp_path_factory.mktemp("fewclass")
-    (d / f"{MODULE}.py").write_text(SOURCE)
-    sys.path.insert(0, str(d))
-    yield d
-    sys.path.remove(str(d))
-    sys.modules.pop(MODULE, None)
+    with importable_module(tmp_path_factory.mktemp("fewclass"), MODULE, SOURCE) as d:
+        yield d
 
 
 def _templates(classes: int, channels: int = 3) -> torch.Tensor:

@@ -13,17 +13,7 @@ import harden
 from harden.cli import main
 from harden.errors import HardenError, UsageError
 from harden.transforms import parse_transform
-from tests.helpers import logits, shapes
-
-
-def calibrated(spec: str) -> harden.HardenedModel:
-    """A model whose batch norms have non-trivial running statistics (so that eval logits mean something)."""
-    torch.manual_seed(0)
-    model = harden.load_model(spec, num_classes=10, input_size=32)
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(16, 3, 32, 32))
-    return model.eval()
+from tests.helpers import calibrated, logits, shapes
 
 
 def widths(net: nn.Module, names: list[str]) -> list[int]:

@@ -17,20 +17,11 @@ from harden.channel_groups import analyse, flow_analysis, plan_group, recorded_c
 from harden.cli import main
 from harden.errors import HardenError
 from harden.graph import trace_with_shapes
-from tests.helpers import logits
+from tests.helpers import calibrated, logits
 
 SHUFFLENET = "tv:shufflenet_v2_x1_0"
 X = torch.rand(2, 3, 32, 32)
 
-
-def calibrated(spec: str) -> harden.HardenedModel:
-    """A model whose batch norms have non-trivial running statistics."""
-    torch.manual_seed(0)
-    model = harden.load_model(spec, num_classes=10, input_size=32)
-    model.train()
-    with torch.no_grad():
-        model(torch.rand(16, 3, 32, 32))
-    return model.eval()
 
 
 def params(model: nn.Module) -> int:

@@ -64,6 +64,7 @@ def test_grayscale_model_apply_finetune_evaluate_compare(gray_folder: Path, tmp_
                    "--batch-size", 16, "--val-n", 9, "--val-steps", 1, "--eps", "8/255", "--quiet")
         assert res.exit_code == 0, res.output
         assert "with random weights" in res.output and "wrote" in res.output
+        assert "input 1x16x16, normalization mean 0.5 std 0.25" in res.output
     reports = []
     for name in ("base-at", "hard-at"):
         report = tmp_path / f"{name}.json"

@@ -81,8 +81,12 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
         click.echo(json.dumps(dataclasses.replace(entry, previous=None).to_dict(), indent=2, default=str))
         return
     val = entry.validation
+    from harden.model import normalization_text
+
+    m = result.provenance.model
     click.echo(f"fine-tuned {result.spec} with {entry.method} (eps {entry.eps * 255:.3g}/255, "
                f"{entry.epochs_run} epochs, {entry.seconds:.0f}s on {entry.device})")
+    click.echo(f"input {'x'.join(map(str, m.input_size))}, normalization {normalization_text(m.mean, m.std)}")
     for line in finetune_summary(entry)[1:]:  # AWP and extra data, when used
         click.echo(line)
     if val.n:

@@ -122,6 +122,13 @@ def test_non_square_model_apply_finetune_evaluate(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     report = harden.evaluate(harden.load(tuned, trust_code=True), f"imagefolder:{root}", attack="fgsm", n=20)
     assert report["model"]["input_size"] == [3, 64, 48] and report["n"] == 20
+    for options in (["--resize", "80"], ["--crop", "none"]):
+        res = _cli("evaluate", tuned, "--trust-code", "--data", f"imagefolder:{root}", *options, "-n", 20,
+                   "--attack", "fgsm", "-q", "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output[res.output.index("{"):])["n"] == 20
+    _one_error_line(_cli("evaluate", tuned, "--trust-code", "--data", f"imagefolder:{root}", "--resize", "80y60"), 2,
+                    "--resize must be N or HxW")
 
 
 # ------------------------------------------------------------------- transforms and measurements at C=1, H!=W

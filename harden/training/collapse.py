@@ -6,8 +6,9 @@ zero (Wong et al. 2020; de Jorge et al. 2022). harden validates every epoch with
 training images, so the rule reads the curve it already has:
 
     epoch e has collapsed when its validation PGD accuracy is below half of the best earlier epoch's,
-    that best was at least 10% (so noise near zero never fires), and the training attack's accuracy
-    of epoch e is above that best epoch's.
+    the fall is at least 10 points and at least 4 standard errors of that best on the n held-out
+    images (so the noise of a small validation set never fires it), and the training attack's
+    accuracy of epoch e is above that best epoch's.
 
 ``--on-collapse stop`` (the default) ends the run there and keeps the best epoch; ``warn`` says so and
 trains on; ``ignore`` says nothing. Either way the epoch is marked in the history and the model file.
@@ -15,24 +16,34 @@ trains on; ``ignore`` says nothing. Either way the epoch is marked in the histor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from harden.schemas.finetune import ON_COLLAPSE  # noqa: F401  (the choices of --on-collapse)
 
-#: the rule's constants: the fall (a fraction of the best), and the smallest best it applies to (points)
-COLLAPSE_FRACTION, COLLAPSE_FLOOR = 0.5, 10.0
+#: the rule's constants: the fall (a fraction of the best), its least size in points and in standard errors
+COLLAPSE_FRACTION, COLLAPSE_POINTS, COLLAPSE_ERRORS = 0.5, 10.0, 4.0
 
 
-def collapse_of(history: Sequence[dict[str, Any]], entry: dict[str, Any]) -> dict[str, Any] | None:
-    """The collapse ``entry`` (this epoch, validated) shows against the earlier ``history``, or None."""
+def least_fall(best: float, n: int | None) -> float:
+    """The smallest fall from ``best`` (%) that the rule counts: 10 points, or 4 standard errors on n images."""
+    if not n:
+        return COLLAPSE_POINTS
+    return max(COLLAPSE_POINTS, COLLAPSE_ERRORS * math.sqrt(max(best * (100 - best), 1.0) / n))
+
+
+def collapse_of(history: Sequence[dict[str, Any]], entry: dict[str, Any], n: int | None = None
+                ) -> dict[str, Any] | None:
+    """The collapse ``entry`` (this epoch, validated on ``n`` images) shows against the earlier ``history``."""
     if entry.get("val_robust") is None:
         return None
     earlier = [h for h in history if h.get("val_robust") is not None]
     if not earlier:
         return None
     best = max(earlier, key=lambda h: h["val_robust"])
-    if best["val_robust"] < COLLAPSE_FLOOR:
+    fall = best["val_robust"] - entry["val_robust"]
+    if fall < least_fall(best["val_robust"], n):
         return None
     fell = entry["val_robust"] < COLLAPSE_FRACTION * best["val_robust"]
     rose = entry["train_acc"] > best["train_acc"]

@@ -70,11 +70,16 @@ def train_epochs(run: RunParts, state: RunState, *, store: Store | None, fingerp
     return False
 
 
+def _val_count(run: RunParts) -> int | None:
+    """How many held-out images validate each epoch (all processes together)."""
+    return None if run.x_val is None else int(run.x_val.shape[0])
+
+
 def _guard(run: RunParts, state: RunState, entry: dict[str, Any]) -> None:
     """Mark a catastrophic-overfitting epoch in ``entry`` and say so once (see :mod:`harden.training.collapse`)."""
     if not run.trainer.method.attacks or run.cfg.on_collapse == "ignore" or first_collapse(state.history):
         return
-    found = collapse_of(state.history, entry)
+    found = collapse_of(state.history, entry, n=_val_count(run))
     if found is None:
         return
     entry["collapse"] = found

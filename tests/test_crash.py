@@ -76,7 +76,8 @@ def _same_tensors(a: Path, b: Path) -> None:
 
 @pytest.mark.parametrize("seed", [0])
 def test_finetune_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, seed) -> None:
-    common = [*MODEL, "--data", "sample", "--method", "fgsm-rs", "--epochs", "4", "--train-n", "512",
+    # long enough (about 1 s an epoch) that the kill, at most 1.5 s after the first checkpoint, lands mid-run
+    common = [*MODEL, "--data", "sample", "--method", "fgsm-rs", "--epochs", "6", "--train-n", "1536",
               "--batch-size", "64", "--val-n", "64", "--val-steps", "2", "--quiet"]
     ref, out = tmp_path / "ref" / "m.safetensors", tmp_path / "run" / "m.safetensors"
     _harden(["finetune", *common, "-o", ref], tmp_path)

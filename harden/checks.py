@@ -241,24 +241,22 @@ def check_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[
 
 
 def _known_statistics(channels: int) -> list[tuple[str, tuple[float, ...], tuple[float, ...]]]:
-    """The common normalizations for ``channels`` channels (for one channel: their channel averages), named."""
-    from harden.model import KNOWN_STATISTICS
+    """The common normalizations for ``channels`` channels, named as the check's message says them."""
+    from harden.model import known_statistics
 
-    out = []
-    for name, (mean, std) in KNOWN_STATISTICS.items():
-        label = "no normalization" if name == "none" else f"{name} statistics"
-        if channels == len(mean):
-            out.append((label, tuple(mean), tuple(std)))
-        elif channels == 1:
-            average = "" if name == "none" else " (channel average)"
-            out.append((label + average, (sum(mean) / len(mean),), (sum(std) / len(std),)))
-        elif name == "none":
-            out.append((label, (0.0,) * channels, (1.0,) * channels))
-    return out
+    def label(name: str) -> str:  # "ImageNet statistics", "ImageNet statistics (channel average)"
+        if name == "none":
+            return "no normalization"
+        base, _, aside = name.partition(" (")
+        return f"{base} statistics" + (f" ({aside}" if aside else "")
+
+    return [(label(name), m, s) for name, m, s in known_statistics(channels)]
 
 
 def _values(mean: Sequence[float], std: Sequence[float]) -> str:
-    return f"mean {','.join(f'{v:.4g}' for v in mean)} std {','.join(f'{v:.4g}' for v in std)}"
+    from harden.model import statistics_text
+
+    return statistics_text(mean, std)
 
 
 def _correct_with(model: Any, x: torch.Tensor, y: torch.Tensor, mean: Sequence[float], std: Sequence[float],

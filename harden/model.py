@@ -24,21 +24,37 @@ KNOWN_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+def known_statistics(channels: int) -> list[tuple[str, tuple[float, ...], tuple[float, ...]]]:
+    """The well-known statistics for ``channels`` channels, named (for 1 channel: their channel averages)."""
+    out = []
+    for name, (mean, std) in KNOWN_STATISTICS.items():
+        if channels == len(mean):
+            out.append((name, tuple(mean), tuple(std)))
+        elif channels == 1:
+            label = name if name == "none" else f"{name} (channel average)"
+            out.append((label, (sum(mean) / len(mean),), (sum(std) / len(std),)))
+        elif name == "none":
+            out.append((name, (0.0,) * channels, (1.0,) * channels))
+    return out
+
+
 def statistics_name(mean: Sequence[float], std: Sequence[float]) -> str | None:
-    """The name of well-known statistics ``mean``/``std`` are (for 1 channel: their channel average), or None."""
-    for name, (m, s) in KNOWN_STATISTICS.items():
-        if len(mean) == 1:
-            m, s = (sum(m) / 3,), (sum(s) / 3,)
-        if len(m) == len(mean) and all(abs(a - b) < 1e-4 for a, b in zip((*m, *s), (*mean, *std))):
-            return name if len(mean) == 3 or name == "none" else f"{name} (channel average)"
+    """The name of the well-known statistics ``mean``/``std`` are, or None."""
+    for name, m, s in known_statistics(len(mean)):
+        if all(abs(a - b) < 1e-4 for a, b in zip((*m, *s), (*mean, *std))):
+            return name
     return None
+
+
+def statistics_text(mean: Sequence[float], std: Sequence[float]) -> str:
+    """``mean 0.4914,0.4822,0.4465 std 0.2471,0.2435,0.2616``."""
+    return f"mean {','.join(f'{v:.4g}' for v in mean)} std {','.join(f'{v:.4g}' for v in std)}"
 
 
 def normalization_text(mean: Sequence[float], std: Sequence[float]) -> str:
     """``mean`` and ``std`` as a user reads them, e.g. ``CIFAR-10 (mean 0.4914,0.4822,0.4465 std ...)``."""
-    values = f"mean {','.join(f'{v:.4g}' for v in mean)} std {','.join(f'{v:.4g}' for v in std)}"
     name = statistics_name(mean, std)
-    return f"{name} ({values})" if name else values
+    return f"{name} ({statistics_text(mean, std)})" if name else statistics_text(mean, std)
 
 
 class Normalize(nn.Module):

@@ -66,7 +66,6 @@ def test_shipped_recipes_are_valid() -> None:
 
 def test_model_input_size_and_constructor_arguments_in_a_recipe() -> None:
     text = GOOD.replace("  input_size: 32", "  input_size: 1x28x20\n  kwargs: {base_width: 8, strides: [1, 2]}")
-    assert "1x28x20" in text
     values = parse_recipe(text, source="r.yaml").values
     assert values["model"]["input_size"] == "1x28x20"
     assert values["model"]["kwargs"] == {"base_width": 8, "strides": [1, 2]}

@@ -18,9 +18,10 @@ def _header(report: dict[str, Any]) -> list[str]:
     model = report["model"]
     lines = [f"model    {model.get('label') or model.get('spec')}"]
     if model.get("normalization"):
+        from harden.model import statistics_text
+
         norm = model["normalization"]
-        values = (f"mean {','.join(f'{v:.4g}' for v in norm['mean'])} "
-                  f"std {','.join(f'{v:.4g}' for v in norm['std'])}")
+        values = statistics_text(norm["mean"], norm["std"])
         lines.append(f"         weights {model.get('weights')}; normalization "
                      + (f"{norm['name']} ({values})" if norm.get("name") else values))
     return lines + [

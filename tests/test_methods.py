@@ -59,6 +59,10 @@ def test_n_fgsm_is_a_method_everywhere_with_its_defaults_recorded() -> None:
     assert cfg.resolved_step_size() == pytest.approx(8 / 255) and cfg.method_options() == {"nfgsm_noise": None}
     with pytest.raises(UsageError, match="did you mean: n-fgsm"):
         make_config(method="nfgsm")
+    with pytest.raises(UsageError, match="--nfgsm-noise must be a non-negative multiple of eps"):
+        make_config(method="n-fgsm", nfgsm_noise=-1)
+    with pytest.raises(UsageError, match="--on-collapse must be one of stop, warn, ignore"):
+        make_config(on_collapse="halt")
     x, y = _data()
     model = harden.wrap(_net(), input_size=8)
     out = harden.finetune(model, (x, y), method="n-fgsm", nfgsm_noise=1.5, eps=0.03, epochs=1, val_n=16,

@@ -338,7 +338,11 @@ def test_a_finished_trial_is_measured_not_pruned(tmp_path: Path, monkeypatch: py
 
 
 def test_the_verdict_names_a_winner_only_when_both_measurements_pass_the_rule() -> None:
+    from harden.schemas.search import make_search_config
     from harden.searching import verdict as v
+
+    with pytest.raises(UsageError, match="--confirm must be 0 or more"):
+        make_search_config(out="x", confirm=-1)
 
     base = "1" * 40 + "0" * 60
     better = "1" * 40 + "1" * 25 + "0" * 35  # 25 more robust images, none fewer: p ~ 6e-8

@@ -205,6 +205,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         (0 < cfg.eps <= 1, f"--eps must be in (0, 1] (images are in [0, 1]; 8/255 is usual), got {cfg.eps:g}"),
         (cfg.steps >= 1, f"--steps must be at least 1, got {cfg.steps}"),
         (cfg.step_size is None or cfg.step_size > 0, f"--step-size must be positive, got {cfg.step_size}"),
+        (cfg.nfgsm_noise is None or (math.isfinite(cfg.nfgsm_noise) and cfg.nfgsm_noise >= 0),
+         f"--nfgsm-noise must be a non-negative multiple of eps (2 in the paper), got {cfg.nfgsm_noise}"),
         (cfg.beta >= 0, f"--beta must be non-negative, got {cfg.beta:g}"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be positive, got {cfg.lr:g}"),

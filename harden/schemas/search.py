@@ -74,6 +74,9 @@ def make_search_config(**options: Any) -> SearchConfig:
     cfg.extra = tuple(cfg.extra)
     if not isinstance(cfg.trials, int) or cfg.trials < 1:
         raise UsageError(f"--trials must be at least 1, got {cfg.trials}")
+    if cfg.confirm < 0:
+        raise UsageError(f"--confirm must be 0 or more (front candidates confirmed with a second seed), "
+                         f"got {cfg.confirm}")
     if cfg.recipe_epochs is not None and cfg.recipe_epochs < 1:
         raise UsageError(f"--recipe-epochs must be at least 1, got {cfg.recipe_epochs}")
     check_choices(cfg)

@@ -14,11 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from harden.attacks import check_logits
-
-# methods whose loss needs the clean logits as well as the adversarial ones
-PAIRED = ("trades", "mart")
-
 # keeps log(1 - max other probability) finite when that probability rounds to 1
 _LOG_FLOOR = 1e-12
 
@@ -47,16 +42,3 @@ def mart_loss(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tenso
     p_true_nat = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
     weighted_kl = (_kl_per_example(logits_nat, logits_adv) * (1.0 - p_true_nat)).mean()
     return boosted_ce + beta * weighted_kl
-
-
-def method_loss(method: str, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None = None,
-                beta: float = 6.0, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The training loss of ``method`` on a batch; TRADES and MART also need ``logits_nat``. Any number of
-    classes from 2 works; a single output (whose cross-entropy is always 0) is refused."""
-    check_logits(logits_adv)
-    if method in PAIRED:
-        if logits_nat is None:
-            raise ValueError(f"{method} needs the clean logits")
-        fn = trades_loss if method == "trades" else mart_loss
-        return fn(logits_nat, logits_adv, y, beta=beta, label_smoothing=label_smoothing)
-    return F.cross_entropy(logits_adv, y, label_smoothing=label_smoothing)

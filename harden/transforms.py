@@ -10,11 +10,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, ClassVar
 
 from harden.errors import HardenError, UsageError, close_matches
 from harden.model import HardenedModel
+from harden.registry import Registry
 from harden.schemas.fields import parse_number  # noqa: F401  (importable from here, as before)
 
 ENTRY_POINT_GROUP = "harden.transforms"
@@ -41,6 +41,47 @@ class Applied:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Shorthand:
+    """A ``harden apply`` option that stands for a transform, declared by the transform itself.
+
+    ``param``: the parameter the option's value sets (None: a flag applying the transform with its
+    defaults). ``convert`` rewrites the value into the parameter's text. ``modifies``: the option sets
+    ``param`` of the transform another option of the same class stands for (``--upsample-mode``).
+    ``order``: where the transform goes among the shorthands given together (lower first; ``-t``
+    transforms follow them all). ``excludes``: options that cannot be given with this one.
+    """
+
+    option: str
+    param: str | None = None
+    metavar: str = ""
+    help: str = ""
+    order: int = 100
+    convert: Callable[[str], str] | None = None
+    modifies: str | None = None
+    choices: tuple[str, ...] | None = None
+    default: str | None = None
+    excludes: tuple[str, ...] = ()
+
+    @property
+    def dest(self) -> str:
+        """The keyword the command line passes the option's value under (``--stride-mod`` -> ``stride_mod``)."""
+        return self.option.lstrip("-").replace("-", "_")
+
+
+#: the choice of a search dimension that leaves the model as it is
+KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class SearchDimension:
+    """One setting ``harden search`` tries: an Optuna parameter ``name`` and its choices (first: :data:`KEEP`)."""
+
+    name: str
+    choices: tuple[str, ...]
+    help: str = ""
+
+
 class Transform(abc.ABC):
     """Base class of every transform.
 
@@ -48,12 +89,30 @@ class Transform(abc.ABC):
     ``model`` in place and returns an :class:`Applied`. :meth:`replay` rebuilds the same change on a
     freshly built model from the recorded state (the default calls :meth:`apply`); transforms whose
     result depends on the weights (channel selection) must honour ``state``.
+
+    A transform also declares how the rest of harden offers it: ``shorthands`` (``harden apply``
+    options, :class:`Shorthand`), and for ``harden search`` a ``search_order`` (None: not searched),
+    :meth:`search_dimensions` and :meth:`search_spec`. Adding a transform touches its own file only.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[tuple[Param, ...]] = ()
     provider: str = "harden"
+    shorthands: ClassVar[tuple[Shorthand, ...]] = ()
+    search_order: ClassVar[int | None] = None
+    search_needs_graph: ClassVar[bool] = True  # its dimensions are read off the traced graph
+
+    @classmethod
+    def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
+        """The dimensions ``harden search`` tries for ``model`` (``traced``: its traced graph, or None when
+        ``search_needs_graph`` is False), or none and a note saying why the transform cannot act."""
+        return [], None
+
+    @classmethod
+    def search_spec(cls, params: dict[str, str]) -> str | None:
+        """The transform string of a candidate's parameters, or None when they keep the model as it is."""
+        return None
 
     def __init__(self, **values: Any) -> None:
         known = {p.name: p for p in self.params}
@@ -103,6 +162,26 @@ class Transform(abc.ABC):
         return f"<Transform {self.spec()}>"
 
 
+def shorthand_specs(values: dict[str, Any], transforms: dict[str, type[Transform]] | None = None) -> list[str]:
+    """The transform strings that the shorthand options in ``values`` (by :attr:`Shorthand.dest`) stand for,
+    ordered by :attr:`Shorthand.order`."""
+    classes = transforms if transforms is not None else list_transforms()
+    given = [(s, cls) for cls in dict.fromkeys(classes.values()) for s in cls.shorthands
+             if s.modifies is None and values.get(s.dest) not in (None, False)]
+    for s, _ in given:
+        clash = [o for o in s.excludes if any(other.option == o for other, _ in given)]
+        if clash:
+            raise UsageError(f"use either {s.option} or {clash[0]}, not both")
+    specs = []
+    for s, cls in sorted(given, key=lambda item: item[0].order):
+        value = values[s.dest]
+        args = [] if s.param is None else [f"{s.param}={s.convert(str(value)) if s.convert else value}"]
+        args += [f"{m.param}={values[m.dest]}" for m in cls.shorthands
+                 if m.modifies == s.option and values.get(m.dest) is not None]
+        specs.append(f"{cls.name}:{','.join(args)}" if args else cls.name)
+    return specs
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)
@@ -111,8 +190,21 @@ def _fmt(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------- registry
 
-_REGISTRY: dict[str, type[Transform]] = {}
-_ENTRY_POINTS_LOADED = False
+
+def _adopt(entry_point: Any, cls: Any) -> type[Transform]:
+    """A transform class found through an entry point, its provider set to the distribution shipping it."""
+    if not (isinstance(cls, type) and issubclass(cls, Transform)) or not cls.name:
+        raise TypeError(f"{entry_point.value} is not a Transform subclass with a name")
+    dist = getattr(entry_point, "dist", None)
+    cls.provider = dist.name if dist is not None else entry_point.value.split(".")[0]
+    if cls.name != entry_point.name:
+        TRANSFORMS.register(cls.name, cls, replace=True)
+    return cls
+
+
+#: every transform by name: the ``harden.transforms`` entry points (harden's own in ``plugins/`` among
+#: them) and classes registered at run time with :func:`register_transform`
+TRANSFORMS: Registry[type[Transform]] = Registry("transform", entry_points=ENTRY_POINT_GROUP, adopt=_adopt)
 
 
 def register_transform(cls: type[Transform], *, provider: str | None = None) -> type[Transform]:
@@ -121,44 +213,19 @@ def register_transform(cls: type[Transform], *, provider: str | None = None) -> 
         raise TypeError("register_transform takes a Transform subclass with a non-empty `name`")
     if provider is not None:
         cls.provider = provider
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken third-party plugin must not break harden
-            import warnings
-
-            warnings.warn(f"harden: transform plugin '{ep.name}' ({ep.value}) failed to load: {exc}",
-                          stacklevel=2)
-            continue
-        dist = getattr(ep, "dist", None)
-        register_transform(cls, provider=dist.name if dist is not None else ep.value.split(".")[0])
-        if cls.name != ep.name:
-            _REGISTRY[ep.name] = cls
+    return TRANSFORMS.register(cls.name, cls, replace=True)
 
 
 def list_transforms() -> dict[str, type[Transform]]:
     """All available transforms by name (entry points and run-time registrations)."""
-    _load_entry_points()
-    return dict(sorted(_REGISTRY.items()))
+    return dict(sorted(TRANSFORMS.items().items()))
 
 
 def get_transform(name: str) -> type[Transform]:
-    registry = list_transforms()
-    if name not in registry:
-        raise UsageError(f"unknown transform '{name}'{close_matches(name, registry)}"
-                         " (see `harden list`)")
-    return registry[name]
+    """The transform class called ``name``, or a one-line UsageError with the closest names."""
+    if name not in TRANSFORMS:
+        raise UsageError(f"unknown transform '{name}'{close_matches(name, TRANSFORMS.names())} (see `harden list`)")
+    return TRANSFORMS.get(name)
 
 
 def parse_transform(spec: str | Transform) -> Transform:

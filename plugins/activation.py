@@ -37,7 +37,7 @@ from harden.graph.activations import (
     traces_in_both_modes,
 )
 from harden.model import HardenedModel
-from harden.transforms import Applied, Param, Transform, parse_number, positive
+from harden.transforms import KEEP, Applied, Param, SearchDimension, Shorthand, Transform, parse_number, positive
 
 TARGETS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "silu": lambda c: nn.SiLU(),
@@ -232,6 +232,26 @@ class Activation(Transform):
         Param("beta", parse_number, default=None, help="softplus beta (default 1)", check=positive),
         Param("alpha", parse_number, default=None, help="elu/celu alpha (default 1)", check=positive),
     )
+    shorthands = (Shorthand("--activation", "name", "NAME", "Replace ReLU-family activations (silu, gelu, ...).",
+                            order=40),)
+    search_order = 40
+    search_needs_graph = False
+
+    @classmethod
+    def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
+        try:
+            sites = find_activation_sites(model.net, "relu")
+        except Exception as exc:  # an untraceable block: say so rather than fail the search
+            return [], f"activation: could not scan the activations ({str(exc).splitlines()[0][:80]})"
+        if sites.empty():
+            return [], "activation: the model has no ReLU-family activation to replace"
+        return [SearchDimension("activation", (KEEP, "silu", "gelu", "softplus"),
+                                "replace ReLU-family activations")], None
+
+    @classmethod
+    def search_spec(cls, params: dict[str, str]) -> str | None:
+        name = params.get("activation", KEEP)
+        return None if name == KEEP else f"activation:name={name}"
 
     def __init__(self, **values: Any) -> None:
         super().__init__(**values)

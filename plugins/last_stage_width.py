@@ -44,9 +44,9 @@ from harden.channels import (
 )
 from harden.errors import HardenError
 from harden.graph import trace_with_shapes
-from harden.graph.stages import Head, Stage, find_head, find_stages
+from harden.graph.stages import Head, Stage, find_head, find_stages, width_stages
 from harden.model import HardenedModel
-from harden.transforms import Applied, Param, Transform, parse_number
+from harden.transforms import KEEP, Applied, Param, SearchDimension, Shorthand, Transform, parse_number
 
 _MAX_GROUP_LINES = 10  # groups listed one per line in the changes; the rest summed up
 
@@ -170,6 +170,22 @@ class LastStageWidth(Transform):
         Param("ratio", parse_number, default=0.5, help="fraction of channels kept, 0 < R <= 1",
               check=_ratio_problem),
     )
+    shorthands = (Shorthand("--last-stage-width", "ratio", "R", "Keep a fraction R of the last stage's channels.",
+                            order=20),)
+    search_order = 20
+
+    @classmethod
+    def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
+        stages, note = width_stages(traced)
+        if not stages:
+            return [], note
+        return [SearchDimension("last-stage-width", (KEEP, "0.75", "0.5"),
+                                "fraction of the last stage's channels kept")], None
+
+    @classmethod
+    def search_spec(cls, params: dict[str, str]) -> str | None:
+        ratio = params.get("last-stage-width", KEEP)
+        return None if ratio == KEEP else f"last-stage-width:ratio={ratio}"
 
     def apply(self, model: HardenedModel) -> Applied:
         ratio = float(self.config["ratio"])

@@ -61,10 +61,10 @@ from harden.channels import (
 )
 from harden.errors import HardenError, UsageError
 from harden.graph import trace_with_shapes
-from harden.graph.stages import Stage, feature_nodes, find_head, find_stages, is_residual
+from harden.graph.stages import Stage, feature_nodes, find_head, find_stages, is_residual, width_stages
 from harden.graph.tracing import TracedNet
 from harden.model import HardenedModel
-from harden.transforms import Applied, Param, Transform
+from harden.transforms import KEEP, Applied, Param, SearchDimension, Shorthand, Transform
 
 NAME = "stage-widths"
 _SEPARATOR = re.compile(r"[/xX]")
@@ -251,6 +251,25 @@ class StageWidths(Transform):
         Param("widths", parse_widths, required=True,
               help="one factor per stage (stem excluded), separated by / or x, e.g. 2/2/0.8"),
     )
+    # the factors' commas would split the transform's arguments
+    shorthands = (Shorthand("--stage-widths", "widths", "F1,F2,...",
+                            "Multiply each stage's width (stem excluded), e.g. 2,2,0.8: WRN-34-10 -> WRN-34-R.",
+                            order=30, convert=lambda text: text.replace(",", "/")),)
+    search_order = 10
+
+    @classmethod
+    def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
+        stages, note = width_stages(traced)
+        return [SearchDimension(f"stage-width-{i}", (KEEP, "0.5", "2"), f"width factor of stage {i + 1}")
+                for i in range(len(stages))], note
+
+    @classmethod
+    def search_spec(cls, params: dict[str, str]) -> str | None:
+        widths = [params[k] for k in sorted((k for k in params if k.startswith("stage-width-")),
+                                           key=lambda k: int(k.rpartition("-")[2]))]
+        if all(w == KEEP for w in widths):
+            return None  # first among the searched transforms: the stages are those of the base model
+        return "stage-widths:widths=" + "/".join("1" if w == KEEP else w for w in widths)
 
     def apply(self, model: HardenedModel) -> Applied:
         factors = factors_of(self.config["widths"])

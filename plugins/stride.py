@@ -7,12 +7,14 @@ stop downsampling), pooling layers at stride 1 are removed, as rcm does for VGG.
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from harden.errors import HardenError, UsageError
 from harden.graph import DownsamplingPoint, find_downsampling_points, find_stem, trace_with_shapes
 from harden.model import HardenedModel
-from harden.transforms import Applied, Param, Transform
+from harden.transforms import KEEP, Applied, Param, SearchDimension, Shorthand, Transform
 
 
 def _points(model: HardenedModel) -> tuple[list[DownsamplingPoint], list[DownsamplingPoint]]:
@@ -70,6 +72,8 @@ class StrideMod(Transform):
 
     name = "stride-mod"
     summary = "halve the stride of the first downsampling point after the stem (rcm's 1222 -> 1122)"
+    shorthands = (Shorthand("--stride-mod", help="Halve the stride of the first stage transition after the stem.",
+                            order=10, excludes=("--strides",)),)
 
     def apply(self, model: HardenedModel) -> Applied:
         points, stem = _points(model)
@@ -92,12 +96,42 @@ def _pattern(text: str) -> str:
     return text
 
 
+def _halved_patterns(points: list[DownsamplingPoint]) -> list[str]:
+    """The current pattern with each point's stride halved, and with the first two such points halved together."""
+    current = [p.stride for p in points]
+    halvable = [i for i, s in enumerate(current) if s >= 2]
+    patterns = []
+    for group in [[i] for i in halvable] + ([halvable[:2]] if len(halvable) >= 2 else []):
+        new = list(current)
+        for i in group:
+            new[i] = current[i] // 2
+        patterns.append("".join(map(str, new)))
+    return patterns
+
+
 class Strides(Transform):
     """Set the stride of every downsampling point explicitly, one digit per point."""
 
     name = "strides"
     summary = "set the stride of each downsampling point, e.g. strides:pattern=1122"
     params = (Param("pattern", _pattern, required=True, help="one digit per downsampling point"),)
+    shorthands = (Shorthand("--strides", "pattern", "PATTERN", "Stride per downsampling point, e.g. 1122.",
+                            order=11, excludes=("--stride-mod",)),)
+    search_order = 30
+
+    @classmethod
+    def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
+        points = find_downsampling_points(traced)
+        if not points or any(not op.editable for p in points for op in p.ops) or any(p.stride > 9 for p in points):
+            return [], "strides: no downsampling points harden can edit"
+        current = "".join(str(p.stride) for p in points)
+        return [SearchDimension("strides", (KEEP, *_halved_patterns(points)),
+                                f"stride per downsampling point (now {current})")], None
+
+    @classmethod
+    def search_spec(cls, params: dict[str, str]) -> str | None:
+        pattern = params.get("strides", KEEP)
+        return None if pattern == KEEP else f"strides:pattern={pattern}"
 
     def apply(self, model: HardenedModel) -> Applied:
         pattern = self.config["pattern"]

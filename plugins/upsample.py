@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from harden.errors import HardenError, UsageError
 from harden.graph.tracing import preserve_state, shape_run
 from harden.model import HardenedModel
-from harden.transforms import Applied, Param, Transform
+from harden.transforms import KEEP, Applied, Param, SearchDimension, Shorthand, Transform
 
 MAX_SIDE = 8192  # larger inputs exhaust memory in the first forward pass
 
@@ -30,6 +32,26 @@ class Upsample(Transform):
               check=lambda v: None if v >= 1 else "must be a whole number >= 1"),
         Param("mode", str, default="nearest", help="interpolation mode", choices=("nearest", "bilinear")),
     )
+    shorthands = (
+        Shorthand("--upsample", "factor", "K", "Interpolate the input by K inside the model.", order=50),
+        Shorthand("--upsample-mode", "mode", help="Interpolation of --upsample.", modifies="--upsample",
+                  choices=("nearest", "bilinear"), default="nearest"),
+    )
+    search_order = 50
+    search_needs_graph = False
+
+    @classmethod
+    def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
+        choices = (KEEP, "2:nearest", "2:bilinear")
+        return [SearchDimension("upsample", choices, "upsample the input inside the model")], None
+
+    @classmethod
+    def search_spec(cls, params: dict[str, str]) -> str | None:
+        choice = params.get("upsample", KEEP)
+        if choice == KEEP:
+            return None
+        factor, _, mode = choice.partition(":")
+        return f"upsample:factor={factor},mode={mode or 'nearest'}"
 
     def apply(self, model: HardenedModel) -> Applied:
         factor, mode = self.config["factor"], self.config["mode"]

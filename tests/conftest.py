@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -28,6 +29,15 @@ def _isolated_torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
 HEAVY_MODELS = ("tv:resnet50", "timm:resnext50_32x4d", "tv:densenet121", "timm:regnety_008", "tv:convnext_tiny",
                 "tv:wide_resnet50_2", "tv:efficientnet_b0", "timm:efficientnet_b0", "timm:mobilenetv3_large_100",
                 "tv:regnet_y_400mf", "tv:vgg16_bn", "timm:convnext_tiny")
+
+
+@pytest.fixture
+def scoped_transforms() -> Iterator[None]:
+    """Transforms registered during the test are unregistered after it."""
+    from harden.transforms import TRANSFORMS
+
+    with TRANSFORMS.scoped():
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -6,9 +6,33 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def installed_distribution(site: Path, name: str, entry_points: dict[str, list[str]],
+                           monkeypatch: Any) -> Iterator[None]:
+    """Lay out an installed distribution ``name`` declaring ``entry_points`` (group -> ``"name = module:obj"``
+    lines) in ``site``, as pip would, put it on sys.path, and let every harden registry read its entry points
+    again inside the block (and forget them after it)."""
+    from harden.attacks import ATTACKS
+    from harden.methods import METHODS
+    from harden.sources import SOURCES
+    from harden.transforms import TRANSFORMS
+
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "\n".join(lines) + "\n"
+                                                   for group, lines in entry_points.items()))
+    monkeypatch.syspath_prepend(str(site))
+    with contextlib.ExitStack() as stack:
+        for registry in (TRANSFORMS, ATTACKS, SOURCES, METHODS):
+            stack.enter_context(registry.scoped(reload_plugins=True))
+        yield
 
 
 def logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

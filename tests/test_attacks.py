@@ -86,12 +86,18 @@ def _sign_noise(model, x, y, *, eps, norm, steps, step_size, generator):
     return (x + eps * signs).clamp(0, 1)
 
 
-def test_a_registered_attack_runs_through_evaluate_the_cli_and_harden_list(monkeypatch, tmp_path):
+@pytest.fixture
+def scoped_attacks():
+    from harden.attacks import ATTACKS
+
+    with ATTACKS.scoped():
+        yield
+
+
+def test_a_registered_attack_runs_through_evaluate_the_cli_and_harden_list(scoped_attacks, tmp_path):
     from harden.attacks import Attack, attack_label, registry
     from harden.evaluation import evaluate
 
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "ATTACKS", dict(registry.ATTACKS))
     registry.register_attack(Attack("sign-noise", "a random corner of the eps ball (test plugin)", run=_sign_noise))
     with pytest.raises(ValueError, match="already registered"):
         registry.register_attack(Attack("sign-noise", "again", run=_sign_noise))

@@ -17,9 +17,8 @@ from harden import evaluation
 from harden.attacks import ONE_LOGIT, cw, fgsm, pgd
 from harden.cli import main
 from harden.errors import UsageError
-from harden.losses import method_loss
+from harden.methods import get_method
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
-from harden.training.inner_attack import perturb
 from tests.helpers import importable_module, one_thread
 
 MODULE = "harden_fewclass_nets"
@@ -198,12 +197,13 @@ def test_attack_functions_break_the_images_near_half_way(models, classes):
 def test_training_attacks_and_losses(models, classes, method):
     model, _, (x, y) = models[classes]
     gen = torch.Generator().manual_seed(0)
-    adv = perturb(model, x, y, kind=method, eps=EPS, step=EPS / 4, steps=5, norm="Linf", generator=gen)
+    adv = get_method(method).perturb(model, x, y, eps=EPS, step=EPS / 4, steps=get_method(method).steps(5), norm="Linf",
+                                     generator=gen, options={})
     assert (adv - x).abs().max() <= EPS + 1e-6
     with torch.no_grad():
         nat, out = model(x), model(adv)
-    loss = method_loss(method, out, y, logits_nat=nat)
-    clean_loss = method_loss(method, nat, y, logits_nat=nat)
+    loss = get_method(method).loss(out, y, logits_nat=nat, beta=6.0, label_smoothing=0.0)
+    clean_loss = get_method(method).loss(nat, y, logits_nat=nat, beta=6.0, label_smoothing=0.0)
     assert torch.isfinite(loss) and loss > clean_loss  # the attack raised the training loss
 
 
@@ -227,7 +227,7 @@ def test_one_output_is_refused_with_how_to_wrap_it(squeeze):
     with pytest.raises(UsageError, match=r"torch\.cat\(\[-z / 2, z / 2\], dim=1\)"):
         evaluation.evaluate(_Sigmoid(squeeze), (x, y), fast=True, n=4, device="cpu")
     with pytest.raises(UsageError, match="one logit per class"):
-        method_loss("pgd", torch.zeros(4, 1), y)
+        get_method("pgd").loss(torch.zeros(4, 1), y, logits_nat=None, beta=6.0, label_smoothing=0.0)
     with pytest.raises(UsageError, match="one logit per class"):
         pgd(_Sigmoid(squeeze), x, y, eps=EPS, steps=1)
 

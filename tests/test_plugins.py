@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,7 +39,8 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-def install_distribution(site: Path, name: str, entry_point: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def install_distribution(site: Path, name: str, entry_point: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Lay out an installed distribution `name` declaring one harden.transforms entry point, as pip would,
     put it on sys.path and make harden read the entry points again."""
     info = site / f"{name.replace('-', '_')}-1.0.dist-info"
@@ -45,16 +48,16 @@ def install_distribution(site: Path, name: str, entry_point: str, monkeypatch: p
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[harden.transforms]\n{entry_point}\n")
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
-    monkeypatch.setattr(registry, "_REGISTRY", {})
+    with registry.TRANSFORMS.scoped(reload_plugins=True):
+        yield
 
 
 @pytest.fixture
-def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A minimal installed distribution `harden-toy` providing the `input-scale` transform."""
     (tmp_path / "harden_toy.py").write_text(PLUGIN)
-    install_distribution(tmp_path, "harden-toy", "input-scale = harden_toy:InputScale", monkeypatch)
-    return tmp_path
+    with install_distribution(tmp_path, "harden-toy", "input-scale = harden_toy:InputScale", monkeypatch):
+        yield tmp_path
 
 
 def test_entry_point_plugin_is_listed_applied_and_replayed(installed_plugin: Path, tmp_path: Path) -> None:
@@ -85,9 +88,7 @@ def test_entry_point_plugin_from_the_command_line(installed_plugin: Path, tmp_pa
     assert "input x2.0" in res.stdout and "16x16 -> 32x32" in res.stdout
 
 
-def test_register_transform_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", registry._ENTRY_POINTS_LOADED)
+def test_register_transform_at_run_time(scoped_transforms: None) -> None:
 
     @harden.register_transform
     class Negate(harden.Transform):
@@ -106,7 +107,7 @@ def test_register_transform_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_broken_plugin_warns_instead_of_breaking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    install_distribution(tmp_path, "harden-broken", "broken = no_such_module:Thing", monkeypatch)
-    with pytest.warns(UserWarning, match="broken"):
+    with install_distribution(tmp_path, "harden-broken", "broken = no_such_module:Thing", monkeypatch), \
+            pytest.warns(UserWarning, match="broken"):
         names = harden.list_transforms()
     assert "upsample" in names and "broken" not in names

@@ -22,8 +22,8 @@ from torch import nn
 import harden
 from harden.errors import HardenError, UsageError
 from harden.provenance import ModelEntry, Provenance, TransformEntry
-from harden.zoo import robustbench as rbz
-from harden.zoo.robustbench_entries import C10, C10_ENGSTROM
+from harden.sources.zoo import robustbench as rbz
+from harden.sources.zoo.robustbench_entries import C10, C10_ENGSTROM
 
 _ARCH_FILES = ("wide_resnet", "resnet", "dm_wide_resnet", "robust_wide_resnet", "robust_resnet",
                "utils_architectures")

@@ -11,10 +11,10 @@ from torch.utils.flop_counter import FlopCounterMode
 import harden
 from harden.cli import main
 from harden.errors import UsageError
+from harden.sources.zoo import build
+from harden.sources.zoo.robustresnet import CONFIGS, RobustResBlock, RobustResNet
+from harden.sources.zoo.scaling import config_for_scale, count_cost, parse_flops, robust_scaling
 from harden.summary import model_facts
-from harden.zoo import build
-from harden.zoo.robustresnet import CONFIGS, RobustResBlock, RobustResNet
-from harden.zoo.scaling import config_for_scale, count_cost, parse_flops, robust_scaling
 
 PAPER = {"a1": (19.2e6, 5.11e9), "a2": (39.0e6, 10.8e9), "a3": (75.9e6, 19.9e9), "a4": (147.3e6, 39.4e9)}
 

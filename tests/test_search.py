@@ -177,12 +177,8 @@ class Blindfold(harden.Transform):
 
 
 @pytest.mark.slow
-def test_pruning_stops_a_hopeless_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harden.transforms as registry
-
-    registry.list_transforms()  # entry points first, then a private copy of the registry for this test
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    harden.register_transform(Blindfold)
+def test_pruning_stops_a_hopeless_trial(tmp_path: Path, scoped_transforms: None) -> None:
+    harden.register_transform(Blindfold)  # undone after the test
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(4, 2))
     model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -317,12 +313,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path: Path, extra: 
 
 
 @pytest.mark.slow
-def test_a_finished_trial_is_measured_not_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import harden.transforms as registry
-
-    registry.list_transforms()
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    harden.register_transform(Blindfold)
+def test_a_finished_trial_is_measured_not_pruned(tmp_path: Path, scoped_transforms: None) -> None:
+    harden.register_transform(Blindfold)  # undone after the test
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(4, 2))
     model = harden.wrap(net, input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -389,3 +381,12 @@ def test_resuming_a_search_with_other_settings_is_one_line(tmp_path: Path) -> No
     message = str(info.value)
     assert "is a search with other settings (they differ at finetune.epochs, finetune.lr)" in message
     assert "\n" not in message
+
+
+def test_a_method_unfit_for_a_search_is_refused_in_one_line(tmp_path: Path) -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    model = harden.wrap(net, input_size=8)
+    with pytest.raises(UsageError, match="--method clean is not offered for a search.*pgd"):
+        harden.search(model, "sample", out=tmp_path / "s", method="clean")
+    assert not (tmp_path / "s").exists()

@@ -9,9 +9,9 @@ import harden
 from harden.errors import UsageError
 from harden.graph import feature_map_size, trace_with_shapes
 from harden.sources import model_sources
+from harden.sources.zoo import build, names
+from harden.sources.zoo.cifar import CIFAR10_MEAN, CIFAR10_STD
 from harden.summary import model_facts
-from harden.zoo import build, names
-from harden.zoo.cifar import CIFAR10_MEAN, CIFAR10_STD
 
 
 def _params_meta(name: str, **kwargs) -> int:

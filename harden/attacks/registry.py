@@ -3,7 +3,7 @@ recipes and the command line (``harden list``, ``harden evaluate --attack``).
 
 An attack says what it is (name, one-line description), which settings it takes (steps, step size),
 the stages an evaluation runs for it, how to run a stage on a batch, and how a report names its
-result. Plugins add their own with :func:`register_attack`.
+result. Plugins add their own with :func:`register_attack` or the ``harden.attacks`` entry-point group.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from harden.attacks.gradient import fgsm, pgd
+from harden.registry import Registry
 
 DEFAULT_STEPS = 20
 STANDARD_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -93,32 +94,29 @@ def _run_fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return fgsm(model, x, y, eps=eps, norm=norm, step_size=step_size, generator=generator)
 
 
-_REGISTRY: dict[str, Attack] = {}
-ATTACKS: dict[str, str] = {}  # name -> description, kept in step with the registry
+#: every attack by name: harden's own, then the ``harden.attacks`` entry points (each names an
+#: :class:`Attack`), then those registered at run time
+ATTACKS: Registry[Attack] = Registry("attack", entry_points="harden.attacks")
 
 
 def register_attack(attack: Attack) -> Attack:
     """Add ``attack`` to the attacks ``harden evaluate --attack`` and recipes accept (a plugin's hook)."""
-    if attack.name in _REGISTRY:
-        raise ValueError(f"attack '{attack.name}' is already registered")
-    _REGISTRY[attack.name] = attack
-    ATTACKS[attack.name] = attack.description
-    return attack
+    return ATTACKS.register(attack.name, attack)
 
 
 def get_attack(name: str) -> Attack | None:
     """The registered attack called ``name`` (lower case), or None."""
-    return _REGISTRY.get(name)
+    return ATTACKS.items().get(name)
 
 
 def registered_attacks() -> dict[str, Attack]:
     """Every registered attack by name, in registration order."""
-    return dict(_REGISTRY)
+    return ATTACKS.items()
 
 
 def list_attacks() -> dict[str, str]:
     """Attack names accepted by ``harden evaluate --attack``, with a one-line description each."""
-    return dict(ATTACKS)
+    return {name: attack.description for name, attack in ATTACKS.items().items()}
 
 
 def takes_steps(name: str) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,22 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read each time (methods registered or installed later count)."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self._names = names
+        super().__init__([])
+
+    @property  # type: ignore[override]
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self._names())
+
+    @choices.setter
+    def choices(self, value: Any) -> None:  # click's __init__ sets it; the registry is the truth
+        pass
+
+
 def _option(name: str, default: Any, setting: Setting) -> Callable[[Any], Any]:
     """The click option of one schema field (see :class:`harden.schemas.fields.Setting`)."""
     dashed = f"--{name.replace('_', '-')}"
@@ -62,7 +78,9 @@ def _option(name: str, default: Any, setting: Setting) -> Callable[[Any], Any]:
         return click.option(*decls, default=default, **kw)
     if setting.kind == "list[str]":
         return click.option(*decls, multiple=True, **kw)
-    if setting.choice_names() and not setting.cli_text:
+    if setting.registry is not None and not setting.cli_text:
+        kw["type"] = RegistryChoice(setting.choice_names)
+    elif setting.choice_names() and not setting.cli_text:
         kw["type"] = click.Choice(list(setting.choice_names()))
     elif setting.path is not None:
         kw["type"] = click.Path(dir_okay=setting.path == "folder", file_okay=setting.path == "file")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import click
 
@@ -15,49 +16,61 @@ from harden.errors import UsageError
 from harden.provenance import Provenance, weights_text
 
 
-def transform_specs(upsample: str | None, upsample_mode: str, stride_mod: bool, strides: str | None,
-                    activation: str | None, last_stage_width: str | None, extra: tuple[str, ...],
-                    stage_widths: str | None = None) -> list[str]:
-    """The shorthand options as transform strings, in a fixed order, then each ``-t`` in order."""
-    specs = []
-    if stride_mod and strides:
-        raise UsageError("use either --stride-mod or --strides, not both")
-    if stride_mod:
-        specs.append("stride-mod")
-    if strides:
-        specs.append(f"strides:pattern={strides}")
-    if last_stage_width is not None:
-        specs.append(f"last-stage-width:ratio={last_stage_width}")
-    if stage_widths is not None:  # the factors' commas would split the transform's arguments
-        specs.append(f"stage-widths:widths={stage_widths.replace(',', '/')}")
-    if activation:
-        specs.append(f"activation:name={activation}")
-    if upsample is not None:
-        specs.append(f"upsample:factor={upsample},mode={upsample_mode}")
-    return specs + list(extra)
+class TransformOptionsCommand(click.Command):
+    """``harden apply``, whose transform options are the shorthands the registered transforms declare
+    (:class:`harden.transforms.Shorthand`), read when the command runs or shows its help."""
+
+    _added: tuple[tuple[type, ...], list[click.Option]] | None = None
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        from harden.transforms import list_transforms
+
+        params = super().get_params(ctx)
+        classes = tuple(dict.fromkeys(list_transforms().values()))
+        if self._added is None or self._added[0] != classes:  # built again when a transform is registered
+            taken = {opt for p in params for opt in getattr(p, "opts", ())}
+            self._added = (classes, [opt for opt in shorthand_options() if opt.opts[0] not in taken])
+        at = next(i for i, p in enumerate(params) if p.name == "extra")
+        return params[:at] + self._added[1] + params[at:]
 
 
-@main.command("apply")
+def shorthand_options() -> list[click.Option]:
+    """One click option per shorthand of every registered transform, in the order the transforms apply."""
+    from harden.transforms import list_transforms
+
+    declared = [s for cls in dict.fromkeys(list_transforms().values()) for s in cls.shorthands]
+    options = []
+    for s in sorted(declared, key=lambda s: s.order):
+        if s.param is None:
+            options.append(click.Option([s.option], is_flag=True, help=s.help))
+        else:
+            options.append(click.Option([s.option], default=s.default, metavar=s.metavar or None, help=s.help,
+                                        type=click.Choice(s.choices) if s.choices else None,
+                                        show_default=s.default is not None))
+    return options
+
+
+@main.command("apply", cls=TransformOptionsCommand)
 @click.argument("model")
 @model_options
-@click.option("--upsample", default=None, metavar="K", help="Interpolate the input by K inside the model.")
-@click.option("--upsample-mode", type=click.Choice(["nearest", "bilinear"]), default="nearest", show_default=True)
-@click.option("--stride-mod", is_flag=True, help="Halve the stride of the first stage transition after the stem.")
-@click.option("--strides", default=None, metavar="PATTERN", help="Stride per downsampling point, e.g. 1122.")
-@click.option("--activation", default=None, metavar="NAME", help="Replace ReLU-family activations (silu, gelu, ...).")
-@click.option("--last-stage-width", default=None, metavar="R", help="Keep a fraction R of the last stage's channels.")
-@click.option("--stage-widths", default=None, metavar="F1,F2,...",
-              help="Multiply each stage's width (stem excluded), e.g. 2,2,0.8: WRN-34-10 -> WRN-34-R.")
 @click.option("-t", "--transform", "extra", multiple=True, metavar="NAME[:k=v,...]",
               help="Any registered transform; repeatable, applied in order after the options above.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write a harden safetensors file.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def apply_command(model: str, upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra,
-                  output, force, as_json, stage_widths=None, **model_opts) -> None:
-    """Apply robustness transforms to MODEL (a model spec or a harden file)."""
-    specs = transform_specs(upsample, upsample_mode, stride_mod, strides, activation, last_stage_width, extra,
-                            stage_widths=stage_widths)
+def apply_command(model: str, extra: tuple[str, ...], output: str | None, force: bool, as_json: bool,
+                  **options: Any) -> None:
+    """Apply robustness transforms to MODEL (a model spec or a harden file).
+
+    The transform options (--upsample, --stride-mod, ...) come from the installed transforms: each
+    declares its own (see `harden list`).
+    """
+    from harden.transforms import list_transforms, shorthand_specs
+
+    dests = {s.dest for cls in list_transforms().values() for s in cls.shorthands}
+    shorthands = {k: options.pop(k) for k in list(options) if k in dests}
+    model_opts = options
+    specs = shorthand_specs(shorthands) + list(extra)
     if output and not force:
         from pathlib import Path
 
@@ -177,7 +190,7 @@ def _report_line(r: dict) -> str:
 
 def _list_robustbench() -> None:
     try:
-        from harden.zoo.robustbench import entry_lines
+        from harden.sources.zoo.robustbench import entry_lines
     except ImportError:
         return
     click.echo("robustbench entries (robustbench:DATASET/THREAT/NAME; published clean / AutoAttack %, eps, citation;"

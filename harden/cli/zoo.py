@@ -29,9 +29,9 @@ def scale_command(flops: str, block: str, num_classes: int, input_size: int, bui
 
     Rule: depths 2:2:1, widening factors 2:2.5:1, total depth : total width = 7:3.
     """
+    from harden.sources.zoo.robustresnet import CONFIGS
+    from harden.sources.zoo.scaling import count_cost, nearest_published, parse_flops, robust_scaling
     from harden.summary import human
-    from harden.zoo.robustresnet import CONFIGS
-    from harden.zoo.scaling import count_cost, nearest_published, parse_flops, robust_scaling
 
     if num_classes < 1:
         raise UsageError(f"--num-classes must be positive, got {num_classes}")

@@ -68,7 +68,7 @@ def model_label(prov: Provenance) -> str:
 
 def _published(model: nn.Module) -> dict[str, Any] | None:
     try:
-        from harden.zoo.robustbench import published
+        from harden.sources.zoo.robustbench import published
     except ImportError:
         return None
     return published(model.provenance if isinstance(model, HardenedModel) else None)

@@ -45,7 +45,7 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(f"robust accuracy: {report['robust_acc']:.2f}%{_ci_text(report.get('robust_ci95'))}   "
                  f"({report['seconds']:.1f} s)")
     if report.get("published"):
-        from harden.zoo.robustbench import published_line
+        from harden.sources.zoo.robustbench import published_line
 
         lines.append(published_line(report["published"], report["norm"], report["eps_text"]))
     return "\n".join(lines)

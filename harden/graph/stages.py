@@ -291,3 +291,12 @@ def last_stage(traced: TracedNet) -> Stage | None:
     """The stage at the lowest resolution that holds convolutions, or None."""
     stages = find_stages(traced)
     return stages[-1] if stages else None
+
+
+def width_stages(traced: TracedNet) -> tuple[list[Stage], str | None]:
+    """The stages whose widths can change (the stem excluded), or none and why (no convolutional stages)."""
+    found = find_stages(traced, head=find_head(traced))
+    stages = [s for s in found if not s.stem]
+    if not stages or any(s.tokens for s in found):
+        return [], "widths: the model has no convolutional stages"
+    return stages, None

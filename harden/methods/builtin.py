@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from harden.methods.base import TrainingMethod, register_method
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
 
 class PGD(TrainingMethod):
@@ -16,12 +15,6 @@ class PGD(TrainingMethod):
 
     name, label = "pgd", "PGD-AT (Madry et al. 2018)"
     awp_gamma, awp_warmup = 1e-2, 0
-
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step: float, steps: int,
-                norm: str, generator: torch.Generator, options: dict[str, Any]) -> torch.Tensor:
-        from harden.training.inner_attack import perturb
-
-        return perturb(model, x, y, kind="pgd", eps=eps, step=step, steps=steps, norm=norm, generator=generator)
 
 
 class FGSMRS(PGD):
@@ -34,38 +27,47 @@ class FGSMRS(PGD):
     def step_size(self, eps: float, steps: int) -> float:
         return 1.25 * eps
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step: float, steps: int,
-                norm: str, generator: torch.Generator, options: dict[str, Any]) -> torch.Tensor:
-        from harden.training.inner_attack import perturb
-
-        return perturb(model, x, y, kind="fgsm-rs", eps=eps, step=step, steps=1, norm=norm, generator=generator)
-
 
 class Trades(TrainingMethod):
-    """TRADES (Zhang et al. 2019): CE on clean inputs plus beta KL(clean || adversarial), KL-PGD inside."""
+    """TRADES (Zhang et al. 2019): CE on clean inputs plus beta KL(clean || adversarial), KL-PGD inside from
+    a 0.001-Gaussian start."""
 
     name, label = "trades", "TRADES (Zhang et al. 2019)"
     paired, uses_beta = True, True
     awp_gamma, awp_warmup = 5e-3, 10
-
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, step: float, steps: int,
-                norm: str, generator: torch.Generator, options: dict[str, Any]) -> torch.Tensor:
-        from harden.training.inner_attack import perturb
-
-        return perturb(model, x, y, kind=self.name, eps=eps, step=step, steps=steps, norm=norm, generator=generator)
+    inner_loss, inner_start = "kl", "gaussian"
 
     def loss(self, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None, beta: float,
              label_smoothing: float) -> torch.Tensor:
-        from harden.losses import method_loss
+        from harden.losses import trades_loss
 
-        return method_loss(self.name, logits_adv, y, logits_nat=logits_nat, beta=beta,
+        return trades_loss(_clean_logits(self, logits_adv, logits_nat), logits_adv, y, beta=beta,
                            label_smoothing=label_smoothing)
 
 
 class Mart(Trades):
-    """MART (Wang et al. 2020): boosted CE on adversarial inputs plus a KL weighted toward misclassified ones."""
+    """MART (Wang et al. 2020): boosted CE on adversarial inputs plus a KL weighted toward misclassified ones;
+    CE-PGD inside from a 0.001-Gaussian start, as MART's code."""
 
     name, label = "mart", "MART (Wang et al. 2020)"
+    inner_loss = "ce"
+
+    def loss(self, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None, beta: float,
+             label_smoothing: float) -> torch.Tensor:
+        from harden.losses import mart_loss
+
+        return mart_loss(_clean_logits(self, logits_adv, logits_nat), logits_adv, y, beta=beta,
+                         label_smoothing=label_smoothing)
+
+
+def _clean_logits(method: TrainingMethod, logits_adv: torch.Tensor, logits_nat: torch.Tensor | None) -> torch.Tensor:
+    """The clean logits a paired loss needs (a one-logit model refused first)."""
+    from harden.attacks import check_logits
+
+    check_logits(logits_adv)
+    if logits_nat is None:
+        raise ValueError(f"{method.name} needs the clean logits")
+    return logits_nat
 
 
 class Clean(TrainingMethod):

@@ -52,5 +52,9 @@ class NFGSM(TrainingMethod):
         return n_fgsm_examples(model, x, y, eps=eps, step=step, noise=DEFAULT_NOISE if noise is None else noise,
                                generator=generator)
 
+    def recorded_settings(self, options: dict[str, Any]) -> dict[str, Any]:
+        noise = options.get("nfgsm_noise")
+        return {"nfgsm_noise": DEFAULT_NOISE if noise is None else noise}
+
 
 register_method(NFGSM())

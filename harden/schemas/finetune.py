@@ -18,7 +18,6 @@ from harden.methods import METHODS as REGISTERED_METHODS
 from harden.methods import get_method, method_names
 from harden.schemas.fields import check_choices, check_names, flag, integer, number, parse_numbers, text
 
-METHODS = tuple(method_names())  # the built-in training methods and installed plugins when first imported
 ON_COLLAPSE = ("stop", "warn", "ignore")
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 ATTACK_MODES = ("eval", "train")

@@ -9,6 +9,6 @@ Pareto front and writes the outputs, and :mod:`~harden.searching.api` ties them 
 
 from harden.searching.api import search
 from harden.searching.report import SearchResult
-from harden.searching.space import DIMENSIONS, SearchSpace, build_space
+from harden.searching.space import SearchSpace, build_space, dimension_names
 
-__all__ = ["DIMENSIONS", "SearchResult", "SearchSpace", "build_space", "search"]
+__all__ = ["SearchResult", "SearchSpace", "build_space", "dimension_names", "search"]

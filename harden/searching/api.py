@@ -62,6 +62,16 @@ def _finetune_values(cfg: Any) -> dict[str, Any]:
     return out
 
 
+def _check_searchable(name: str) -> None:
+    """A search ranks trials by robust accuracy: a method that declares itself unfit for that is refused."""
+    from harden.methods import METHODS, get_method
+
+    if not get_method(name).searchable:
+        fit = ", ".join(m.name for m in METHODS if m.searchable)
+        raise UsageError(f"--method {name} is not offered for a search, which ranks trials by robust accuracy; "
+                         f"use one of {fit}")
+
+
 def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str, Any]:
     """best.yaml's ``model`` section: given by the caller (the CLI knows the weights path) or from the provenance."""
     if given is not None:
@@ -204,6 +214,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     cfg = make_config(**options)
     if cfg.val_n == 0:
         raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
+    _check_searchable(cfg.method)
     pruner_obj = make_pruner(pruner, cfg.epochs)
     if storage is not None:
         open_storage(storage)  # a URL that cannot be opened fails before any work

@@ -12,6 +12,7 @@ import torch
 
 from harden.errors import HardenError, HardenWarning
 from harden.extra_data import ExtraData
+from harden.methods import get_method
 from harden.runtime import events as ev
 from harden.runtime.session import DistSession
 from harden.runtime.store import Store
@@ -127,7 +128,7 @@ def _step_status(cfg: FinetuneConfig, loss_sum: float, correct: float, seen: int
                  ) -> dict[str, str]:
     """The numbers the progress bar shows while an epoch trains (running means over ``seen`` examples)."""
     shown = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{100 * correct / seen:.1f}%", "lr": f"{lr:.3g}"}
-    if cfg.method != "clean":  # the eps schedule matters only to methods that attack
+    if get_method(cfg.method).attacks:  # the eps schedule matters only to methods that attack
         shown["eps"] = f"{eps * 255:.2f}/255"
     return shown
 

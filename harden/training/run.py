@@ -213,7 +213,7 @@ def _method_fields(cfg: FinetuneConfig) -> dict[str, Any]:
         "steps": method.steps(cfg.steps),
         "step_size": cfg.resolved_step_size(),
         "beta": cfg.beta if method.uses_beta else None,
-        **({"nfgsm_noise": 2.0 if cfg.nfgsm_noise is None else cfg.nfgsm_noise} if cfg.method == "n-fgsm" else {}),
+        **method.recorded_settings(cfg.method_options()),
         "awp": ({"gamma": cfg.awp, "warmup": cfg.resolved_awp_warmup(), "paper": "Wu et al. 2020"}
                 if cfg.awp > 0 else None),
     }

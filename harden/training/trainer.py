@@ -19,7 +19,7 @@ from harden.schemas.finetune import FinetuneConfig
 from harden.seeding import derive_seed
 from harden.training.augment import augment, strong_augment, strong_policy
 from harden.training.ema import EMA
-from harden.training.inner_attack import _frozen, perturb
+from harden.training.inner_attack import frozen, perturb
 
 
 class _Pair(nn.Module):
@@ -114,7 +114,7 @@ class Trainer:
                 self.model.eval()
             else:
                 self.model.train()
-            with _frozen(self.params), self.autocast():
+            with frozen(self.params), self.autocast():
                 x_adv = self.method.perturb(self.attack_model, x, y, eps=eps, step=self.step_size * eps / cfg.eps,
                                             steps=self.method.steps(cfg.steps), norm=cfg.norm,
                                             generator=self.generator, options=cfg.method_options())
@@ -173,8 +173,8 @@ class Trainer:
                 yb = y_val.index_select(0, idx)
                 with torch.no_grad():
                     clean = (model(xb).argmax(1) == yb).sum()
-                with _frozen(params):
-                    x_adv = perturb(model, xb, yb, kind="pgd", eps=cfg.eps, step=cfg.eps / 4, steps=cfg.val_steps,
+                with frozen(params):
+                    x_adv = perturb(model, xb, yb, eps=cfg.eps, step=cfg.eps / 4, steps=cfg.val_steps,
                                     norm=cfg.norm, generator=gen)
                 with torch.no_grad():
                     robust = (model(x_adv).argmax(1) == yb).sum()

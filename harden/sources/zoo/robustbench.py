@@ -18,12 +18,12 @@ import torch
 from torch import nn
 
 from harden.errors import HardenError, UsageError, close_matches
-from harden.library_sources import build_timm, build_tv
 from harden.provenance import Provenance
-from harden.source_registry import BuiltNet, ModelSource, register_model_source
-from harden.zoo import cifar, rb_archs
-from harden.zoo.robustbench_entries import ENTRIES, Entry
-from harden.zoo.robustresnet import CONFIGS, RobustResNet
+from harden.sources.library import build_timm, build_tv
+from harden.sources.registry import BuiltNet, ModelSource, register_model_source
+from harden.sources.zoo import cifar, rb_archs
+from harden.sources.zoo.robustbench_entries import ENTRIES, Entry
+from harden.sources.zoo.robustresnet import CONFIGS, RobustResNet
 
 _BY_KEY: dict[str, Entry] = {e.key.lower(): e for e in ENTRIES}
 _NORM_KEYS = (("mu", "sigma"), ("normalize.mean", "normalize.std"), ("mean", "std"))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch import nn
 
-from harden.zoo.cifar import NetworkBlock
+from harden.sources.zoo.cifar import NetworkBlock
 
 _ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
 

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from harden.errors import UsageError
-from harden.zoo.robustresnet import BLOCK_DEFAULTS, CONFIGS, STAGE_BASE_CHANNELS, STEM_CHANNELS, bottleneck_width
+from harden.sources.zoo.robustresnet import (
+    BLOCK_DEFAULTS,
+    CONFIGS,
+    STAGE_BASE_CHANNELS,
+    STEM_CHANNELS,
+    bottleneck_width,
+)
 
 DEPTH_RATIO = (2.0, 2.0, 1.0)
 WIDTH_RATIO = (2.0, 2.5, 1.0)

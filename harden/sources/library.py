@@ -15,7 +15,7 @@ from torch import nn
 
 from harden.errors import HardenError, UsageError, close_matches, short_reason
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
-from harden.source_registry import BuiltNet, ModelSource, register_model_source
+from harden.sources.registry import BuiltNet, ModelSource, register_model_source
 
 # ---------------------------------------------------------------------------------------------- timm
 
@@ -184,7 +184,9 @@ def _parameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter] | None:
         return None
 
 
-TIMM = register_model_source(ModelSource("timm", "timm models (timm.list_models())", build_timm, timm_names))
-TV = register_model_source(ModelSource("tv", "torchvision classification models", build_tv, tv_names))
+TIMM = register_model_source(ModelSource("timm", "timm models (timm.list_models())", build_timm, timm_names,
+                                         bare_rank=0))
+TV = register_model_source(ModelSource("tv", "torchvision classification models", build_tv, tv_names, bare_rank=1))
 USER_FACTORY = register_model_source(ModelSource(
-    "import", "a user's factory: package.module:factory", _build_import, lambda: (), runs_user_code=True))
+    "import", "a user's factory: package.module:factory", _build_import, lambda: (), runs_user_code=True,
+    bare_rank=None))

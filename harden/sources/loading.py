@@ -2,8 +2,8 @@
 
 A model spec is ``NAME`` (timm first, then torchvision), ``SOURCE:NAME`` for a registered source
 (``timm:``, ``tv:``, ``cifar:``, ``robustbench:``), or ``package.module:factory`` for a user's own
-model. The registry is :mod:`harden.source_registry`; importing this module registers the built-in
-sources (:mod:`harden.library_sources`, then the zoo's).
+model. The registry is :mod:`harden.sources.registry`; :mod:`harden.sources` registers the built-in
+sources (:mod:`harden.sources.library`, :mod:`harden.sources.zoo`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import library_sources, zoo  # noqa: F401  (importing them registers the built-in sources, in this order)
 from harden.errors import HardenError, UsageError, close_matches, short_reason
-from harden.library_sources import timm_kwargs_for_size
 from harden.model import IMAGENET_MEAN, IMAGENET_STD, HardenedModel
 from harden.provenance import RANDOM_WEIGHTS, ModelEntry, Provenance
 from harden.shapes import InputSize, first_conv_channels, fit_statistics, parse_input_size
-from harden.source_registry import BuiltNet, ModelSource, register_model_source, registered_sources
+from harden.sources.library import timm_kwargs_for_size
+from harden.sources.registry import BuiltNet, ModelSource, bare_name_order, register_model_source, registered_sources
 
 __all__ = ["BuiltNet", "ModelSource", "build_net", "load_model", "load_weights_into", "model_sources", "parse_spec",
            "read_state_dict", "register_model_source"]
@@ -37,7 +36,8 @@ def model_sources() -> dict[str, ModelSource]:
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split a model spec into ``(source, name)``; a bare name resolves to timm, then torchvision."""
+    """Split a model spec into ``(source, name)``; a bare name is looked up in the sources by their
+    ``bare_rank`` (timm, then torchvision, then the zoo's)."""
     sources = model_sources()
     spec = spec.strip()
     if not spec:
@@ -47,16 +47,11 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return prefix, rest
     if sep:
         return "import", spec
-    if sources["timm"].has(spec):
-        return "timm", spec
-    if sources["tv"].has(spec):
-        return "tv", spec
-    known = list(sources["timm"].names()) + [f"tv:{n}" for n in sources["tv"].names()]
-    for src_name, src in sources.items():
-        if src_name not in ("timm", "tv", "import"):
-            if src.has(spec):
-                return src_name, spec
-            known += [f"{src_name}:{n}" for n in src.names()]
+    known: list[str] = []
+    for src in bare_name_order():
+        if src.has(spec):
+            return src.name, spec
+        known += [n if src.bare_rank == 0 else f"{src.name}:{n}" for n in src.names()]
     raise UsageError(f"unknown model '{spec}'{close_matches(spec, known)}")
 
 

@@ -18,10 +18,10 @@ from typing import Any
 from torch import nn
 
 from harden.errors import UsageError, close_matches
-from harden.source_registry import BuiltNet, ModelSource, register_model_source
-from harden.zoo import cifar
-from harden.zoo.cifar import CIFAR10_MEAN, CIFAR10_STD
-from harden.zoo.robustresnet import BLOCK_DEFAULTS, CONFIGS, RobustResNet
+from harden.sources.registry import BuiltNet, ModelSource, register_model_source
+from harden.sources.zoo import cifar
+from harden.sources.zoo.cifar import CIFAR10_MEAN, CIFAR10_STD
+from harden.sources.zoo.robustresnet import BLOCK_DEFAULTS, CONFIGS, RobustResNet
 
 _WRN = re.compile(r"wrn-(\d+)-(\d+)")
 _ROBUST = re.compile(r"(robustresnet|wrn)-(a[1-4])")

@@ -1,7 +1,10 @@
 """The registry of model sources: what a source builds (:class:`BuiltNet`), what a source is, and which exist.
 
-Sources register themselves when their module is imported (the library ones in
-:mod:`harden.library_sources`, the zoo's in :mod:`harden.zoo`); :mod:`harden.sources` imports them all.
+harden's sources register themselves when their module is imported (the library ones in
+:mod:`harden.sources.library`, the zoo's in :mod:`harden.sources.zoo`; :mod:`harden.sources` imports them
+all); third-party ones come from the ``harden.sources`` entry-point group. A bare model name (no
+``SOURCE:`` prefix) is looked up in the sources by their ``bare_rank``, lowest first, whatever the order
+they registered in.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from harden.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -40,20 +45,29 @@ class ModelSource:
     build: Callable[[str, int | None, bool, dict[str, Any]], BuiltNet]
     names: Callable[[], Sequence[str]]
     runs_user_code: bool = False
+    #: where a bare model name is looked up: lower first (timm 0, torchvision 1), None: only with the prefix
+    bare_rank: int | None = 10
 
     def has(self, model_name: str) -> bool:
         return model_name in set(self.names())
 
 
-_SOURCES: dict[str, ModelSource] = {}
+#: every model source by prefix: harden's own, then the ``harden.sources`` entry points (each names a
+#: :class:`ModelSource`), then those registered at run time
+SOURCES: Registry[ModelSource] = Registry("model source", entry_points="harden.sources")
 
 
 def register_model_source(source: ModelSource) -> ModelSource:
     """Register a model source under ``source.name`` (used as the ``NAME:`` prefix of specs)."""
-    _SOURCES[source.name] = source
-    return source
+    return SOURCES.register(source.name, source, replace=True)
 
 
 def registered_sources() -> dict[str, ModelSource]:
-    """The sources registered so far, by prefix, in registration order."""
-    return dict(_SOURCES)
+    """The registered sources, by prefix, in registration order."""
+    return SOURCES.items()
+
+
+def bare_name_order() -> list[ModelSource]:
+    """The sources a bare model name is looked up in, in order (see :attr:`ModelSource.bare_rank`)."""
+    ranked = [s for s in SOURCES.items().values() if s.bare_rank is not None]
+    return sorted(ranked, key=lambda s: s.bare_rank if s.bare_rank is not None else 0)

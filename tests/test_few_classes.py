@@ -17,9 +17,9 @@ from harden import evaluation
 from harden.attacks import ONE_LOGIT, cw, fgsm, pgd
 from harden.cli import main
 from harden.errors import UsageError
-from harden.losses import method_loss
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
 from harden.training.inner_attack import perturb
+from harden.training.losses import method_loss
 from tests.helpers import importable_module, one_thread
 
 MODULE = "harden_fewclass_nets"

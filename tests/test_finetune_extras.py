@@ -14,16 +14,16 @@ from torch import nn
 
 import harden
 from harden import training
-from harden.awp import WeightPerturbation, buffers_preserved
 from harden.cli import main
 from harden.data import CIFAR10_CLASSES
 from harden.errors import UsageError
-from harden.extra_data import ExtraData, pseudo_labels
-from harden.losses import mart_loss, method_loss
 from harden.recipes import _finetune_text, parse_recipe
 from harden.runtime.session import DistSession
 from harden.serialization import read_provenance
 from harden.training import Trainer, checkpoint_path_for, finetune, make_config
+from harden.training.awp import WeightPerturbation, buffers_preserved
+from harden.training.extra_data import ExtraData, pseudo_labels
+from harden.training.losses import mart_loss, method_loss
 from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
 

@@ -56,7 +56,7 @@ class Trades(TrainingMethod):
 
     def loss(self, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None, beta: float,
              label_smoothing: float) -> torch.Tensor:
-        from harden.losses import method_loss
+        from harden.training.losses import method_loss
 
         return method_loss(self.name, logits_adv, y, logits_nat=logits_nat, beta=beta,
                            label_smoothing=label_smoothing)

@@ -32,7 +32,7 @@ AWP_MAX_GAMMA = 0.1
 
 
 def awp_methods() -> list[str]:
-    """The methods adversarial weight perturbation (harden.awp) works with: those with an AWP gamma default."""
+    """The methods adversarial weight perturbation (harden.training.awp) works with: those with an AWP gamma default."""
     return [name for name in method_names() if get_method(name).awp_gamma is not None]
 
 

@@ -20,8 +20,10 @@ training attack), :mod:`~harden.training.data` (the training and held-out data),
 :mod:`~harden.training.checkpoint` (fingerprint and resume), :mod:`~harden.training.schedule`,
 :mod:`~harden.training.augment`, :mod:`~harden.training.batchnorm`, :mod:`~harden.training.ema` and
 :mod:`~harden.training.curves`. Options that live in their own modules: the losses
-(:mod:`harden.losses`), adversarial weight perturbation (:mod:`harden.awp`, ``awp``) and a second data
-source mixed into every batch (:mod:`harden.extra_data`, ``extra_data``).
+(:mod:`~harden.training.losses`), adversarial weight perturbation (:mod:`~harden.training.awp`,
+``awp``) and a second data source mixed into every batch (:mod:`~harden.training.extra_data`,
+``extra_data``), whose images are decoded as uint8 like the training images
+(:mod:`~harden.training.uint8_images`).
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ import torch
 
 from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
-from harden.extra_data import Teacher
 from harden.model import HardenedModel
 from harden.runtime.store import Store, as_json, differences, state_digest
 from harden.schemas.finetune import FinetuneConfig
+from harden.training.extra_data import Teacher
 from harden.training.trainer import Trainer
 
 CHECKPOINT_FORMAT = "harden.checkpoint/1"

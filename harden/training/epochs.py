@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from harden.errors import HardenError, HardenWarning
-from harden.extra_data import ExtraData
 from harden.runtime import events as ev
 from harden.runtime.session import DistSession
 from harden.runtime.store import Store
@@ -20,6 +19,7 @@ from harden.training import schedule
 from harden.training.checkpoint import RunState, checkpoint_payload
 from harden.training.collapse import collapse_message, collapse_of, first_collapse
 from harden.training.data import TrainData
+from harden.training.extra_data import ExtraData
 from harden.training.trainer import Trainer
 
 

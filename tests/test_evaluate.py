@@ -365,7 +365,7 @@ def test_accuracy_rising_with_eps_is_reported(tmp_path):
 
 
 def test_strength_check_compares_with_pgd(tiny):
-    from harden.checks import check_strength
+    from harden.evaluation.honesty_checks import check_strength
 
     x, y = _sample_tensors(16)
     with torch.no_grad():
@@ -381,7 +381,7 @@ def test_strength_check_compares_with_pgd(tiny):
 
 
 def test_check_helpers():
-    from harden import checks
+    from harden.evaluation import honesty_checks as checks
 
     x = torch.full((3, 1, 2, 2), 0.5)
     adv = x.clone()
@@ -440,7 +440,7 @@ def test_cli_report_into_and_inspect(tiny_file, tmp_path):
 
 
 def test_cli_eps_sweep_table_and_plot(tiny_file, tmp_path, monkeypatch):
-    from harden import checks
+    from harden.evaluation import honesty_checks as checks
 
     # a failed check is printed on the terminal as well as stored in the report
     monkeypatch.setattr(checks, "check_eval_mode", lambda model: [checks.CheckWarning("train-mode", "pretend")])

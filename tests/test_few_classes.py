@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from torch import nn
 
 import harden
-from harden import checks as chk
 from harden import evaluation
 from harden.attacks import ONE_LOGIT, cw, fgsm, pgd
 from harden.cli import main
 from harden.errors import UsageError
+from harden.evaluation import honesty_checks as chk
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
 from harden.training.inner_attack import perturb
 from harden.training.losses import method_loss

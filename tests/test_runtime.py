@@ -15,9 +15,9 @@ import torch.distributed as tdist
 from torch import nn
 
 from harden import tracking
-from harden.checks import WarningLog
 from harden.errors import HardenError, UsageError
 from harden.evaluation import _Progress, progress_store
+from harden.evaluation.honesty_checks import WarningLog
 from harden.runtime import distributed as hd
 from harden.runtime import events as ev
 from harden.runtime.atomic import atomic_path, save_figure, write_text

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
+from harden.evaluation import honesty_checks as chk
 from harden.evaluation.plan import AA_TARGETS, AttackPlan
 
 

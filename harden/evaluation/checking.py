@@ -1,7 +1,7 @@
 """The checks around an evaluation's attacks: before them (AutoAttack's own checks and harden's
 on the model's mode, normalization and gradients) and after them (Square's success, the input
 range, and whether the attack is at least as strong as a short PGD run). Each failed check is a
-named warning."""
+named warning; the checks themselves are in :mod:`~harden.evaluation.honesty_checks`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
 from harden.attacks import get_attack
+from harden.evaluation import honesty_checks as chk
 from harden.evaluation.autoattack import autoattack_preflight, autoattack_square_check
 from harden.evaluation.examples import Examples
 from harden.evaluation.plan import AttackPlan

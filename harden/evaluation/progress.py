@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from harden import checks as chk
 from harden.errors import HardenError, UsageError
+from harden.evaluation import honesty_checks as chk
 from harden.runtime import distributed as hd
 from harden.runtime.store import Store, as_json, differences
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
+from harden.evaluation import honesty_checks as chk
 from harden.evaluation.examples import Examples
 from harden.evaluation.plan import AttackPlan
 from harden.evaluation.progress import ROBUST, _Progress, count_correct, outcomes, robust_at_start

@@ -14,8 +14,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from harden import checks as chk
 from harden.attacks import check_logits
+from harden.evaluation import honesty_checks as chk
 from harden.evaluation.batch_size import pick_batch_size
 from harden.evaluation.checking import after_attacks, preflight
 from harden.evaluation.examples import Examples, select_examples

@@ -14,8 +14,8 @@ import time
 import torch
 from torch import nn
 
-from harden import checks as chk
 from harden.attacks import get_attack
+from harden.evaluation import honesty_checks as chk
 from harden.evaluation.autoattack import autoattack_for, autoattack_perturb
 from harden.evaluation.examples import Examples
 from harden.evaluation.plan import AUTOATTACK_STAGES, AttackPlan

@@ -18,7 +18,7 @@ from harden.model import HardenedModel, statistics_name
 from harden.provenance import Provenance, weights_text
 from harden.runtime import distributed as hd
 from harden.runtime.stamp import REPORT_LIBRARIES, device_text, versions
-from harden.stats import wilson_interval
+from harden.stats import ci95
 
 REPORT_FORMAT = "harden.evaluate/1"
 
@@ -35,11 +35,6 @@ class Measured:
     total_seconds: float
     strength: dict[str, Any] | None = None
     sweep_rows: list[dict[str, Any]] | None = None
-
-
-def ci95(k: int, n: int) -> list[float]:
-    """The 95% Wilson interval of ``k`` out of ``n``, in percent, to 3 decimals."""
-    return [round(v, 3) for v in wilson_interval(k, n)]
 
 
 def model_info(model: nn.Module) -> dict[str, Any]:

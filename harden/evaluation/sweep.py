@@ -14,7 +14,7 @@ from harden.evaluation.examples import Examples
 from harden.evaluation.plan import AttackPlan
 from harden.evaluation.progress import ROBUST, _Progress
 from harden.evaluation.stages import run_stages
-from harden.stats import wilson_interval
+from harden.stats import ci95
 
 
 def run_sweep(model: nn.Module, examples: Examples, plan: AttackPlan, sweep: list[tuple[float, str]],
@@ -34,6 +34,6 @@ def run_sweep(model: nn.Module, examples: Examples, plan: AttackPlan, sweep: lis
             status = prog.status
         robust = int((status == ROBUST).sum())
         rows.append({"eps": value, "eps_text": text, "robust_acc": 100 * robust / n, "robust_correct": robust,
-                     "robust_ci95": [round(v, 3) for v in wilson_interval(robust, n)]})
+                     "robust_ci95": ci95(robust, n)})
     log.extend(chk.check_sweep([(r["eps"], r["robust_correct"]) for r in rows], n))
     return rows

@@ -26,22 +26,22 @@ from typing import Any
 
 from torch import nn
 
-from harden.channel_groups import (
-    FlowAnalysis,
-    flow_analysis,
-    plan_group,
-    remove_classes,
-    replay_removal,
-)
-from harden.channels import (
+from harden.channels.analysis import (
     coupled_groups,
     dependency_graph,
     layer_names,
     param_change,
     param_count,
     plan_removed,
-    remove_channels,
 )
+from harden.channels.flow_groups import (
+    FlowAnalysis,
+    flow_analysis,
+    plan_group,
+    remove_classes,
+    replay_removal,
+)
+from harden.channels.surgery import remove_channels
 from harden.errors import HardenError
 from harden.graph import trace_with_shapes
 from harden.graph.stages import Head, Stage, find_head, find_stages

@@ -38,15 +38,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from harden.channel_groups import (
-    FlowAnalysis,
-    flow_analysis,
-    plan_group,
-    remove_classes,
-    replay_removal,
-)
-from harden.channel_growth import ChannelPlan, grow_channels, plan_resize
-from harden.channels import (
+from harden.channels.analysis import (
     CONV,
     coupled_groups,
     dependency_graph,
@@ -56,9 +48,17 @@ from harden.channels import (
     layer_widths,
     param_change,
     param_count,
-    remove_channels,
     width_changes,
 )
+from harden.channels.flow_groups import (
+    FlowAnalysis,
+    flow_analysis,
+    plan_group,
+    remove_classes,
+    replay_removal,
+)
+from harden.channels.growth import ChannelPlan, grow_channels, plan_resize
+from harden.channels.surgery import remove_channels
 from harden.errors import HardenError, UsageError
 from harden.graph import trace_with_shapes
 from harden.graph.stages import Stage, feature_nodes, find_head, find_stages, is_residual

@@ -19,8 +19,8 @@ import harden
 from harden.cli import main
 from harden.data import ImageDataset
 from harden.errors import UsageError
+from harden.searching.outputs import mark_front
 from harden.searching.proxies import rank_agreement, spearman, spearman_interval
-from harden.searching.report import mark_front
 from harden.searching.space import build_space, parse_dimensions
 from harden.searching.study import parse_budget
 

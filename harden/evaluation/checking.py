@@ -13,9 +13,9 @@ from torch import nn
 
 from harden.attacks import get_attack
 from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.autoattack import autoattack_preflight, autoattack_square_check
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AttackPlan
 from harden.evaluation.progress import ROBUST, _Progress, count_correct, robust_at_start
 from harden.runtime import distributed as hd
 

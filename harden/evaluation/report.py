@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AttackPlan
 from harden.evaluation.progress import ROBUST, _Progress, count_correct, outcomes, robust_at_start
 from harden.model import HardenedModel, statistics_name
 from harden.provenance import Provenance, weights_text

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan
+from harden.evaluation.attack_stages import run_stages
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AttackPlan
 from harden.evaluation.progress import ROBUST, _Progress
-from harden.evaluation.stages import run_stages
 from harden.stats import ci95
 
 

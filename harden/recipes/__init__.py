@@ -15,8 +15,8 @@ one-line error naming the key and its line (PyYAML's node marks give the lines).
 
 The package's modules, one job each: :mod:`~harden.recipes.schema` (the keys and the checker),
 :mod:`~harden.recipes.parse` (reading a recipe, ``--set``, checks across keys),
-:mod:`~harden.recipes.plan` (a run's settings), :mod:`~harden.recipes.state` (resume state),
-:mod:`~harden.recipes.stages` (pre-training, apply, fine-tune, evaluate),
+:mod:`~harden.recipes.run_plan` (a run's settings), :mod:`~harden.recipes.state` (resume state),
+:mod:`~harden.recipes.steps` (pre-training, apply, fine-tune, evaluate),
 :mod:`~harden.recipes.compare` (the comparison table) and :mod:`~harden.recipes.run` (the pipeline).
 """
 

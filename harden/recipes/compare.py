@@ -16,7 +16,7 @@ from typing import Any
 from harden.attacks import attack_label
 from harden.methods import METHODS
 from harden.provenance import FinetuneEntry
-from harden.recipes.plan import RunPlan
+from harden.recipes.run_plan import RunPlan
 from harden.recipes.schema import Recipe
 from harden.runtime.atomic import atomic_path
 from harden.schemas.finetune import FinetuneConfig

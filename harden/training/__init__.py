@@ -13,7 +13,7 @@ uint8 (or come through pinned memory without blocking) and are augmented there. 
 final numbers are computed in fp32. Under ``torchrun`` the model is wrapped in
 DistributedDataParallel and each process trains on its shard of every epoch's order.
 
-The package's modules, one job each: :mod:`~harden.training.run` (:func:`finetune`, the run from
+The package's modules, one job each: :mod:`~harden.training.finetuning` (:func:`finetune`, the run from
 arguments to the saved model), :mod:`~harden.training.epochs` (the epoch loop),
 :mod:`~harden.training.trainer` (one optimisation step), :mod:`~harden.training.inner_attack` (the
 training attack), :mod:`~harden.training.data` (the training and held-out data),
@@ -36,8 +36,8 @@ from harden.training.checkpoint import _NOT_FINGERPRINTED, _fingerprint_diff, ch
 from harden.training.curves import curves_path_for, write_curves
 from harden.training.data import TrainData, resolve_data
 from harden.training.ema import EMA
+from harden.training.finetuning import finetune
 from harden.training.inner_attack import perturb
-from harden.training.run import finetune
 from harden.training.schedule import eps_at, lr_at
 from harden.training.trainer import Trainer
 

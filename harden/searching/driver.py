@@ -12,7 +12,7 @@ from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.schemas.search import SearchConfig, make_search_config
-from harden.searching.report import (
+from harden.searching.outputs import (
     SearchResult,
     best_recipe,
     mark_front,

@@ -16,9 +16,9 @@ from torch import nn
 
 from harden.attacks import get_attack
 from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AUTOATTACK_STAGES, AttackPlan
 from harden.evaluation.autoattack import autoattack_for, autoattack_perturb
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AUTOATTACK_STAGES, AttackPlan
 from harden.evaluation.progress import MISCLASSIFIED, ROBUST, _Progress, count_correct, robust_at_start
 from harden.runtime import distributed as hd
 from harden.runtime import events as ev

@@ -16,13 +16,13 @@ from torch import nn
 
 from harden.attacks import check_logits
 from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan, plan_for_classes
+from harden.evaluation.attack_stages import run_stages
 from harden.evaluation.batch_size import pick_batch_size
 from harden.evaluation.checking import after_attacks, preflight
 from harden.evaluation.examples import Examples, select_examples
-from harden.evaluation.plan import AttackPlan, plan_for_classes
 from harden.evaluation.progress import _Progress, progress_store
 from harden.evaluation.report import Measured, build_report
-from harden.evaluation.stages import run_stages
 from harden.evaluation.sweep import run_sweep
 from harden.model import warn_if_random
 from harden.runtime import distributed as hd

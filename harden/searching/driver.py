@@ -12,6 +12,9 @@ from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.schemas.search import SearchConfig, make_search_config
+from harden.searching.budgets import budget_text, parse_budget
+from harden.searching.claims import EXHAUSTED_AFTER, counted, exhausted
+from harden.searching.objective import Objective, held_out_images, robust_outcome
 from harden.searching.outputs import (
     SearchResult,
     best_recipe,
@@ -21,21 +24,9 @@ from harden.searching.outputs import (
     table,
     write_outputs,
 )
+from harden.searching.pruners import make_pruner
 from harden.searching.space import SearchSpace, build_space
-from harden.searching.study import (
-    DB_NAME,
-    EXHAUSTED_AFTER,
-    STUDY_NAME,
-    Objective,
-    _counted,
-    exhausted,
-    held_out_images,
-    make_pruner,
-    open_storage,
-    parse_budget,
-    redact,
-    robust_outcome,
-)
+from harden.searching.storage import DB_NAME, STUDY_NAME, open_storage, redact
 from harden.searching.verdict import confirm as confirm_candidates
 from harden.searching.verdict import pair_with_base
 
@@ -164,7 +155,7 @@ def collect(study: Any, base: dict[str, Any], attack: dict[str, Any], space: Sea
             if t.state.name == "COMPLETE" and t.user_attrs.get("status") == "measured"]
     mark_front(rows)
     skipped = [e for e in (_skipped_entry(t) for t in trials) if e is not None]
-    info = {**info, "trials": _counted(study), "measured": len(rows)}
+    info = {**info, "trials": counted(study), "measured": len(rows)}
     return SearchResult(rows, skipped, base, attack, proxy_scores(rows), info, space.to_dict())
 
 
@@ -243,11 +234,11 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
     from harden.training.data import held_out_count
 
     t0 = time.perf_counter()
-    before = _counted(study)
+    before = counted(study)
     options = {k: v for k, v in cfg.as_dict().items()}
     echo(f"search: {model.spec}, {space.size()} candidates in {len(space.dimensions)} dimensions "
          f"({', '.join(d.name for d in space.dimensions)}); base {human(facts.macs)} MACs, {human(facts.params)} "
-         f"parameters; budget {_budget_text(budgets)}")
+         f"parameters; budget {budget_text(budgets)}")
     for note in space.notes:
         echo(f"  not searched: {note}")
     if before >= trials:
@@ -258,7 +249,7 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
                               device=device, echo=echo)
 
         def stop_when_full(study: Any, _trial: Any) -> None:
-            if _counted(study) >= trials:
+            if counted(study) >= trials:
                 study.stop()
             elif exhausted(study):
                 echo(f"the last {EXHAUSTED_AFTER} trials found no new candidate within the budget; stopping")
@@ -323,11 +314,3 @@ def _earlier_transforms(model: HardenedModel) -> list[str]:
 def _has_own_weights(model: HardenedModel) -> bool:
     prov = model.provenance
     return bool(prov.finetune or prov.model.has_weights_file or prov.transforms)
-
-
-def _budget_text(budgets: dict[str, int | None]) -> str:
-    from harden.summary import human
-
-    parts = [f"{human(v)} {k.replace('macs', 'MACs').replace('params', 'parameters')}" for k, v in budgets.items()
-             if v is not None]
-    return ", ".join(parts) or "none"

@@ -17,6 +17,7 @@ from torch import nn
 
 import harden
 from harden import evaluation
+from harden.attacks import STANDARD_STAGES
 from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
 from harden.serialization import read_reports
@@ -147,7 +148,7 @@ def test_standard_matches_a_direct_pyautoattack_call(tiny):
     report = evaluation.evaluate(tiny, "sample", attack="autoattack", eps=eps, n=n, random_subset=True, seed=0,
                                  batch_size=bs, device="cpu", check_examples=0)
     x, y = _sample_tensors(n)
-    flags, logged = _direct_autoattack(tiny, x, y, attacks=evaluation.STANDARD_ATTACKS, eps=eps, batch_size=bs)
+    flags, logged = _direct_autoattack(tiny, x, y, attacks=STANDARD_STAGES, eps=eps, batch_size=bs)
     assert _robust_flags(report) == flags
     assert [r["attack"] for r in report["per_attack"]] == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert logged == pytest.approx({r["attack"]: round(r["acc"], 2) for r in report["per_attack"]}, abs=0.006)

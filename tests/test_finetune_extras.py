@@ -17,7 +17,8 @@ from harden import training
 from harden.cli import main
 from harden.data import CIFAR10_CLASSES
 from harden.errors import UsageError
-from harden.recipes import _finetune_text, parse_recipe
+from harden.recipes import parse_recipe
+from harden.recipes.compare import finetune_text
 from harden.runtime.session import DistSession
 from harden.serialization import read_provenance
 from harden.training import Trainer, checkpoint_path_for, finetune, make_config
@@ -315,7 +316,7 @@ def test_recipes_take_the_new_finetune_keys() -> None:
         parse_recipe(text.replace("awp: 0.005", "awp: 3"), source="r.yaml")
     entry = {"method": "mart", "eps": 8 / 255, "steps": 10, "epochs_run": 3, "kept_epoch": 2,
              "awp": {"gamma": 0.005}, "extra_data": {"fraction": 0.7}}
-    assert _finetune_text(entry) == "mart-10+awp 0.005+extra 0.7 eps 8/255, 3 ep (kept 2)"  # the table's column
+    assert finetune_text(entry) == "mart-10+awp 0.005+extra 0.7 eps 8/255, 3 ep (kept 2)"  # the table's column
 
 
 # ------------------------------------------------------------------------------------------- CLI

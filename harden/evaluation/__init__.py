@@ -33,8 +33,6 @@ from harden.evaluation.api import check_settings, evaluate
 from harden.evaluation.attack_plan import (
     AUTOATTACK_STAGES,
     DEFAULT_STEPS,
-    FAST_ATTACKS,
-    STANDARD_ATTACKS,
     AttackPlan,
     plan_attack,
 )
@@ -48,16 +46,15 @@ from harden.evaluation.progress import (
     PROGRESS_FORMAT,
     ROBUST,
     Interrupted,
-    _Progress,
     progress_store,
 )
 from harden.evaluation.report import REPORT_FORMAT
 from harden.evaluation.tables import summary_table, sweep_table
 
 __all__ = [
-    "AUTOATTACK_STAGES", "CPU_BATCH", "DEFAULT_STEPS", "FAST_ATTACKS", "MISCLASSIFIED", "PENDING", "PRELOAD_LIMIT",
-    "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "STANDARD_ATTACKS", "AttackPlan", "Examples", "Interrupted",
-    "_Progress", "check_settings", "eps_text", "evaluate", "largest_fitting", "parse_eps", "parse_eps_list",
+    "AUTOATTACK_STAGES", "CPU_BATCH", "DEFAULT_STEPS", "MISCLASSIFIED", "PENDING", "PRELOAD_LIMIT",
+    "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "AttackPlan", "Examples", "Interrupted",
+    "check_settings", "eps_text", "evaluate", "largest_fitting", "parse_eps", "parse_eps_list",
     "pick_batch_size", "plan_attack", "plot_sweep", "progress_store", "select_examples", "summary_table",
     "sweep_table",
 ]

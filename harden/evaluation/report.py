@@ -13,7 +13,7 @@ from torch import nn
 from harden.evaluation import honesty_checks as chk
 from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.examples import Examples
-from harden.evaluation.progress import ROBUST, _Progress, count_correct, outcomes, robust_at_start
+from harden.evaluation.progress import ROBUST, Progress, count_correct, outcomes, robust_at_start
 from harden.model import HardenedModel, statistics_name
 from harden.provenance import Provenance, weights_text
 from harden.runtime import distributed as hd
@@ -29,7 +29,7 @@ class Measured:
 
     examples: Examples
     selection: dict[str, Any]
-    prog: _Progress
+    prog: Progress
     log: chk.WarningLog
     run_seconds: float
     total_seconds: float
@@ -69,7 +69,7 @@ def _published(model: nn.Module) -> dict[str, Any] | None:
     return published(model.provenance if isinstance(model, HardenedModel) else None)
 
 
-def _per_attack(plan: AttackPlan, prog: _Progress, n: int) -> list[dict[str, Any]]:
+def _per_attack(plan: AttackPlan, prog: Progress, n: int) -> list[dict[str, Any]]:
     """Accuracy after the clean pass and after each attack, with the time each took."""
     status = prog.status
     clean = count_correct(status, 0)

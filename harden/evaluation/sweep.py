@@ -13,7 +13,7 @@ from harden.evaluation import honesty_checks as chk
 from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.attack_stages import run_stages
 from harden.evaluation.examples import Examples
-from harden.evaluation.progress import ROBUST, _Progress
+from harden.evaluation.progress import ROBUST, Progress
 from harden.stats import ci95
 
 
@@ -28,7 +28,7 @@ def run_sweep(model: nn.Module, examples: Examples, plan: AttackPlan, sweep: lis
             status = main_status
         else:
             sub = replace(plan, eps=value, eps_text=text, stages=plan.stages if value > 0 else ())
-            prog = _Progress.fresh(None, {}, bs, n)
+            prog = Progress.fresh(None, {}, bs, n)
             with chk.capture_autoattack(log):
                 run_stages(model, examples, sub, prog, device=device, log=log, start_time=time.perf_counter())
             status = prog.status

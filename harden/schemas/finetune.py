@@ -16,7 +16,7 @@ from typing import Any
 from harden.errors import UsageError
 from harden.methods import METHODS as REGISTERED_METHODS
 from harden.methods import get_method, method_names
-from harden.schemas.fields import check_choices, check_names, flag, integer, number, parse_numbers, text
+from harden.schemas.fields import NORMS, check_choices, check_names, flag, integer, number, parse_numbers, text
 
 METHODS = tuple(method_names())  # the built-in training methods and installed plugins when first imported
 ON_COLLAPSE = ("stop", "warn", "ignore")
@@ -24,7 +24,6 @@ SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 ATTACK_MODES = ("eval", "train")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
-NORMS = ("Linf", "L2")
 AUGMENTS = ("none", "crop-flip", "strong")
 CROPS = ("center", "none")
 

@@ -40,12 +40,13 @@ def _eps_text(value: float) -> str | float:
 
 def _finetune_values(cfg: Any) -> dict[str, Any]:
     """The fine-tuning settings that differ from harden's defaults, as recipe values."""
-    from harden.training import _NOT_FINGERPRINTED, FinetuneConfig
+    from harden.training import FinetuneConfig
+    from harden.training.checkpoint import NOT_FINGERPRINTED
 
     default = FinetuneConfig().as_dict()
     out = {}
     for key, value in cfg.as_dict().items():
-        if key in _NOT_FINGERPRINTED or value == default[key] or value is None:
+        if key in NOT_FINGERPRINTED or value == default[key] or value is None:
             continue
         out[key] = _eps_text(value) if key in ("eps", "step_size") and cfg.norm == "Linf" else value
     out.setdefault("method", cfg.method)
@@ -67,13 +68,14 @@ def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str
 
 def _fingerprint(model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any,
                  budgets: dict[str, int | None], pruner: str) -> dict[str, Any]:
-    from harden.training import _NOT_FINGERPRINTED, state_digest
+    from harden.training import state_digest
+    from harden.training.checkpoint import NOT_FINGERPRINTED
 
     return json.loads(json.dumps({
         "model": {"spec": model.spec, "transforms": [t.name for t in model.provenance.transforms],
                   "input_size": list(model.input_size), "weights": state_digest(model)},
         "data": dataset.spec, "space": space.to_dict()["dimensions"], "budgets": budgets, "pruner": pruner,
-        "finetune": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
+        "finetune": {k: v for k, v in cfg.as_dict().items() if k not in NOT_FINGERPRINTED},
     }))
 
 

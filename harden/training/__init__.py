@@ -32,7 +32,7 @@ from harden.runtime.store import checkpoint_path_for, state_digest
 from harden.schemas.finetune import CONFIG_FIELDS, FinetuneConfig, check_config, make_config
 from harden.training.augment import augment
 from harden.training.batchnorm import batchnorm_layers, recalibrate_bn
-from harden.training.checkpoint import _NOT_FINGERPRINTED, _fingerprint_diff, checkpoint_store
+from harden.training.checkpoint import checkpoint_store
 from harden.training.curves import curves_path_for, write_curves
 from harden.training.data import TrainData, resolve_data
 from harden.training.ema import EMA
@@ -41,7 +41,6 @@ from harden.training.inner_attack import perturb
 from harden.training.schedule import eps_at, lr_at
 from harden.training.trainer import Trainer
 
-__all__ = ["CONFIG_FIELDS", "EMA", "FinetuneConfig", "TrainData", "Trainer", "_NOT_FINGERPRINTED",
-           "_fingerprint_diff", "augment", "batchnorm_layers", "check_config", "checkpoint_path_for",
-           "checkpoint_store", "curves_path_for", "eps_at", "finetune", "lr_at", "make_config", "perturb",
-           "recalibrate_bn", "resolve_data", "state_digest", "write_curves"]
+__all__ = ["CONFIG_FIELDS", "EMA", "FinetuneConfig", "TrainData", "Trainer", "augment", "batchnorm_layers",
+           "check_config", "checkpoint_path_for", "checkpoint_store", "curves_path_for", "eps_at", "finetune", "lr_at",
+           "make_config", "perturb", "recalibrate_bn", "resolve_data", "state_digest", "write_curves"]

@@ -188,7 +188,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
 
     from harden.summary import model_facts
     from harden.training import make_config, resolve_data
-    from harden.training.data import held_out_count
+    from harden.training.train_data import held_out_count
 
     say = echo or (lambda _s: None)
     timeout = _check_args(model, out=out, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
@@ -233,7 +233,7 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
                pruner: str, progress: bool, device: Any, echo: Callable[[str], Any], model_block: dict[str, Any],
                recipe_epochs: int | None, confirm: int = 2) -> SearchResult:
     from harden.summary import human
-    from harden.training.data import held_out_count
+    from harden.training.train_data import held_out_count
 
     t0 = time.perf_counter()
     before = counted(study)

@@ -150,7 +150,7 @@ def held_out_images(dataset: ImageDataset, options: dict[str, Any]) -> tuple[Any
     """The held-out training images (x, y) that fine-tuning with ``options`` validates on."""
     from harden.data import Selection, load_tensors
     from harden.training import make_config
-    from harden.training.data import split_indices
+    from harden.training.train_data import split_indices
 
     cfg = make_config(**options)
     val, _ = split_indices(len(dataset), cfg)

@@ -16,7 +16,7 @@ DistributedDataParallel and each process trains on its shard of every epoch's or
 The package's modules, one job each: :mod:`~harden.training.finetuning` (:func:`finetune`, the run from
 arguments to the saved model), :mod:`~harden.training.epochs` (the epoch loop),
 :mod:`~harden.training.trainer` (one optimisation step), :mod:`~harden.training.inner_attack` (the
-training attack), :mod:`~harden.training.data` (the training and held-out data),
+training attack), :mod:`~harden.training.train_data` (the training and held-out data),
 :mod:`~harden.training.checkpoint` (fingerprint and resume), :mod:`~harden.training.schedule`,
 :mod:`~harden.training.augment`, :mod:`~harden.training.batchnorm`, :mod:`~harden.training.ema` and
 :mod:`~harden.training.curves`. Options that live in their own modules: the losses
@@ -34,11 +34,11 @@ from harden.training.augment import augment
 from harden.training.batchnorm import batchnorm_layers, recalibrate_bn
 from harden.training.checkpoint import checkpoint_store
 from harden.training.curves import curves_path_for, write_curves
-from harden.training.data import TrainData, resolve_data
 from harden.training.ema import EMA
 from harden.training.finetuning import finetune
 from harden.training.inner_attack import perturb
 from harden.training.schedule import eps_at, lr_at
+from harden.training.train_data import TrainData, resolve_data
 from harden.training.trainer import Trainer
 
 __all__ = ["CONFIG_FIELDS", "EMA", "FinetuneConfig", "TrainData", "Trainer", "augment", "batchnorm_layers",

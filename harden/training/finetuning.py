@@ -29,10 +29,10 @@ from harden.training.batchnorm import recalibrate_bn
 from harden.training.checkpoint import RunState, checkpoint_store, load_for_resume, restore, run_fingerprint
 from harden.training.collapse import first_collapse
 from harden.training.curves import curves_path_for, write_curves
-from harden.training.data import TrainData, default_workers, held_out_count, resolve_data, split_indices
 from harden.training.ema import EMA
 from harden.training.epochs import RunParts, train_epochs
 from harden.training.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
+from harden.training.train_data import TrainData, default_workers, held_out_count, resolve_data, split_indices
 from harden.training.trainer import Trainer
 from harden.training.uint8_images import decode_uint8
 

@@ -34,7 +34,7 @@ def parse_budget(text: str | float | int | None, base: int, what: str) -> int | 
 
 
 def budget_text(budgets: dict[str, int | None]) -> str:
-    """``2.0G MACs, 20.0M parameters`` (``none`` without a budget)."""
+    """``2.00G MACs, 20.00M parameters`` (``none`` without a budget)."""
     from harden.summary import human
 
     parts = [f"{human(v)} {k.replace('macs', 'MACs').replace('params', 'parameters')}" for k, v in budgets.items()

@@ -25,6 +25,7 @@ import torch
 
 import harden
 from harden import evaluation
+from harden.attacks import FAST_STAGES, STANDARD_STAGES
 from harden.data import load_dataset, load_tensors, select
 from harden.runtime.distributed import resolve_device
 
@@ -94,7 +95,7 @@ def main() -> None:
     rows = []
     for version in [v.strip() for v in args.versions.split(",") if v.strip()]:
         fast = version == "fast"
-        attacks = evaluation.FAST_ATTACKS if fast else evaluation.STANDARD_ATTACKS
+        attacks = FAST_STAGES if fast else STANDARD_STAGES
         direct_s, direct_cpu, direct_flags = _direct(model, x, y, attacks=attacks, eps=eps, batch_size=bs,
                                                      device=device, seed=args.seed)
         with tempfile.TemporaryDirectory() as tmp:

@@ -36,6 +36,11 @@ def wilson_interval(correct: int, n: int, *, z: float = Z95) -> tuple[float, flo
     return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
 
 
+def ci95(correct: int, n: int) -> list[float]:
+    """:func:`wilson_interval` of ``correct / n`` as an evaluation report stores it: a list, 3 decimals."""
+    return [round(v, 3) for v in wilson_interval(correct, n)]
+
+
 def mcnemar_exact_p(only_a: int, only_b: int) -> float:
     """Two-sided exact McNemar p-value from the two discordant counts (1.0 when there are none)."""
     m = only_a + only_b

@@ -15,7 +15,7 @@ recomputing importance.
 
 Networks that shuffle or split their channels, which torch-pruning does not follow (ShuffleNet's
 channel shuffles and chunks, MixNet's mixed-kernel convolutions), are narrowed through
-:mod:`harden.channel_groups` instead: whole shuffle groups so that every chunk stays balanced, a
+:mod:`harden.channels.flow_groups` instead: whole shuffle groups so that every chunk stays balanced, a
 share of every split part; their removed filters are recorded per layer (``state["flow"]``).
 """
 
@@ -26,22 +26,22 @@ from typing import Any
 
 from torch import nn
 
-from harden.channel_groups import (
-    FlowAnalysis,
-    flow_analysis,
-    plan_group,
-    remove_classes,
-    replay_removal,
-)
-from harden.channels import (
+from harden.channels.analysis import (
     coupled_groups,
     dependency_graph,
     layer_names,
     param_change,
     param_count,
     plan_removed,
-    remove_channels,
 )
+from harden.channels.flow_groups import (
+    FlowAnalysis,
+    flow_analysis,
+    plan_group,
+    remove_classes,
+    replay_removal,
+)
+from harden.channels.surgery import remove_channels
 from harden.errors import HardenError
 from harden.graph import trace_with_shapes
 from harden.graph.stages import Head, Stage, find_head, find_stages, width_stages
@@ -134,7 +134,7 @@ def _narrow(model: HardenedModel, stage: Stage, ratio: float) -> tuple[list[str]
 
 def _narrow_flow(analysis: FlowAnalysis, stage: Stage, ratio: float,
                  who: str) -> tuple[list[str], dict[str, Any]]:
-    """Narrow the last stage of a network with channel shuffles or splits (:mod:`harden.channel_groups`)."""
+    """Narrow the last stage of a network with channel shuffles or splits (:mod:`harden.channels.flow_groups`)."""
     inside = set(stage.layers)
     plans, skipped = [], []
     for group in analysis.groups:

@@ -15,7 +15,7 @@ produce its channels.
 
 - Shrinking (factor < 1) reuses last-stage-width's surgery: torch-pruning removes the channels with the
   smallest L1 filter norm; the kept channels are recorded for replay.
-- Growing (factor > 1) is :mod:`harden.channel_growth` (torch-pruning has no expand operation): existing
+- Growing (factor > 1) is :mod:`harden.channels.growth` (torch-pruning has no expand operation): existing
   weights stay where they are, new output filters get a small random init (1e-2 times the spread of the
   layer's existing weights), new input columns of existing filters are zero, new norm channels start as
   a fresh norm layer (gamma 1, beta 0, running mean 0, variance 1). As no new channel reaches an old one
@@ -25,7 +25,7 @@ produce its channels.
   needs the new sizes: the weights come from the file.
 
 Networks that shuffle or split their channels (ShuffleNet, MixNet), which torch-pruning does not
-follow, are narrowed through :mod:`harden.channel_groups` (factors <= 1 only): whole shuffle groups,
+follow, are narrowed through :mod:`harden.channels.flow_groups` (factors <= 1 only): whole shuffle groups,
 balanced chunks, a share of every split part.
 """
 
@@ -38,15 +38,7 @@ from typing import Any
 
 from torch import fx, nn
 
-from harden.channel_groups import (
-    FlowAnalysis,
-    flow_analysis,
-    plan_group,
-    remove_classes,
-    replay_removal,
-)
-from harden.channel_growth import ChannelPlan, grow_channels, plan_resize
-from harden.channels import (
+from harden.channels.analysis import (
     CONV,
     coupled_groups,
     dependency_graph,
@@ -56,9 +48,17 @@ from harden.channels import (
     layer_widths,
     param_change,
     param_count,
-    remove_channels,
     width_changes,
 )
+from harden.channels.flow_groups import (
+    FlowAnalysis,
+    flow_analysis,
+    plan_group,
+    remove_classes,
+    replay_removal,
+)
+from harden.channels.growth import ChannelPlan, grow_channels, plan_resize
+from harden.channels.surgery import remove_channels
 from harden.errors import HardenError, UsageError
 from harden.graph import trace_with_shapes
 from harden.graph.stages import Stage, feature_nodes, find_head, find_stages, is_residual, width_stages
@@ -202,7 +202,7 @@ def _resize(model: HardenedModel, body: Sequence[Stage], stem: set[str],
 
 def _narrow_flow(analysis: FlowAnalysis, body: Sequence[Stage], stem: set[str],
                  factors: Sequence[float]) -> tuple[list[str], dict[str, Any]]:
-    """Narrow the groups of a network that shuffles or splits its channels (:mod:`harden.channel_groups`):
+    """Narrow the groups of a network that shuffles or splits its channels (:mod:`harden.channels.flow_groups`):
     notes and state."""
     owner = {p: i for i, s in enumerate(body) for p in s.layers if p not in stem}
     plans = []

@@ -17,6 +17,7 @@ from torch import nn
 
 import harden
 from harden import evaluation
+from harden.attacks import STANDARD_STAGES
 from harden.cli import main
 from harden.data import load_dataset, load_tensors, select
 from harden.serialization import read_reports
@@ -147,7 +148,7 @@ def test_standard_matches_a_direct_pyautoattack_call(tiny):
     report = evaluation.evaluate(tiny, "sample", attack="autoattack", eps=eps, n=n, random_subset=True, seed=0,
                                  batch_size=bs, device="cpu", check_examples=0)
     x, y = _sample_tensors(n)
-    flags, logged = _direct_autoattack(tiny, x, y, attacks=evaluation.STANDARD_ATTACKS, eps=eps, batch_size=bs)
+    flags, logged = _direct_autoattack(tiny, x, y, attacks=STANDARD_STAGES, eps=eps, batch_size=bs)
     assert _robust_flags(report) == flags
     assert [r["attack"] for r in report["per_attack"]] == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert logged == pytest.approx({r["attack"]: round(r["acc"], 2) for r in report["per_attack"]}, abs=0.006)
@@ -365,7 +366,7 @@ def test_accuracy_rising_with_eps_is_reported(tmp_path):
 
 
 def test_strength_check_compares_with_pgd(tiny):
-    from harden.checks import check_strength
+    from harden.evaluation.honesty_checks import check_strength
 
     x, y = _sample_tensors(16)
     with torch.no_grad():
@@ -381,7 +382,7 @@ def test_strength_check_compares_with_pgd(tiny):
 
 
 def test_check_helpers():
-    from harden import checks
+    from harden.evaluation import honesty_checks as checks
 
     x = torch.full((3, 1, 2, 2), 0.5)
     adv = x.clone()
@@ -440,7 +441,7 @@ def test_cli_report_into_and_inspect(tiny_file, tmp_path):
 
 
 def test_cli_eps_sweep_table_and_plot(tiny_file, tmp_path, monkeypatch):
-    from harden import checks
+    from harden.evaluation import honesty_checks as checks
 
     # a failed check is printed on the terminal as well as stored in the report
     monkeypatch.setattr(checks, "check_eval_mode", lambda model: [checks.CheckWarning("train-mode", "pretend")])

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from torch import nn
 
 import harden
-from harden import checks as chk
 from harden import evaluation
 from harden.attacks import ONE_LOGIT, cw, fgsm, pgd
 from harden.cli import main
 from harden.errors import UsageError
+from harden.evaluation import honesty_checks as chk
 from harden.methods import get_method
 from harden.model import IMAGENET_MEAN, IMAGENET_STD
 from tests.helpers import importable_module, one_thread
@@ -147,8 +147,8 @@ def test_autoattack_cli(models, classes, fast, tmp_path):
 
 def test_apgd_t_cw_is_the_official_apgd_t_with_the_margin_loss(models):
     """With 3 classes the stage keeps pyautoattack's APGD-T (its targets and schedule), with the targeted margin."""
+    from harden.evaluation.attack_plan import plan_attack, plan_for_classes
     from harden.evaluation.autoattack import autoattack_for
-    from harden.evaluation.plan import plan_attack, plan_for_classes
 
     model, _, (x, y) = models[3]
     plan = plan_for_classes(plan_attack("autoattack", eps=EPS), 3)

@@ -14,17 +14,18 @@ from torch import nn
 
 import harden
 from harden import training
-from harden.awp import WeightPerturbation, buffers_preserved
 from harden.cli import main
 from harden.data import CIFAR10_CLASSES
 from harden.errors import UsageError
-from harden.extra_data import ExtraData, pseudo_labels
-from harden.losses import mart_loss
 from harden.methods import get_method
-from harden.recipes import _finetune_text, parse_recipe
+from harden.recipes import parse_recipe
+from harden.recipes.compare import finetune_text
 from harden.runtime.session import DistSession
 from harden.serialization import read_provenance
 from harden.training import Trainer, checkpoint_path_for, finetune, make_config
+from harden.training.awp import WeightPerturbation, buffers_preserved
+from harden.training.extra_data import ExtraData, pseudo_labels
+from harden.training.losses import mart_loss
 from tests.helpers import full_and_interrupted
 from tests.tiny_models import tiny_cnn
 
@@ -317,7 +318,7 @@ def test_recipes_take_the_new_finetune_keys() -> None:
         parse_recipe(text.replace("awp: 0.005", "awp: 3"), source="r.yaml")
     entry = {"method": "mart", "eps": 8 / 255, "steps": 10, "epochs_run": 3, "kept_epoch": 2,
              "awp": {"gamma": 0.005}, "extra_data": {"fraction": 0.7}}
-    assert _finetune_text(entry) == "mart-10+awp 0.005+extra 0.7 eps 8/255, 3 ep (kept 2)"  # the table's column
+    assert finetune_text(entry) == "mart-10+awp 0.005+extra 0.7 eps 8/255, 3 ep (kept 2)"  # the table's column
 
 
 # ------------------------------------------------------------------------------------------- CLI

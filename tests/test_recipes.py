@@ -150,8 +150,8 @@ def _tree(root: Path, splits=("train", "val")) -> None:
 
 
 def test_data_paths_are_read_beside_the_recipe_and_checked(tmp_path, monkeypatch) -> None:
-    from harden.recipes.plan import plan_run
-    from harden.recipes.stages import load_data
+    from harden.recipes.run_plan import plan_run
+    from harden.recipes.steps import load_data
 
     _tree(tmp_path / "project" / "pets")
     recipe = tmp_path / "project" / "pets.yaml"

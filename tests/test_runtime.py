@@ -15,9 +15,10 @@ import torch.distributed as tdist
 from torch import nn
 
 from harden import tracking
-from harden.checks import WarningLog
 from harden.errors import HardenError, UsageError
-from harden.evaluation import _Progress, progress_store
+from harden.evaluation import progress_store
+from harden.evaluation.honesty_checks import WarningLog
+from harden.evaluation.progress import Progress
 from harden.runtime import distributed as hd
 from harden.runtime import events as ev
 from harden.runtime.atomic import atomic_path, save_figure, write_text
@@ -25,7 +26,8 @@ from harden.runtime.modes import eval_mode, modes_kept
 from harden.runtime.session import DistSession, session
 from harden.runtime.stamp import REPORT_LIBRARIES, device_text, versions
 from harden.runtime.store import Store, checkpoint_path_for, differences, state_digest
-from harden.training import _fingerprint_diff, checkpoint_store
+from harden.training import checkpoint_store
+from harden.training.checkpoint import fingerprint_diff
 
 
 def _net() -> nn.Module:
@@ -59,19 +61,19 @@ def test_differences_name_every_changed_key() -> None:
 def test_a_changed_fingerprint_is_described_as_before() -> None:
     saved = {"config": {"lr": 0.01, "epochs": 2}, "data": "sample", "weights": "aa", "recipe": {"x": 1}}
     current = {"config": {"lr": 0.02, "epochs": 2}, "data": "cifar10:/d", "weights": "bb", "recipe": {"x": 1}}
-    assert _fingerprint_diff(saved, current) == ["lr (0.01 -> 0.02)", "data ('sample' -> 'cifar10:/d')",
+    assert fingerprint_diff(saved, current) == ["lr (0.01 -> 0.02)", "data ('sample' -> 'cifar10:/d')",
                                                  "starting weights"]
-    assert _fingerprint_diff(saved, saved) == []
+    assert fingerprint_diff(saved, saved) == []
 
 
 def test_progress_of_another_run_is_refused_with_the_same_message(tmp_path: Path) -> None:
     store = progress_store(tmp_path / "r.json")
     assert store.path == tmp_path / "r.json.progress"
-    _Progress(store, {"eps": 0.03, "n": 8}, 4, torch.zeros(8, dtype=torch.long), stage_seconds=[0.5]).save(
+    Progress(store, {"eps": 0.03, "n": 8}, 4, torch.zeros(8, dtype=torch.long), stage_seconds=[0.5]).save(
         WarningLog(), 1.0)
     with pytest.raises(UsageError, match=r"belongs to another run \(eps was 0.03, now 0.02\); delete it"):
-        _Progress.load(store, {"eps": 0.02, "n": 8}, None)
-    assert _Progress.load(store, {"eps": 0.03, "n": 8}, None).resumed  # type: ignore[union-attr]
+        Progress.load(store, {"eps": 0.02, "n": 8}, None)
+    assert Progress.load(store, {"eps": 0.03, "n": 8}, None).resumed  # type: ignore[union-attr]
 
 
 def test_store_round_trips_and_refuses_foreign_or_damaged_files(tmp_path: Path) -> None:

@@ -21,7 +21,8 @@ from click.testing import CliRunner
 from harden.cli import main
 from harden.cli._options import schema_options
 from harden.errors import UsageError
-from harden.recipes import SCHEMA, Key, _Checker, _schema_keys
+from harden.recipes import SCHEMA, Key
+from harden.recipes.schema import NodeChecker, schema_keys
 from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
 from harden.schemas.fields import check_choices, check_names, flag, integer, number, parse_numbers, settings_of, text
 from harden.schemas.finetune import FinetuneConfig
@@ -58,14 +59,14 @@ def _invoke(schema: type, args: list[str]) -> dict:
 
 
 def _yaml(schema: type, text: str) -> dict:
-    return _Checker("t.yaml").check(yaml.compose(text), Key("map", children=_schema_keys(schema)), "")
+    return NodeChecker("t.yaml").check(yaml.compose(text), Key("map", children=schema_keys(schema)), "")
 
 
 def test_adding_a_field_adds_the_option_and_the_recipe_key() -> None:
     before = {p.name for p in _command(Toy).params}
     after = {p.name for p in _command(ToyPlus).params}
     assert before == {"mode", "size", "scale", "loud"} and after - before == {"gain"}
-    assert set(_schema_keys(ToyPlus)) - set(_schema_keys(Toy)) == {"gain"}
+    assert set(schema_keys(ToyPlus)) - set(schema_keys(Toy)) == {"gain"}
     assert _invoke(ToyPlus, []) == {"mode": "fast", "size": 3, "scale": "1/2", "loud": False, "gain": "8/255"}
     assert _invoke(ToyPlus, ["--gain", "4/255", "--loud", "--size", "5"])["gain"] == "4/255"
     assert _yaml(ToyPlus, "gain: 4/255\nhidden: 2\n") == {"gain": pytest.approx(4 / 255), "hidden": 2}

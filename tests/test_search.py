@@ -19,10 +19,10 @@ import harden
 from harden.cli import main
 from harden.data import ImageDataset
 from harden.errors import UsageError
+from harden.searching.budgets import parse_budget
+from harden.searching.outputs import mark_front
 from harden.searching.proxies import rank_agreement, spearman, spearman_interval
-from harden.searching.report import mark_front
 from harden.searching.space import build_space, parse_dimensions
-from harden.searching.study import parse_budget
 
 optuna = pytest.importorskip("optuna")
 
@@ -197,7 +197,7 @@ def test_pruning_stops_a_hopeless_trial(tmp_path: Path, scoped_transforms: None)
 
 def test_a_storage_another_process_is_creating_is_retried_a_bad_one_is_not(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from harden.searching import study
+    from harden.searching import storage
 
     calls: list[str] = []
 
@@ -208,18 +208,18 @@ def test_a_storage_another_process_is_creating_is_retried_a_bad_one_is_not(
                                "(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
         return "storage"
 
-    monkeypatch.setattr(study, "_rdb_storage", flaky)
-    monkeypatch.setattr(study.time, "sleep", lambda s: None)
-    assert study.open_storage("sqlite:///x.db") == "storage" and len(calls) == 3
+    monkeypatch.setattr(storage, "_rdb_storage", flaky)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
+    assert storage.open_storage("sqlite:///x.db") == "storage" and len(calls) == 3
 
     def no_driver(url: str) -> str:
         calls.append(url)
         raise RuntimeError("Can't load plugin: sqlalchemy.dialects:nosuchdb")
 
     calls.clear()
-    monkeypatch.setattr(study, "_rdb_storage", no_driver)
+    monkeypatch.setattr(storage, "_rdb_storage", no_driver)
     with pytest.raises(UsageError, match="cannot open the study storage .*nosuchdb"):
-        study.open_storage("nosuchdb://x")
+        storage.open_storage("nosuchdb://x")
     assert len(calls) == 1  # the user's mistake is reported at once, not retried
 
 
@@ -227,33 +227,33 @@ def test_places_go_to_the_lowest_trial_numbers_and_a_deciding_trial_holds_none(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from harden.searching import study as study_mod
+    from harden.searching import claims
 
-    monkeypatch.setattr(study_mod, "CLAIM_WAIT_S", 0.5)  # how long a trial of a dead process is waited on
+    monkeypatch.setattr(claims, "CLAIM_WAIT_S", 0.5)  # how long a trial of a dead process is waited on
     study = optuna.create_study(direction="maximize")
     for _ in range(2):
         done = study.ask()
         done.set_user_attr("status", "measured")
         study.tell(done, 1.0)
     other, mine = study.ask(), study.ask()  # another process's trial (lower number), then this one's
-    other.set_user_attr("status", study_mod.DECIDING)
+    other.set_user_attr("status", claims.DECIDING)
     # the other trial is still deciding: it holds no place, so neither process may stop for it
-    assert study_mod._counted(study) == 2
-    assert study_mod.claim_place(mine, 3)  # it never decides (its process died): the wait ends, the place is free
-    assert study_mod._counted(study) == 3 and mine.user_attrs["status"] == "training"
+    assert claims.counted(study) == 2
+    assert claims.claim_place(mine, 3)  # it never decides (its process died): the wait ends, the place is free
+    assert claims.counted(study) == 3 and mine.user_attrs["status"] == "training"
 
     later = study.ask()
-    later.set_user_attr("status", study_mod.DECIDING)
+    later.set_user_attr("status", claims.DECIDING)
     last = study.ask()
     claimed = threading.Timer(0.2, lambda: later.set_user_attr("status", "training"))
     claimed.start()  # the lower-numbered trial claims while this one waits for it
-    assert not study_mod.claim_place(last, 4)  # 2 done + 2 lower claims: the last place is taken
+    assert not claims.claim_place(last, 4)  # 2 done + 2 lower claims: the last place is taken
     claimed.join()
 
 
 _OPEN_AT_ONCE = """
 import pathlib, sys, time
-from harden.searching.study import open_storage
+from harden.searching.storage import open_storage
 here, me, n = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 (here / f"ready{me}").touch()
 while len(list(here.glob("ready*"))) < n:  # a barrier: all imports done, then all open at once

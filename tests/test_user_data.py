@@ -22,7 +22,7 @@ from harden.cli import main
 from harden.data import DataWarning, as_image_dataset, image_dataset, load_dataset, select
 from harden.errors import UsageError
 from harden.training import make_config
-from harden.training.data import held_out_count
+from harden.training.train_data import held_out_count
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = dict(epochs=1, batch_size=8, steps=1, val_steps=1, method="fgsm-rs", progress=False, bn_recalib=False)

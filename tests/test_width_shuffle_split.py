@@ -12,8 +12,8 @@ from timm.layers import MixedConv2d
 from torch import nn
 
 import harden
-from harden.channel_flow import follow
-from harden.channel_groups import analyse, flow_analysis, plan_group, recorded_classes
+from harden.channels.flow import follow
+from harden.channels.flow_groups import analyse, flow_analysis, plan_group, recorded_classes
 from harden.cli import main
 from harden.errors import HardenError
 from harden.graph import trace_with_shapes

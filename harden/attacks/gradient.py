@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harden.errors import UsageError
+from harden.schemas.fields import NORMS
 
-NORMS = ("Linf", "L2")
 LOSSES = ("ce", "cw", "kl")
 STARTS = ("uniform", "uniform-cpu", "gaussian", "zero")
 GAUSSIAN_START_STD = 0.001  # TRADES' and MART's start

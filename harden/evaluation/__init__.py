@@ -13,14 +13,15 @@ Modules:
 
 - :mod:`~harden.evaluation.api`: :func:`check_settings` and :func:`evaluate` (loading the model, starting the
   session).
-- :mod:`~harden.evaluation.run`: one evaluation of a loaded model, from its examples to its report.
-- :mod:`~harden.evaluation.plan`: the attack request checked and expanded into an :class:`AttackPlan`.
+- :mod:`~harden.evaluation.measure`: one evaluation of a loaded model, from its examples to its report.
+- :mod:`~harden.evaluation.attack_plan`: the attack request checked and expanded into an :class:`AttackPlan`.
 - :mod:`~harden.evaluation.eps`: eps as users write it (``8/255``) and eps sweeps.
 - :mod:`~harden.evaluation.examples`: the examples attacked, chosen from data or tensors.
 - :mod:`~harden.evaluation.batch_size`: ``--batch-size auto``.
-- :mod:`~harden.evaluation.stages`: the clean pass and each attack, batch by batch, over the ranks.
+- :mod:`~harden.evaluation.attack_stages`: the clean pass and each attack, batch by batch, over the ranks.
 - :mod:`~harden.evaluation.autoattack`: the adapter to ``pyautoattack``.
 - :mod:`~harden.evaluation.checking`: the checks before and after the attacks.
+- :mod:`~harden.evaluation.honesty_checks`: the checks themselves, and the log of the warnings they raise.
 - :mod:`~harden.evaluation.progress`: each example's status and the ``--resume`` progress file.
 - :mod:`~harden.evaluation.sweep`: ``--eps-sweep``.
 - :mod:`~harden.evaluation.report`: the JSON report.
@@ -29,17 +30,15 @@ Modules:
 """
 
 from harden.evaluation.api import check_settings, evaluate
-from harden.evaluation.batch_size import CPU_BATCH, largest_fitting, pick_batch_size
-from harden.evaluation.eps import eps_text, parse_eps, parse_eps_list
-from harden.evaluation.examples import PRELOAD_LIMIT, Examples, select_examples
-from harden.evaluation.plan import (
+from harden.evaluation.attack_plan import (
     AUTOATTACK_STAGES,
     DEFAULT_STEPS,
-    FAST_ATTACKS,
-    STANDARD_ATTACKS,
     AttackPlan,
     plan_attack,
 )
+from harden.evaluation.batch_size import CPU_BATCH, largest_fitting, pick_batch_size
+from harden.evaluation.eps import eps_text, parse_eps, parse_eps_list
+from harden.evaluation.examples import PRELOAD_LIMIT, Examples, select_examples
 from harden.evaluation.plot import plot_sweep
 from harden.evaluation.progress import (
     MISCLASSIFIED,
@@ -47,16 +46,15 @@ from harden.evaluation.progress import (
     PROGRESS_FORMAT,
     ROBUST,
     Interrupted,
-    _Progress,
     progress_store,
 )
 from harden.evaluation.report import REPORT_FORMAT
 from harden.evaluation.tables import summary_table, sweep_table
 
 __all__ = [
-    "AUTOATTACK_STAGES", "CPU_BATCH", "DEFAULT_STEPS", "FAST_ATTACKS", "MISCLASSIFIED", "PENDING", "PRELOAD_LIMIT",
-    "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "STANDARD_ATTACKS", "AttackPlan", "Examples", "Interrupted",
-    "_Progress", "check_settings", "eps_text", "evaluate", "largest_fitting", "parse_eps", "parse_eps_list",
+    "AUTOATTACK_STAGES", "CPU_BATCH", "DEFAULT_STEPS", "MISCLASSIFIED", "PENDING", "PRELOAD_LIMIT",
+    "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "AttackPlan", "Examples", "Interrupted",
+    "check_settings", "eps_text", "evaluate", "largest_fitting", "parse_eps", "parse_eps_list",
     "pick_batch_size", "plan_attack", "plot_sweep", "progress_store", "select_examples", "summary_table",
     "sweep_table",
 ]

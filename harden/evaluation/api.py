@@ -1,7 +1,7 @@
 """The library's entry points: :func:`check_settings`, which checks an evaluation's settings before
 anything loads, and :func:`evaluate`, which checks them, loads the model, starts the session (device,
 ``torchrun`` ranks, tracker) and the event sinks, and hands the loaded model to
-:func:`harden.evaluation.run.evaluate_loaded`."""
+:func:`harden.evaluation.measure.evaluate_loaded`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from torch import nn
 from harden import tracking
 from harden.data import ImageDataset
 from harden.errors import UsageError
+from harden.evaluation.attack_plan import AttackPlan, plan_attack
 from harden.evaluation.eps import parse_eps, parse_eps_list
-from harden.evaluation.plan import AttackPlan, plan_attack
+from harden.evaluation.measure import Clock, evaluate_loaded, report_path
 from harden.evaluation.progress import progress_store
-from harden.evaluation.run import Clock, evaluate_loaded, report_path
 from harden.runtime import events as ev
 from harden.runtime.modes import eval_mode
 from harden.runtime.session import session

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
-from harden.evaluation.plan import AA_TARGETS, AttackPlan
+from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AA_TARGETS, AttackPlan
 
 
 def _targeted_margin(apgd_t: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The checks around an evaluation's attacks: before them (AutoAttack's own checks and harden's
 on the model's mode, normalization and gradients) and after them (Square's success, the input
 range, and whether the attack is at least as strong as a short PGD run). Each failed check is a
-named warning."""
+named warning; the checks themselves are in :mod:`~harden.evaluation.honesty_checks`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
 from harden.attacks import get_attack
+from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.autoattack import autoattack_preflight, autoattack_square_check
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AttackPlan
-from harden.evaluation.progress import ROBUST, _Progress, count_correct, robust_at_start
+from harden.evaluation.progress import ROBUST, Progress, count_correct, robust_at_start
 from harden.runtime import distributed as hd
 
 
@@ -61,7 +61,7 @@ def _strength_check(model: nn.Module, examples: Examples, plan: AttackPlan, stat
     return strength
 
 
-def after_attacks(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _Progress, *,
+def after_attacks(model: nn.Module, examples: Examples, plan: AttackPlan, prog: Progress, *,
                   device: torch.device, log: chk.WarningLog, check_examples: int) -> dict[str, Any] | None:
     """The checks once the attacks have run (on rank 0); the strength check's figures, if it ran."""
     if plan.uses_autoattack and hd.is_main():

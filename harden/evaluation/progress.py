@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from harden import checks as chk
 from harden.errors import HardenError, UsageError
+from harden.evaluation import honesty_checks as chk
 from harden.runtime import distributed as hd
 from harden.runtime.store import Store, as_json, differences
 
@@ -58,7 +58,10 @@ def outcomes(status: torch.Tensor, stages: Sequence[str]) -> list[str]:
 
 
 @dataclass
-class _Progress:
+class Progress:
+    """Where an evaluation stands: each example's status, the stage and batch reached, the time and warnings
+    so far; saved after every batch to ``store`` (when there is one) for ``--resume``."""
+
     store: Store | None
     fingerprint: dict[str, Any]
     batch_size: int
@@ -72,11 +75,12 @@ class _Progress:
     resumed: bool = False
 
     @classmethod
-    def fresh(cls, store: Store | None, fingerprint: dict[str, Any], batch_size: int, n: int) -> _Progress:
+    def fresh(cls, store: Store | None, fingerprint: dict[str, Any], batch_size: int, n: int) -> Progress:
         """A run's progress before anything ran: every one of ``n`` examples pending."""
         return cls(store, fingerprint, batch_size, torch.full((n,), PENDING, dtype=torch.long))
 
     def save(self, log: chk.WarningLog, elapsed: float) -> None:
+        """Write the progress and ``log``'s warnings to the store (on the main rank; nothing without a store)."""
         if self.store is None or not hd.is_main():
             return
         self.store.save({
@@ -87,7 +91,8 @@ class _Progress:
         })
 
     @classmethod
-    def load(cls, store: Store, fingerprint: dict[str, Any], batch_size: int | None) -> _Progress | None:
+    def load(cls, store: Store, fingerprint: dict[str, Any], batch_size: int | None) -> Progress | None:
+        """The saved progress of this same run (None when there is none); a :class:`UsageError` for another run's."""
         state = store.load()
         if state is None:
             return None

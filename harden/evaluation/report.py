@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
+from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AttackPlan
-from harden.evaluation.progress import ROBUST, _Progress, count_correct, outcomes, robust_at_start
+from harden.evaluation.progress import ROBUST, Progress, count_correct, outcomes, robust_at_start
 from harden.model import HardenedModel, statistics_name
 from harden.provenance import Provenance, weights_text
 from harden.runtime import distributed as hd
 from harden.runtime.stamp import REPORT_LIBRARIES, device_text, versions
-from harden.stats import wilson_interval
+from harden.stats import ci95
 
 REPORT_FORMAT = "harden.evaluate/1"
 
@@ -29,17 +29,12 @@ class Measured:
 
     examples: Examples
     selection: dict[str, Any]
-    prog: _Progress
+    prog: Progress
     log: chk.WarningLog
     run_seconds: float
     total_seconds: float
     strength: dict[str, Any] | None = None
     sweep_rows: list[dict[str, Any]] | None = None
-
-
-def ci95(k: int, n: int) -> list[float]:
-    """The 95% Wilson interval of ``k`` out of ``n``, in percent, to 3 decimals."""
-    return [round(v, 3) for v in wilson_interval(k, n)]
 
 
 def model_info(model: nn.Module) -> dict[str, Any]:
@@ -74,7 +69,7 @@ def _published(model: nn.Module) -> dict[str, Any] | None:
     return published(model.provenance if isinstance(model, HardenedModel) else None)
 
 
-def _per_attack(plan: AttackPlan, prog: _Progress, n: int) -> list[dict[str, Any]]:
+def _per_attack(plan: AttackPlan, prog: Progress, n: int) -> list[dict[str, Any]]:
     """Accuracy after the clean pass and after each attack, with the time each took."""
     status = prog.status
     clean = count_correct(status, 0)

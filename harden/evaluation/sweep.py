@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden import checks as chk
+from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan
+from harden.evaluation.attack_stages import run_stages
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AttackPlan
-from harden.evaluation.progress import ROBUST, _Progress
-from harden.evaluation.stages import run_stages
-from harden.stats import wilson_interval
+from harden.evaluation.progress import ROBUST, Progress
+from harden.stats import ci95
 
 
 def run_sweep(model: nn.Module, examples: Examples, plan: AttackPlan, sweep: list[tuple[float, str]],
@@ -28,12 +28,12 @@ def run_sweep(model: nn.Module, examples: Examples, plan: AttackPlan, sweep: lis
             status = main_status
         else:
             sub = replace(plan, eps=value, eps_text=text, stages=plan.stages if value > 0 else ())
-            prog = _Progress.fresh(None, {}, bs, n)
+            prog = Progress.fresh(None, {}, bs, n)
             with chk.capture_autoattack(log):
                 run_stages(model, examples, sub, prog, device=device, log=log, start_time=time.perf_counter())
             status = prog.status
         robust = int((status == ROBUST).sum())
         rows.append({"eps": value, "eps_text": text, "robust_acc": 100 * robust / n, "robust_correct": robust,
-                     "robust_ci95": [round(v, 3) for v in wilson_interval(robust, n)]})
+                     "robust_ci95": ci95(robust, n)})
     log.extend(chk.check_sweep([(r["eps"], r["robust_correct"]) for r in rows], n))
     return rows

@@ -5,7 +5,7 @@ defeat it: a *channel shuffle* (ShuffleNet: the channels are reshaped into group
 flattened back, so channel k of one layer feeds channel j != k of the next) and a *fixed channel
 split* (MixNet's mixed-kernel convolutions, ``torch.split`` with sizes stored in the module, then a
 convolution per part). This module finds them in a traced graph; a network that has one is narrowed
-by following its channels instead (:mod:`harden.channel_flow`). Analysis only: nothing here edits a
+by following its channels instead (:mod:`harden.channels.flow`). Analysis only: nothing here edits a
 model.
 """
 

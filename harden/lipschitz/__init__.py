@@ -14,7 +14,7 @@ within its tolerance; the network bound itself is loose by construction (it igno
 align), which is what makes it cheap and differentiable as a training penalty
 (:func:`spectral_penalty`, the sum of the log spectral norms of the convolutions and linear layers).
 
-Layout: ``report`` (the result and its text), ``spectral`` (operator norms), ``context`` (what a
+Layout: ``result`` (the result and its text), ``spectral`` (operator norms), ``context`` (what a
 rule reads), ``module_rules``/``operation_rules``/``activation_rules`` and ``registry`` (the rule
 table, keyed by operation; :func:`register_rule` adds to it), ``bound`` (the graph walk),
 ``penalty`` (the training penalty).
@@ -24,7 +24,7 @@ from harden.lipschitz.bound import lipschitz_bound
 from harden.lipschitz.context import GraphBounds, Operation, Unsupported
 from harden.lipschitz.penalty import SpectralPenalty, spectral_penalty
 from harden.lipschitz.registry import register_rule
-from harden.lipschitz.report import LipschitzReport, LipschitzRow
+from harden.lipschitz.result import LipschitzReport, LipschitzRow
 from harden.lipschitz.spectral import (
     DEFAULT_ITERATIONS,
     DEFAULT_TOLERANCE,

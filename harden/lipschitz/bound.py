@@ -14,7 +14,7 @@ from harden.graph import trace_with_shapes
 from harden.graph.tracing import eval_mode
 from harden.lipschitz.context import GraphBounds, Operation, Unsupported, label, tensor_nodes
 from harden.lipschitz.registry import module_rule, operation_rule
-from harden.lipschitz.report import LipschitzReport, LipschitzRow
+from harden.lipschitz.result import LipschitzReport, LipschitzRow
 from harden.lipschitz.spectral import DEFAULT_ITERATIONS, DEFAULT_TOLERANCE
 from harden.model import HardenedModel
 

@@ -10,7 +10,7 @@ import torch
 from torch import fx, nn
 
 from harden.graph import node_module_path, shape_of
-from harden.lipschitz.report import LipschitzRow
+from harden.lipschitz.result import LipschitzRow
 from harden.lipschitz.spectral import linear_operator_norm, matrix_spectral_norm
 
 #: The bound on a module's own Lipschitz constant at an input size (C, H, W), and a note for the table.

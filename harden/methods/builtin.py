@@ -39,7 +39,7 @@ class Trades(TrainingMethod):
 
     def loss(self, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None, beta: float,
              label_smoothing: float) -> torch.Tensor:
-        from harden.losses import trades_loss
+        from harden.training.losses import trades_loss
 
         return trades_loss(_clean_logits(self, logits_adv, logits_nat), logits_adv, y, beta=beta,
                            label_smoothing=label_smoothing)
@@ -54,7 +54,7 @@ class Mart(Trades):
 
     def loss(self, logits_adv: torch.Tensor, y: torch.Tensor, *, logits_nat: torch.Tensor | None, beta: float,
              label_smoothing: float) -> torch.Tensor:
-        from harden.losses import mart_loss
+        from harden.training.losses import mart_loss
 
         return mart_loss(_clean_logits(self, logits_adv, logits_nat), logits_adv, y, beta=beta,
                          label_smoothing=label_smoothing)

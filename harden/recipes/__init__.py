@@ -15,19 +15,17 @@ one-line error naming the key and its line (PyYAML's node marks give the lines).
 
 The package's modules, one job each: :mod:`~harden.recipes.schema` (the keys and the checker),
 :mod:`~harden.recipes.parse` (reading a recipe, ``--set``, checks across keys),
-:mod:`~harden.recipes.plan` (a run's settings), :mod:`~harden.recipes.state` (resume state),
-:mod:`~harden.recipes.stages` (pre-training, apply, fine-tune, evaluate),
+:mod:`~harden.recipes.run_plan` (a run's settings), :mod:`~harden.recipes.state` (resume state),
+:mod:`~harden.recipes.steps` (pre-training, apply, fine-tune, evaluate),
 :mod:`~harden.recipes.compare` (the comparison table) and :mod:`~harden.recipes.run` (the pipeline).
 """
 
 from __future__ import annotations
 
-from harden.attacks import attack_label as _attack_label  # the name recipes.py had
-from harden.recipes.compare import _finetune_text, comparison_markdown
+from harden.recipes.compare import comparison_markdown
 from harden.recipes.parse import load_recipe, parse_recipe
 from harden.recipes.run import run_recipe
-from harden.recipes.schema import SCHEMA, Key, Recipe, _Checker, _schema_keys
+from harden.recipes.schema import SCHEMA, Key, Recipe
 from harden.recipes.state import RunState
 
-__all__ = ["SCHEMA", "Key", "Recipe", "RunState", "_Checker", "_attack_label", "_finetune_text", "_schema_keys",
-           "comparison_markdown", "load_recipe", "parse_recipe", "run_recipe"]
+__all__ = ["SCHEMA", "Key", "Recipe", "RunState", "comparison_markdown", "load_recipe", "parse_recipe", "run_recipe"]

@@ -16,7 +16,7 @@ from typing import Any
 from harden.attacks import attack_label
 from harden.methods import METHODS
 from harden.provenance import FinetuneEntry
-from harden.recipes.plan import RunPlan
+from harden.recipes.run_plan import RunPlan
 from harden.recipes.schema import Recipe
 from harden.runtime.atomic import atomic_path
 from harden.schemas.finetune import FinetuneConfig
@@ -97,7 +97,7 @@ class _FinetuneSummary:
                    entry["kept_epoch"], awp["gamma"] if awp else None, extra["fraction"] if extra else None)
 
 
-def _finetune_text(entry: FinetuneEntry | Mapping[str, Any] | None) -> str:
+def finetune_text(entry: FinetuneEntry | Mapping[str, Any] | None) -> str:
     """The table's fine-tuning column: method, steps, AWP and extra data, eps, epochs run and the one kept."""
     if not entry:
         return "none"
@@ -122,7 +122,7 @@ def comparison_row(label: str, model: Any, transforms: list[str], reports: list[
     finetune = model.provenance.finetune if from_run else None
     entry = finetune.to_dict() if finetune is not None else None
     if entry:
-        text = ("clean pre-training: " if label == "start" else "") + _finetune_text(finetune)
+        text = ("clean pre-training: " if label == "start" else "") + finetune_text(finetune)
     else:
         text = "none (as loaded)"
     try:

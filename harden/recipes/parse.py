@@ -17,7 +17,7 @@ from harden.attacks import takes_steps
 from harden.data import check_spec
 from harden.errors import UsageError, close_matches
 from harden.evaluation import plan_attack
-from harden.recipes.schema import SCHEMA, Key, Recipe, _Checker
+from harden.recipes.schema import SCHEMA, Key, NodeChecker, Recipe
 from harden.schemas.finetune import FinetuneConfig, make_config
 from harden.transforms import parse_transform
 
@@ -41,7 +41,7 @@ def _schema_key(dotted: str) -> Key:
 
 def _apply_override(values: dict[str, Any], where: dict[str, str], dotted: str, text: str) -> None:
     key = _schema_key(dotted)
-    checker = _Checker(f"--set {dotted}")
+    checker = NodeChecker(f"--set {dotted}")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader) if text.strip() else None
     except yaml.YAMLError as exc:
@@ -80,7 +80,7 @@ def parse_recipe(text: str, *, source: str = "<recipe>", overrides: Sequence[tup
         raise UsageError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if root is None:
         raise UsageError(f"{source} is empty; a recipe needs at least model, data and transforms")
-    checker = _Checker(source)
+    checker = NodeChecker(source)
     values = checker.check(root, Key("map", children=SCHEMA), "")
     checker.where.pop("", None)
     recipe = Recipe(values, Path(source), checker.where)

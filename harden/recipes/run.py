@@ -2,7 +2,7 @@
 
 :func:`run_recipe` loads the start model and the data, checks every transform applies, then
 pre-trains (if asked), fine-tunes and evaluates the baseline and each hardened variant from the same
-start, and writes the comparison. The stages are in :mod:`harden.recipes.stages`.
+start, and writes the comparison. The stages are in :mod:`harden.recipes.steps`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 from harden import tracking
 from harden.model import HardenedModel
 from harden.recipes.compare import comparison_result, comparison_row, write_comparison
-from harden.recipes.plan import plan_run
+from harden.recipes.run_plan import plan_run
 from harden.recipes.schema import Recipe
-from harden.recipes.stages import (
+from harden.recipes.state import RunState
+from harden.recipes.steps import (
     RunContext,
     apply_stage,
     check_transforms_apply,
@@ -29,7 +30,6 @@ from harden.recipes.stages import (
     pretrain_stage,
     write_resolved_recipe,
 )
-from harden.recipes.state import RunState
 from harden.runtime.events import ArtifactWritten, Events, Record
 from harden.runtime.session import session
 

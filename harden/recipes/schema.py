@@ -43,7 +43,7 @@ def _attack_names() -> tuple[str, ...]:
     return tuple(list_attacks())
 
 
-def _schema_keys(schema: type) -> dict[str, Key]:
+def schema_keys(schema: type) -> dict[str, Key]:
     """The recipe keys of a command's schema (its fields marked as YAML keys), in the declared order."""
     return {name: Key(s.kind, choices=s.registry.names if s.registry is not None else s.choices, help=s.help)
             for name, s in yaml_keys(schema).items()}
@@ -75,15 +75,15 @@ SCHEMA: dict[str, Key] = {
         "crop": Key("str", choices=CROPS, help="center (default), or none: resize straight to the model's input"),
         "download": Key("bool"),
     }),
-    "pretrain": Key("map", children=_schema_keys(FinetuneConfig),
+    "pretrain": Key("map", children=schema_keys(FinetuneConfig),
                     help="optional clean training of the base model first (method defaults to clean)"),
     "transforms": Key("list[str]", help="the hardened model's transforms, in order"),
     "variants": Key("variants", help="several hardened models: name -> list of transforms"),
     "baseline": Key("bool", help="also fine-tune and evaluate the model without transforms (default true)"),
-    "finetune": Key("map", children=_schema_keys(FinetuneConfig)),
+    "finetune": Key("map", children=schema_keys(FinetuneConfig)),
     "evaluate": Key("map", children={
         "attacks": Key("list[str]", choices=_attack_names, help="attacks to run, each a column of the table"),
-        **_schema_keys(EvaluateConfig),
+        **schema_keys(EvaluateConfig),
         "start": Key("bool", help="also evaluate the starting model (default true)"),
     }),  # random_subset defaults to true in a recipe
     "tracking": Key("str", help="mlflow or mlflow:URI: record the run (settings, metrics, files) in MLflow"),
@@ -143,7 +143,7 @@ def _describe(value: Any) -> str:
     return repr(value) if value is not None else "nothing"
 
 
-class _Checker:
+class NodeChecker:
     """Walks PyYAML nodes against the schema, building plain values and recording each key's line."""
 
     def __init__(self, source: str) -> None:

@@ -8,7 +8,6 @@ Every helper is a no-op in a single process, so callers write one code path.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -102,12 +101,6 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
-def all_reduce_counts(counts: Sequence[int | float]) -> list[float]:
-    """Sum a short list of counts (correct examples, seen examples, ...) over all ranks."""
-    t = torch.tensor([float(c) for c in counts], dtype=torch.float64)
-    return all_reduce_sum(t).tolist()
-
-
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
     if not is_distributed():
@@ -117,15 +110,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def barrier() -> None:
     """Wait for all ranks."""
     if is_distributed():
@@ -133,12 +117,3 @@ def barrier() -> None:
             dist.barrier(device_ids=[torch.cuda.current_device()])
         else:
             dist.barrier()
-
-
-def shard_range(n: int, rank_: int | None = None, world: int | None = None) -> range:
-    """The contiguous slice of ``range(n)`` that ``rank_`` owns (sizes differ by at most one)."""
-    r = rank() if rank_ is None else rank_
-    w = world_size() if world is None else world
-    base, extra = divmod(n, w)
-    start = r * base + min(r, extra)
-    return range(start, start + base + (1 if r < extra else 0))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.errors import UsageError
-from harden.schemas.fields import check_names, flag, integer, number, settings_of, text, whole_number
-from harden.schemas.finetune import NORMS, resize_text
+from harden.schemas.fields import NORMS, check_names, flag, integer, number, settings_of, text, whole_number
+from harden.schemas.finetune import resize_text
 
 
 @dataclass

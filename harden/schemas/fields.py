@@ -18,7 +18,7 @@ from typing import Any
 
 from harden.errors import UsageError, close_matches
 
-KINDS = ("str", "int", "number", "bool", "list[str]")
+NORMS = ("Linf", "L2")  # the norms of the eps-ball (the threat models) that attacks and settings take
 
 
 def parse_number(text: str | float | int) -> float:

@@ -16,14 +16,13 @@ from typing import Any
 from harden.errors import UsageError
 from harden.methods import METHODS as REGISTERED_METHODS
 from harden.methods import get_method, method_names
-from harden.schemas.fields import check_choices, check_names, flag, integer, number, parse_numbers, text
+from harden.schemas.fields import NORMS, check_choices, check_names, flag, integer, number, parse_numbers, text
 
 ON_COLLAPSE = ("stop", "warn", "ignore")
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 ATTACK_MODES = ("eval", "train")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEEP = ("best", "last")
-NORMS = ("Linf", "L2")
 AUGMENTS = ("none", "crop-flip", "strong")
 CROPS = ("center", "none")
 
@@ -31,7 +30,7 @@ AWP_MAX_GAMMA = 0.1
 
 
 def awp_methods() -> list[str]:
-    """The methods adversarial weight perturbation (harden.awp) works with: those with an AWP gamma default."""
+    """The methods adversarial weight perturbation (harden.training.awp) works with: those with an AWP gamma default."""
     return [name for name in method_names() if get_method(name).awp_gamma is not None]
 
 

@@ -16,16 +16,16 @@ import torch
 
 from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
-from harden.extra_data import Teacher
 from harden.model import HardenedModel
 from harden.runtime.store import Store, as_json, differences, state_digest
 from harden.schemas.finetune import FinetuneConfig
+from harden.training.extra_data import Teacher
 from harden.training.trainer import Trainer
 
 CHECKPOINT_FORMAT = "harden.checkpoint/1"
 
 # Settings that change how a run computes but not what it computes: a resumed run may change them.
-_NOT_FINGERPRINTED = ("compile", "workers", "log_every", "cache_limit_gb")
+NOT_FINGERPRINTED = ("compile", "workers", "log_every", "cache_limit_gb")
 
 
 def _no_best() -> dict[str, Any]:
@@ -55,7 +55,7 @@ def run_fingerprint(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneCo
         "recipe": _provenance_for_fingerprint(model),  # the key checkpoints of 0.1.0 hold
         "weights": state_digest(model),
         "data": dataset.spec,
-        "config": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
+        "config": {k: v for k, v in cfg.as_dict().items() if k not in NOT_FINGERPRINTED},
         "world_size": world,
     }
     if teacher is not None:
@@ -71,7 +71,7 @@ def checkpoint_store(path: Path) -> Store:
                  foreign="'{path}' is not a harden fine-tuning checkpoint")
 
 
-def _fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def fingerprint_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What differs between a checkpoint's fingerprint and this run's, in words (each setting by name)."""
     diffs = []
     for key, a, b in sorted(differences(saved, current, depth=1), key=lambda d: d[0]):
@@ -89,7 +89,7 @@ def load_for_resume(store: Store | None, ckpt_path: Path | None, fingerprint: di
     ckpt = store.load()
     if ckpt is None:
         raise UsageError(f"nothing to resume: no checkpoint at '{ckpt_path}'")
-    diffs = _fingerprint_diff(json.loads(ckpt["fingerprint"]), as_json(fingerprint))
+    diffs = fingerprint_diff(json.loads(ckpt["fingerprint"]), as_json(fingerprint))
     if diffs:
         raise HardenError(f"checkpoint '{ckpt_path}' comes from a different run: {'; '.join(diffs[:6])}; "
                           "resume with the same model, data and settings, or start over with --force")

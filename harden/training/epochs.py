@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from harden.errors import HardenError, HardenWarning
-from harden.extra_data import ExtraData
 from harden.methods import get_method
 from harden.runtime import events as ev
 from harden.runtime.session import DistSession
@@ -20,7 +19,8 @@ from harden.schemas.finetune import FinetuneConfig
 from harden.training import schedule
 from harden.training.checkpoint import RunState, checkpoint_payload
 from harden.training.collapse import collapse_message, collapse_of, first_collapse
-from harden.training.data import TrainData
+from harden.training.extra_data import ExtraData
+from harden.training.train_data import TrainData
 from harden.training.trainer import Trainer
 
 

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from harden.attacks import check_logits
-from harden.awp import WeightPerturbation
 from harden.lipschitz import SpectralPenalty
 from harden.methods import get_method
 from harden.model import HardenedModel
@@ -18,6 +17,7 @@ from harden.runtime.session import DistSession
 from harden.schemas.finetune import FinetuneConfig
 from harden.seeding import derive_seed
 from harden.training.augment import augment, strong_augment, strong_policy
+from harden.training.awp import WeightPerturbation
 from harden.training.ema import EMA
 from harden.training.inner_attack import frozen, perturb
 

@@ -26,7 +26,7 @@ from harden.data_images import held_warnings
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.pipeline import apply
-from harden.recipes.plan import RunPlan
+from harden.recipes.run_plan import RunPlan
 from harden.recipes.schema import Recipe
 from harden.recipes.state import RunState
 from harden.runtime.atomic import atomic_path

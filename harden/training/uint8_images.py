@@ -1,7 +1,7 @@
 """Examples of an :class:`~harden.data.ImageDataset` decoded into uint8 tensors, the format training keeps.
 
-Fine-tuning (:mod:`harden.training`) and its extra data (:mod:`harden.extra_data`) both decode their
-images once into a uint8 tensor and keep it on the GPU when it fits, in pinned host memory otherwise.
+Fine-tuning (:mod:`harden.training`) and its extra data (:mod:`~harden.training.extra_data`) both decode
+their images once into a uint8 tensor and keep it on the GPU when it fits, in pinned host memory otherwise.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from harden import tracking
 from harden.data import ImageDataset
 from harden.data_images import data_warning
 from harden.errors import UsageError
-from harden.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
 from harden.methods import get_method
 from harden.model import HardenedModel, warn_if_random
 from harden.provenance import FinetuneEntry
@@ -30,11 +29,12 @@ from harden.training.batchnorm import recalibrate_bn
 from harden.training.checkpoint import RunState, checkpoint_store, load_for_resume, restore, run_fingerprint
 from harden.training.collapse import first_collapse
 from harden.training.curves import curves_path_for, write_curves
-from harden.training.data import TrainData, default_workers, held_out_count, resolve_data, split_indices
 from harden.training.ema import EMA
 from harden.training.epochs import RunParts, train_epochs
+from harden.training.extra_data import ExtraData, Teacher, load_extra, load_teacher, teacher_name
+from harden.training.train_data import TrainData, default_workers, held_out_count, resolve_data, split_indices
 from harden.training.trainer import Trainer
-from harden.uint8_images import decode_uint8
+from harden.training.uint8_images import decode_uint8
 
 
 def finetune(model: HardenedModel, data: str | ImageDataset | Any, *, output: str | os.PathLike[str] | None = None,

@@ -16,7 +16,7 @@ from harden.model import HardenedModel
 from harden.runtime.session import DistSession
 from harden.schemas.finetune import FinetuneConfig
 from harden.seeding import derive_seed
-from harden.uint8_images import AsUint8, decode_uint8, place_images
+from harden.training.uint8_images import AsUint8, decode_uint8, place_images
 
 
 def default_workers() -> int:

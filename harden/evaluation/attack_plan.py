@@ -10,10 +10,8 @@ from typing import Any
 from harden.attacks import (
     AUTOATTACK_STAGES,
     DEFAULT_STEPS,
-    FAST_STAGES,
     NORMS,
     ONE_LOGIT,
-    STANDARD_STAGES,
     Attack,
     get_attack,
     list_attacks,
@@ -22,12 +20,9 @@ from harden.attacks import (
 from harden.errors import UsageError, close_matches
 from harden.evaluation.eps import parse_eps
 
-STANDARD_ATTACKS = STANDARD_STAGES
-FAST_ATTACKS = FAST_STAGES
 AA_TARGETS = 9  # AutoAttack standard: 9 target classes for APGD-T and FAB-T
 TARGETED_DLR_CLASSES = 4  # APGD-T's targeted DLR loss reads the 4th largest logit
-__all__ = ["AA_TARGETS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_ATTACKS", "STANDARD_ATTACKS", "AttackPlan",
-           "plan_attack", "plan_for_classes"]
+__all__ = ["AA_TARGETS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "AttackPlan", "plan_attack", "plan_for_classes"]
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import time
 import torch
 from torch import nn
 
-from harden import checks as chk
 from harden.attacks import get_attack
+from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AUTOATTACK_STAGES, AttackPlan
 from harden.evaluation.autoattack import autoattack_for, autoattack_perturb
 from harden.evaluation.examples import Examples
-from harden.evaluation.plan import AUTOATTACK_STAGES, AttackPlan
-from harden.evaluation.progress import MISCLASSIFIED, ROBUST, _Progress, count_correct, robust_at_start
+from harden.evaluation.progress import MISCLASSIFIED, ROBUST, Progress, count_correct, robust_at_start
 from harden.runtime import distributed as hd
 from harden.runtime import events as ev
 
@@ -57,7 +57,7 @@ def _split(positions: torch.Tensor, size: int) -> list[torch.Tensor]:
 class _StageRun:
     """One run of :func:`run_stages`: the state its batches share."""
 
-    def __init__(self, model: nn.Module, examples: Examples, plan: AttackPlan, prog: _Progress, *,
+    def __init__(self, model: nn.Module, examples: Examples, plan: AttackPlan, prog: Progress, *,
                  device: torch.device, log: chk.WarningLog, events: ev.Events, start_time: float) -> None:
         self.model, self.examples, self.plan, self.prog = model, examples, plan, prog
         self.device, self.log, self.events, self.start_time = device, log, events, start_time
@@ -157,7 +157,7 @@ class _StageRun:
                          f"{plan.eps_text} or outside [0, 1] (count = images); the result is invalid", count=bad)
 
 
-def run_stages(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _Progress, *,
+def run_stages(model: nn.Module, examples: Examples, plan: AttackPlan, prog: Progress, *,
                device: torch.device, log: chk.WarningLog, events: ev.Events | None = None,
                start_time: float) -> None:
     """Clean pass then each attack of ``plan``, batch by batch, dealt out round-robin to the ranks."""

@@ -4,7 +4,7 @@ Each failed check becomes a named warning in the evaluation report (and on the t
 hidden and nothing stops the run. AutoAttack's own checks log to the ``auto-attack`` logger and are
 captured by :func:`capture_autoattack`; harden adds checks on the model's mode, buffers and input
 normalization, the input range, the outputs, the input gradients and the behaviour of the attack as
-it gets stronger.
+it gets stronger. :mod:`~harden.evaluation.checking` runs them before and after an evaluation's attacks.
 """
 
 from __future__ import annotations

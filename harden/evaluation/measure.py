@@ -14,15 +14,15 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from harden import checks as chk
 from harden.attacks import check_logits
+from harden.evaluation import honesty_checks as chk
+from harden.evaluation.attack_plan import AttackPlan, plan_for_classes
+from harden.evaluation.attack_stages import run_stages
 from harden.evaluation.batch_size import pick_batch_size
 from harden.evaluation.checking import after_attacks, preflight
 from harden.evaluation.examples import Examples, select_examples
-from harden.evaluation.plan import AttackPlan, plan_for_classes
-from harden.evaluation.progress import _Progress, progress_store
+from harden.evaluation.progress import Progress, progress_store
 from harden.evaluation.report import Measured, build_report
-from harden.evaluation.stages import run_stages
 from harden.evaluation.sweep import run_sweep
 from harden.model import warn_if_random
 from harden.runtime import distributed as hd
@@ -95,23 +95,23 @@ def _auto_batch_size(model: nn.Module, examples: Examples, device: torch.device)
 
 
 def _start_progress(model: nn.Module, examples: Examples, plan: AttackPlan, cfg: EvaluateConfig,
-                    device: torch.device, log: chk.WarningLog) -> _Progress:
+                    device: torch.device, log: chk.WarningLog) -> Progress:
     """The progress a run starts from: read back for ``--resume`` (with its warnings), else fresh."""
     path = report_path(cfg)
     store = progress_store(path) if path is not None else None
     fingerprint = _fingerprint(model, examples, plan) if store is not None else {}
     batch_size = cast("int | None", None if cfg.batch_size == "auto" else cfg.batch_size)
     if cfg.resume and store is not None:
-        prog = _Progress.load(store, fingerprint, batch_size)
+        prog = Progress.load(store, fingerprint, batch_size)
         if prog is not None:
             log.merge_max(prog.warnings or [])
             return prog
     if batch_size is None:
         batch_size = _auto_batch_size(model, examples, device)
-    return _Progress.fresh(store, fingerprint, batch_size, examples.n)
+    return Progress.fresh(store, fingerprint, batch_size, examples.n)
 
 
-def _attack(model: nn.Module, examples: Examples, plan: AttackPlan, prog: _Progress, *, device: torch.device,
+def _attack(model: nn.Module, examples: Examples, plan: AttackPlan, prog: Progress, *, device: torch.device,
             log: chk.WarningLog, events: ev.Events, check_examples: int) -> float:
     """The checks before the attacks (on rank 0), then the stages; the seconds the attacks took in all."""
     events.emit(ev.ProgressStarted(examples.n * (1 + len(plan.stages)), unit="ex"))

@@ -1,4 +1,4 @@
-"""Narrowing networks that shuffle or split their channels (on :mod:`harden.channel_flow`).
+"""Narrowing networks that shuffle or split their channels (on :mod:`harden.channels.flow`).
 
 A *group* is what the width transforms narrow together: the classes of joined channels made by the
 same layers, or tied by a chunk's balance (ShuffleNet: a stage's whole stream of concatenated,
@@ -9,7 +9,7 @@ split into stored sizes (MixNet's mixed-kernel convolutions). An atom no chunk c
 connected set of chunks keep the same exact fraction ``t/g`` of their classes (``g`` the gcd of their
 sizes, ``t = round(R * g)``), so that each chunk's parts stay equal; where ``g`` is 1 only the
 fraction 1 does, and those channels stay. Each atom keeps its largest-L1 classes (the summed ``|w|``
-of the filters that make them, as in :mod:`harden.channels`).
+of the filters that make them, as in :mod:`harden.channels.analysis`).
 
 Removal uses torch-pruning's layer functions (filters, input columns, norm and depthwise channels)
 and rewrites the stored split sizes; the removed filters are recorded per layer, so replay finds the
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden.channel_flow import CONV, ChannelFlow, FlowError, Slot, follow
-from harden.channels import filter_l1, keep_count, layer_names
+from harden.channels.analysis import filter_l1, keep_count, layer_names
+from harden.channels.flow import CONV, ChannelFlow, FlowError, Slot, follow
 from harden.errors import HardenError
 from harden.graph.channel_ops import find_channel_ops
 from harden.graph.tracing import trace_with_shapes

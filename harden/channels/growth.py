@@ -1,7 +1,7 @@
 """Channel growth on torch-pruning's dependency graph: widening coupled channel groups in place.
 
-torch-pruning removes channels (:mod:`harden.channels`) but has no expand operation, so growth is
-written here. Existing weights stay where they are; new output filters get a small random init
+torch-pruning removes channels (:mod:`~harden.channels.surgery`) but has no expand operation, so growth
+is written here. Existing weights stay where they are; new output filters get a small random init
 (:data:`NEW_FILTER_SCALE` times the spread of the layer's existing weights); new input columns of
 existing filters are zero; new norm channels start as in a fresh norm layer (gamma 1, beta 0,
 running mean 0, variance 1); a bare per-channel parameter (a layer scale) gets the mean of its old
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harden.channels import CONV, GroupScan, is_channel_norm, layer_width, plan_removed, root_layer
+from harden.channels.analysis import CONV, GroupScan, is_channel_norm, layer_width, plan_removed
+from harden.channels.surgery import root_layer
 from harden.errors import HardenError
 
 NEW_FILTER_SCALE = 1e-2  # new output filters: this times the standard deviation of the layer's weights

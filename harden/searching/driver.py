@@ -12,7 +12,10 @@ from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.schemas.search import SearchConfig, make_search_config
-from harden.searching.report import (
+from harden.searching.budgets import budget_text, parse_budget
+from harden.searching.claims import EXHAUSTED_AFTER, counted, exhausted
+from harden.searching.objective import Objective, held_out_images, robust_outcome
+from harden.searching.outputs import (
     SearchResult,
     best_recipe,
     mark_front,
@@ -21,21 +24,9 @@ from harden.searching.report import (
     table,
     write_outputs,
 )
+from harden.searching.pruners import make_pruner
 from harden.searching.space import SearchSpace, build_space
-from harden.searching.study import (
-    DB_NAME,
-    EXHAUSTED_AFTER,
-    STUDY_NAME,
-    Objective,
-    _counted,
-    exhausted,
-    held_out_images,
-    make_pruner,
-    open_storage,
-    parse_budget,
-    redact,
-    robust_outcome,
-)
+from harden.searching.storage import DB_NAME, STUDY_NAME, open_storage, redact
 from harden.searching.verdict import confirm as confirm_candidates
 from harden.searching.verdict import pair_with_base
 
@@ -49,12 +40,13 @@ def _eps_text(value: float) -> str | float:
 
 def _finetune_values(cfg: Any) -> dict[str, Any]:
     """The fine-tuning settings that differ from harden's defaults, as recipe values."""
-    from harden.training import _NOT_FINGERPRINTED, FinetuneConfig
+    from harden.training import FinetuneConfig
+    from harden.training.checkpoint import NOT_FINGERPRINTED
 
     default = FinetuneConfig().as_dict()
     out = {}
     for key, value in cfg.as_dict().items():
-        if key in _NOT_FINGERPRINTED or value == default[key] or value is None:
+        if key in NOT_FINGERPRINTED or value == default[key] or value is None:
             continue
         out[key] = _eps_text(value) if key in ("eps", "step_size") and cfg.norm == "Linf" else value
     out.setdefault("method", cfg.method)
@@ -86,13 +78,14 @@ def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str
 
 def _fingerprint(model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any,
                  budgets: dict[str, int | None], pruner: str) -> dict[str, Any]:
-    from harden.training import _NOT_FINGERPRINTED, state_digest
+    from harden.training import state_digest
+    from harden.training.checkpoint import NOT_FINGERPRINTED
 
     return json.loads(json.dumps({
         "model": {"spec": model.spec, "transforms": [t.name for t in model.provenance.transforms],
                   "input_size": list(model.input_size), "weights": state_digest(model)},
         "data": dataset.spec, "space": space.to_dict()["dimensions"], "budgets": budgets, "pruner": pruner,
-        "finetune": {k: v for k, v in cfg.as_dict().items() if k not in _NOT_FINGERPRINTED},
+        "finetune": {k: v for k, v in cfg.as_dict().items() if k not in NOT_FINGERPRINTED},
     }))
 
 
@@ -174,7 +167,7 @@ def collect(study: Any, base: dict[str, Any], attack: dict[str, Any], space: Sea
             if t.state.name == "COMPLETE" and t.user_attrs.get("status") == "measured"]
     mark_front(rows)
     skipped = [e for e in (_skipped_entry(t) for t in trials) if e is not None]
-    info = {**info, "trials": _counted(study), "measured": len(rows)}
+    info = {**info, "trials": counted(study), "measured": len(rows)}
     return SearchResult(rows, skipped, base, attack, proxy_scores(rows), info, space.to_dict())
 
 
@@ -205,7 +198,7 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
 
     from harden.summary import model_facts
     from harden.training import make_config, resolve_data
-    from harden.training.data import held_out_count
+    from harden.training.train_data import held_out_count
 
     say = echo or (lambda _s: None)
     timeout = _check_args(model, out=out, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
@@ -251,14 +244,14 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
                pruner: str, progress: bool, device: Any, echo: Callable[[str], Any], model_block: dict[str, Any],
                recipe_epochs: int | None, confirm: int = 2) -> SearchResult:
     from harden.summary import human
-    from harden.training.data import held_out_count
+    from harden.training.train_data import held_out_count
 
     t0 = time.perf_counter()
-    before = _counted(study)
+    before = counted(study)
     options = {k: v for k, v in cfg.as_dict().items()}
     echo(f"search: {model.spec}, {space.size()} candidates in {len(space.dimensions)} dimensions "
          f"({', '.join(d.name for d in space.dimensions)}); base {human(facts.macs)} MACs, {human(facts.params)} "
-         f"parameters; budget {_budget_text(budgets)}")
+         f"parameters; budget {budget_text(budgets)}")
     for note in space.notes:
         echo(f"  not searched: {note}")
     if before >= trials:
@@ -269,7 +262,7 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
                               device=device, echo=echo)
 
         def stop_when_full(study: Any, _trial: Any) -> None:
-            if _counted(study) >= trials:
+            if counted(study) >= trials:
                 study.stop()
             elif exhausted(study):
                 echo(f"the last {EXHAUSTED_AFTER} trials found no new candidate within the budget; stopping")
@@ -334,11 +327,3 @@ def _earlier_transforms(model: HardenedModel) -> list[str]:
 def _has_own_weights(model: HardenedModel) -> bool:
     prov = model.provenance
     return bool(prov.finetune or prov.model.has_weights_file or prov.transforms)
-
-
-def _budget_text(budgets: dict[str, int | None]) -> str:
-    from harden.summary import human
-
-    parts = [f"{human(v)} {k.replace('macs', 'MACs').replace('params', 'parameters')}" for k, v in budgets.items()
-             if v is not None]
-    return ", ".join(parts) or "none"

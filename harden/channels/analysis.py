@@ -1,11 +1,12 @@
-"""Channel surgery on torch-pruning's dependency graph: coupled channel groups, L1 importance, removal.
+"""Channel analysis on torch-pruning's dependency graph: coupled channel groups, L1 importance, widths.
 
-Shared by the width transforms (``last-stage-width``, ``stage-widths``): the analysis of which
-layers' channels are coupled (residual adds, concatenations, norms, the next layer's input) comes
-from torch-pruning; this module scores and removes channels group by group (growing them is
-:mod:`harden.channel_growth`), and reports layer widths and how they changed. Networks that shuffle or
-split their channels (ShuffleNet, MixNet), which torch-pruning does not follow, go through
-:mod:`harden.channel_groups` instead.
+Shared by the width transforms (``last-stage-width``, ``stage-widths``): which layers' channels are
+coupled (residual adds, concatenations, norms, the next layer's input) comes from torch-pruning; this
+module scores the channels of each coupled group, chooses the ones a narrowing removes, and reports
+layer widths and how they changed. Nothing here edits a model: removing channels is
+:mod:`~harden.channels.surgery`, growing them :mod:`~harden.channels.growth`. Networks that shuffle
+or split their channels (ShuffleNet, MixNet), which torch-pruning does not follow, go through
+:mod:`~harden.channels.flow_groups` instead.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def filter_l1(layer: nn.Module, idxs: list[int]) -> torch.Tensor | None:
 
 
 def channel_groups(dg: Any, layer: nn.Module, out: bool) -> int:
+    """How many equal groups a layer's output (``out``) or input channels split into (grouped convs, norms)."""
     if isinstance(layer, CONV) and layer.groups == layer.out_channels:
         return 1  # depthwise: input and output channels are pruned together
     pruner = dg.get_pruner_of_module(layer)
@@ -85,6 +87,7 @@ def channel_groups(dg: Any, layer: nn.Module, out: bool) -> int:
 
 
 def keep_count(ratio: float, n: int) -> int:
+    """How many of ``n`` channels a fraction ``ratio`` keeps: rounded half up, at least one."""
     return max(1, min(n, math.floor(ratio * n + 0.5)))
 
 
@@ -168,35 +171,8 @@ def coupled_groups(dg: Any, net: nn.Module, layer_paths: Sequence[str]) -> Itera
         yield path, channels, group, scan
 
 
-def root_layer(dg: Any, net: nn.Module, root: str, channels: int, who: str, fits: bool = True) -> nn.Module:
-    """Layer ``root`` of ``net``, checked to have the ``channels`` output channels a recorded state expects
-    (and ``fits``: the caller's own check of the state); a HardenError naming ``who`` otherwise."""
-    try:
-        layer = net.get_submodule(root)
-    except AttributeError:
-        raise HardenError(f"{who}: layer '{root}' is missing; the recorded state does not fit "
-                          "this model") from None
-    pruner = dg.get_pruner_of_module(layer) if layer in dg.module2node else None
-    if pruner is None or pruner.get_out_channels(layer) != channels or not fits:
-        raise HardenError(f"{who}: layer '{root}' does not have the {channels} output channels "
-                          "the recorded state expects; the state does not fit this model")
-    return layer
-
-
-def remove_channels(dg: Any, net: nn.Module, root: str, channels: int, removed: list[int],
-                    who: str = "last-stage-width") -> None:
-    """Remove output channels ``removed`` of layer ``root`` and of everything coupled to it
-    (``who`` names the transform in error messages)."""
-    layer = root_layer(dg, net, root, channels, who, fits=not (removed and max(removed) >= channels))
-    pruner = dg.get_pruner_of_module(layer)
-    group = dg.get_pruning_group(layer, pruner.prune_out_channels, removed)
-    if not dg.check_pruning_group(group):
-        raise HardenError(f"{who}: removing {len(removed)} of {channels} channels of '{root}' would "
-                          "leave a coupled layer without channels")
-    group.prune(record_history=False)
-
-
 def param_count(model: nn.Module) -> int:
+    """The number of parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 

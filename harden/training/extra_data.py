@@ -28,7 +28,7 @@ from harden.runtime.modes import eval_mode
 from harden.runtime.store import state_digest
 from harden.schemas.finetune import extra_count
 from harden.seeding import derive_seed
-from harden.uint8_images import decode_uint8, place_images
+from harden.training.uint8_images import decode_uint8, place_images
 
 _LABEL_BATCH = 256
 

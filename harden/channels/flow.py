@@ -20,7 +20,7 @@ the channels themselves, on the fx graph. Every channel of every feature map get
 Joined channels form a *class*: removing a class removes its filters, norm entries and input
 columns everywhere. The network's input channels and its outputs are fixed. Operations this
 analysis cannot follow (grouped convolutions, other splits into fixed sizes, channel slices, ...) stop it
-with :class:`FlowError`. Analysis only: :mod:`harden.channel_groups` chooses and removes classes.
+with :class:`FlowError`. Analysis only: :mod:`~harden.channels.flow_groups` chooses and removes classes.
 """
 
 from __future__ import annotations

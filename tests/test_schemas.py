@@ -148,17 +148,23 @@ def test_every_yaml_setting_is_a_recipe_key_of_its_kind(schema: type, sections: 
 
 
 @pytest.mark.parametrize("schema", [FinetuneConfig, EvaluateConfig, SearchConfig])
-def test_the_schema_is_the_library_signature(schema: type) -> None:
+def test_each_library_entry_point_takes_its_config_and_copies_none_of_its_fields(schema: type) -> None:
     import harden
-    from harden.training import finetune
 
-    function = {FinetuneConfig: finetune, EvaluateConfig: harden.evaluate, SearchConfig: harden.search}[schema]
+    function = {FinetuneConfig: harden.finetune, EvaluateConfig: harden.evaluate, SearchConfig: harden.search}[schema]
     parameters = inspect.signature(function).parameters
-    if schema is FinetuneConfig:  # finetune(model, data, **settings): make_config reads them
-        assert any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        return
-    for f in dataclasses.fields(schema):
-        assert parameters[f.name].default == f.default, f.name
+    assert any(p.annotation in (schema.__name__, f"{schema.__name__} | None") for p in parameters.values())
+    assert any(p.kind is p.VAR_KEYWORD for p in parameters.values())  # keywords: a convenience building it
+    assert not {f.name for f in dataclasses.fields(schema)} & set(parameters)  # the defaults live in the schema
+
+
+def test_a_config_passes_through_and_keywords_override_a_copy() -> None:
+    base = make_evaluate_config(attack="pgd", n=64)
+    assert make_evaluate_config(base) == base
+    changed = make_evaluate_config(base, n="all", seed="2")
+    assert (changed.attack, changed.n, changed.seed, base.n) == ("pgd", None, 2, 64)
+    with pytest.raises(UsageError, match="-n/--num-examples must be positive"):
+        make_evaluate_config(base, n=0)
 
 
 def test_evaluate_settings_read_command_line_text() -> None:

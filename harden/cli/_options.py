@@ -8,43 +8,20 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-import harden
-from harden.errors import UsageError
 from harden.schemas.fields import Setting, settings_of
 
 if TYPE_CHECKING:
     from harden.model import HardenedModel
 
 
-def _floats(text: str | None, what: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    from harden.transforms import parse_number
-
-    try:
-        return tuple(parse_number(v) for v in text.split(","))
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated numbers, got '{text}'") from None
-
-
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Options describing how to build a model from a spec (ignored for harden files)."""
-    options = [
-        click.option("--num-classes", type=int, default=None, help="Number of classes of the classifier head."),
-        click.option("--input-size", default=None, metavar="N|HxW|CxHxW",
-                     help="Input size: a side (32), HxW (64x48) or CxHxW (1x28x28 for grayscale)."),
-        click.option("--weights", type=click.Path(dir_okay=False), default=None,
-                     help="State dict for the base model (.safetensors, .pt, .pth)."),
-        click.option("--pretrained", is_flag=True, help="Use the library's own pretrained weights (needs network)."),
-        click.option("--mean", default=None,
-                     help="Input normalization mean, one value per channel (0.4914,0.4822,0.4465; 0.5 for grayscale)."),
-        click.option("--std", default=None, help="Input normalization std, one value per channel."),
-        click.option("--trust-code", is_flag=True,
-                     help="Allow a harden file whose recipe names a user factory (package.module:factory)."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    """The options describing how to build a model from a spec (its schema, :class:`ModelSpec`), and
+    ``--trust-code`` (ignored for harden files, except --trust-code)."""
+    from harden.schemas.model import ModelSpec
+
+    fn = click.option("--trust-code", is_flag=True,
+                      help="Allow a harden file whose recipe names a user factory (package.module:factory).")(fn)
+    return schema_options(ModelSpec)(fn)
 
 
 class RegistryChoice(click.Choice):
@@ -109,25 +86,14 @@ def is_model_file(model: str) -> bool:
     return Path(model).suffix in (".safetensors", ".pt", ".pth") or Path(model).is_file()
 
 
-def resolve_model(model: str, *, num_classes: int | None = None, input_size: str | int | None = None,
-                  weights: str | None = None, pretrained: bool = False, mean: str | None = None,
-                  std: str | None = None, trust_code: bool = False, init_seed: int = 0, **_: Any) -> HardenedModel:
+def resolve_model(model: str, *, trust_code: bool = False, init_seed: int = 0, **options: Any) -> HardenedModel:
     """A MODEL argument is a harden safetensors file or any model spec (``--weights`` for its state).
 
     A spec's random initialisation is seeded with ``init_seed``, so that two commands given the same
     spec start from the same weights (and an interrupted fine-tuning can be resumed)."""
-    if model.endswith((".pt", ".pth")):
-        raise UsageError(f"'{model}' is a torch checkpoint, not a harden file; pass the architecture as MODEL "
-                         f"and the file with --weights {model}")
-    if model.endswith(".safetensors") or Path(model).is_file():
-        if weights or pretrained:
-            raise UsageError("--weights/--pretrained apply to a model spec, not to a harden file")
-        return harden.load(model, trust_code=trust_code)
-    import torch
+    from harden.schemas.model import ModelSpec
 
-    torch.manual_seed(init_seed)
-    return harden.load_model(model, num_classes=num_classes, pretrained=pretrained, weights=weights,
-                             input_size=input_size, mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+    return ModelSpec.of({**options, "spec": model, "seed": init_seed}).build(trust_code=trust_code, isolate_rng=False)
 
 
 def show_progress(quiet: bool) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -64,8 +63,7 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
     net = resolve_model(model, **model_opts)
     show_bar = show_progress(quiet) and first_rank
     try:
-        result = evaluation.evaluate(net, data, **{**dataclasses.asdict(cfg), "step_size": plan.step_size},
-                                     progress=show_bar, tracker=sink)
+        result = evaluation.evaluate(net, data, cfg, progress=show_bar, tracker=sink)
     except KeyboardInterrupt:
         if progress_file is not None and progress_file.exists():
             click.echo(f"progress saved in {progress_file}; continue with the same command and --resume", err=True)

@@ -67,13 +67,13 @@ def finetune_command(model: str, data: str, output: str, resume: bool, force: bo
     from harden.data import check_spec
     from harden.schemas.finetune import make_config
 
-    make_config(**settings)
+    cfg = make_config(**settings)
     check_spec(data, "train", download=download)
     base = resolve_model(model, num_classes=num_classes, input_size=input_size, weights=weights,
                          pretrained=pretrained, mean=mean, std=std, trust_code=trust_code,
-                         init_seed=settings["seed"])
-    result = finetune(base, data, output=output, resume=resume, force=force, download=download,
-                      progress=show_progress(quiet), trust_code=trust_code, tracker=track, **settings)
+                         init_seed=cfg.seed)
+    result = finetune(base, data, cfg, output=output, resume=resume, force=force, download=download,
+                      progress=show_progress(quiet), trust_code=trust_code, tracker=track)
     if not _is_main_process():
         return
     entry = result.provenance.finetune

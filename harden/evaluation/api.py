@@ -5,8 +5,7 @@ anything loads, and :func:`evaluate`, which checks them, loads the model, starts
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +78,15 @@ def _finish(result: dict[str, Any], cfg: EvaluateConfig, main: bool, events: ev.
     events.emit(ev.ArtifactWritten(path))
 
 
-def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tensor, torch.Tensor] = "sample", *,
-             attack: str = "autoattack", eps: str | float = 8 / 255, norm: str = "Linf", fast: bool = False,
-             n: int | None = 1000, seed: int = 0, batch_size: int | str | None = "auto", device: str = "auto",
-             split: str = "test", resize: int | str | Sequence[int] | None = None, crop: str = "center",
-             random_subset: bool = False, download: bool = False, steps: int | None = None,
-             step_size: float | None = None, report: str | os.PathLike[str] | None = None, resume: bool = False,
-             into: str | os.PathLike[str] | None = None, eps_sweep: str | Sequence[str | float] | None = None,
-             progress: bool = False, check_examples: int | None = None, trust_code: bool = False,
-             on_batch: Callable[[dict[str, Any]], None] | None = None,
-             skip_bad_images: bool = False, tracker: Any = None) -> dict[str, Any]:
+def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tensor, torch.Tensor] = "sample",
+             config: EvaluateConfig | None = None, *, progress: bool = False, check_examples: int | None = None,
+             trust_code: bool = False, on_batch: Callable[[dict[str, Any]], None] | None = None,
+             tracker: Any = None, **settings: Any) -> dict[str, Any]:
     """Evaluate the robustness of ``model`` (images in [0, 1] -> logits) and return the report.
 
+    What is measured is an :class:`~harden.schemas.evaluate.EvaluateConfig`: ``config``, or harden's
+    defaults, with keyword ``settings`` (its fields: ``attack``, ``eps``, ``norm``, ``n``, ``seed``,
+    ``fast``, ``report``, ...) in their place, e.g. ``evaluate(model, "sample", attack="pgd", n=500)``.
     ``data`` is a data spec, an :class:`~harden.data.ImageDataset` or ``(x, y)`` tensors; the first
     ``n`` examples (or a seeded random subset) are used. ``attack`` is ``autoattack`` (``fast`` for
     APGD-CE + APGD-T), ``apgd-ce``, ``pgd``, ``fgsm`` or ``cw``. ``report`` writes the JSON report
@@ -103,14 +99,10 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     measured, the figures (accuracy after each attack, 95% intervals) and the report file.
     """
     clock = Clock.start()
-    cfg = make_evaluate_config(attack=attack, eps=eps, norm=norm, fast=fast, n=n, seed=seed, batch_size=batch_size,
-                               device=device, split=split, resize=resize, crop=crop, random_subset=random_subset,
-                               download=download,
-                               steps=steps, step_size=step_size, report=report, resume=resume, into=into,
-                               eps_sweep=eps_sweep, skip_bad_images=skip_bad_images)
+    cfg = make_evaluate_config(config, **settings)
     plan, sweep = check_settings(cfg)
     path = report_path(cfg)
-    with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(device) as dist:
+    with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(cfg.device) as dist:
         model = _resolve_model(model, trust_code).to(dist.device)
         events = _events(cfg, dist.is_main, progress=progress, on_batch=on_batch, tracked=tracked)
         with eval_mode(model):

@@ -20,6 +20,7 @@ from harden.errors import UsageError, close_matches
 from harden.schemas.evaluate import EvaluateConfig
 from harden.schemas.fields import parse_number, yaml_keys
 from harden.schemas.finetune import CROPS, FinetuneConfig, resize_text
+from harden.schemas.model import ModelSpec
 from harden.shapes import parse_input_size
 
 
@@ -45,26 +46,15 @@ def _attack_names() -> tuple[str, ...]:
 
 def schema_keys(schema: type) -> dict[str, Key]:
     """The recipe keys of a command's schema (its fields marked as YAML keys), in the declared order."""
-    return {name: Key(s.kind, choices=s.registry.names if s.registry is not None else s.choices, help=s.help)
+    return {name: Key(s.kind, required=s.required, choices=s.registry.names if s.registry is not None else s.choices,
+                      help=s.help)
             for name, s in yaml_keys(schema).items()}
 
 
 SCHEMA: dict[str, Key] = {
     "name": Key("str", help="name of the run (default: the file name)"),
     "description": Key("str"),
-    "model": Key("map", required=True, children={
-        "spec": Key("str", required=True, help="model spec: timm name, tv:NAME, cifar:NAME, package.module:factory"),
-        "num_classes": Key("int"),
-        "input_size": Key("input_size", help="N, HxW or CxHxW (e.g. 32, 64x48, 1x28x28)"),
-        "kwargs": Key("kwargs", help="constructor arguments of the model (e.g. in_chans or base_width of a cifar: "
-                                     "WRN), plain values only"),
-        "weights": Key("str", help="state dict file for the base model (relative to the recipe or the cwd)"),
-        "pretrained": Key("bool"),
-        "mean": Key("list[number]"),
-        "std": Key("list[number]"),
-        "seed": Key("int", help="seed of the base model's random initialisation (default 0), so that runs and "
-                                "resumed runs start from the same weights"),
-    }),
+    "model": Key("map", required=True, children=schema_keys(ModelSpec)),
     "data": Key("map", required=True, children={
         "train": Key("str", required=True, help="data spec for fine-tuning (its train split); a relative path is "
                                                 "read from the current folder, else beside the recipe"),

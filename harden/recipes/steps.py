@@ -9,6 +9,7 @@ stage is recorded in the run's :class:`~harden.recipes.state.RunState` and read 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from harden import evaluation, training  # called through the modules: tests and callers may replace them
@@ -31,8 +31,8 @@ from harden.recipes.schema import Recipe
 from harden.recipes.state import RunState
 from harden.runtime.atomic import atomic_path
 from harden.runtime.store import checkpoint_path_for
+from harden.schemas.model import ModelSpec
 from harden.serialization import load
-from harden.sources import load_model
 from harden.tracking import Prefixed
 from harden.training import resolve_data
 
@@ -59,12 +59,8 @@ class RunContext:
 
 def load_start_model(recipe: Recipe, plan: RunPlan) -> HardenedModel:
     """The recipe's model, initialised from its seed without touching the caller's random generator."""
-    m = plan.model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(m.get("seed", 0))
-        return load_model(m["spec"], num_classes=m.get("num_classes"), pretrained=bool(m.get("pretrained")),
-                          weights=recipe.local_path(m.get("weights")), input_size=m.get("input_size"),
-                          mean=m.get("mean"), std=m.get("std"), model_kwargs=m.get("kwargs"))
+    spec = ModelSpec.of(plan.model)
+    return dataclasses.replace(spec, weights=recipe.local_path(spec.weights)).build()
 
 
 def load_data(plan: RunPlan, base: HardenedModel) -> tuple[ImageDataset, ImageDataset]:

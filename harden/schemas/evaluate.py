@@ -9,6 +9,7 @@ checks the attack, eps and files before anything loads.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,9 @@ class EvaluateConfig:
 _WHOLE = {"n": ("all",), "batch_size": ("auto",), "seed": (), "steps": ()}
 
 
-def make_evaluate_config(**options: Any) -> EvaluateConfig:
-    """Build an :class:`EvaluateConfig` from keyword arguments or command line text.
+def make_evaluate_config(config: EvaluateConfig | None = None, /, **options: Any) -> EvaluateConfig:
+    """A checked :class:`EvaluateConfig`: ``config`` (default: harden's defaults) with ``options`` (its fields,
+    as values or command line text) in place of its values; ``config`` itself is not changed.
 
     ``n`` may be ``"all"`` (None: every example), ``batch_size`` ``"auto"`` (or None). Raises
     :class:`UsageError` naming the option for an unknown name, text that is no whole number, a count
@@ -73,7 +75,7 @@ def make_evaluate_config(**options: Any) -> EvaluateConfig:
         values["n"] = None
     if values.get("resize") is not None:
         values["resize"] = resize_text(values["resize"])
-    cfg = EvaluateConfig(**values)
+    cfg = dataclasses.replace(config, **values) if config is not None else EvaluateConfig(**values)
     if cfg.crop not in ("center", "none"):
         raise UsageError(f"--crop must be center or none, got '{cfg.crop}'")
     if cfg.n is not None and cfg.n <= 0:

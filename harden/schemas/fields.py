@@ -91,6 +91,11 @@ def flag(default: bool | None = False, **meta: Any) -> Any:
     return _field(default, Setting("bool", **meta))
 
 
+def value(kind: str, default: Any = None, **meta: Any) -> Any:
+    """A setting of another kind the recipe checker reads (``input_size``, ``list[number]``, ``kwargs``)."""
+    return _field(default, Setting(kind, **meta))
+
+
 def texts(**meta: Any) -> Any:
     """A list of strings; on the command line, a repeatable option."""
     return _field((), Setting("list[str]", **meta))

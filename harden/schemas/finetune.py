@@ -177,8 +177,9 @@ class FinetuneConfig:
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(FinetuneConfig))
 
 
-def make_config(**options: Any) -> FinetuneConfig:
-    """Build and check a :class:`FinetuneConfig`; eps-like values may be strings such as ``"8/255"``.
+def make_config(config: FinetuneConfig | None = None, /, **options: Any) -> FinetuneConfig:
+    """A checked :class:`FinetuneConfig`: ``config`` (default: harden's defaults) with ``options`` (its fields;
+    eps-like values may be strings such as ``"8/255"``) in place of its values; ``config`` itself is not changed.
 
     None stands for the default. Raises :class:`UsageError` naming the option for an unknown name or an
     out-of-range value.
@@ -189,9 +190,10 @@ def make_config(**options: Any) -> FinetuneConfig:
         values["augment"] = augment_name(values["augment"])
     if "resize" in values:
         values["resize"] = resize_text(values["resize"])
-    if values.get("extra_data") and values.get("extra_fraction") is None:
+    if values.get("extra_data") and values.get("extra_fraction") is None and (config is None or
+                                                                              config.extra_fraction is None):
         values["extra_fraction"] = 0.5  # half of every batch, as Carmon et al.
-    cfg = FinetuneConfig(**values)
+    cfg = dataclasses.replace(config, **values) if config is not None else FinetuneConfig(**values)
     check_config(cfg)
     return cfg
 

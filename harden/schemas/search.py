@@ -8,6 +8,7 @@ builds and checks one; the command line gives ``timeout`` as a duration such as 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +67,11 @@ def parse_duration(value: str | float | None) -> float | None:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
-def make_search_config(**options: Any) -> SearchConfig:
-    """Build and check a :class:`SearchConfig`; raises :class:`UsageError` naming the option at fault."""
+def make_search_config(config: SearchConfig | None = None, /, **options: Any) -> SearchConfig:
+    """A checked :class:`SearchConfig`: ``config`` (default: harden's defaults) with ``options`` in place of its
+    values; raises :class:`UsageError` naming the option at fault."""
     check_names(SearchConfig, options, "search setting")
-    cfg = SearchConfig(**options)
+    cfg = dataclasses.replace(config, **options) if config is not None else SearchConfig(**options)
     cfg.timeout = parse_duration(cfg.timeout)
     cfg.extra = tuple(cfg.extra)
     if not isinstance(cfg.trials, int) or cfg.trials < 1:

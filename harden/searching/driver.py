@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harden.data import ImageDataset
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
+from harden.schemas.finetune import FinetuneConfig
 from harden.schemas.search import SearchConfig, make_search_config
 from harden.searching.budgets import budget_text, parse_budget
 from harden.searching.claims import EXHAUSTED_AFTER, counted, exhausted
@@ -112,10 +114,10 @@ def _storage_url(out: Path | None, storage: str | None, resume: bool) -> str:
     return f"sqlite:///{db.resolve()}"
 
 
-def _check_args(model: Any, **settings: Any) -> SearchConfig:
+def _check_args(model: Any, config: SearchConfig | None, **settings: Any) -> SearchConfig:
     if not isinstance(model, HardenedModel):
         raise UsageError("search() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
-    return make_search_config(**settings)
+    return make_search_config(config, **settings)
 
 
 def _open_study(url: str, fingerprint: dict[str, Any], *, resume: bool,
@@ -171,18 +173,17 @@ def collect(study: Any, base: dict[str, Any], attack: dict[str, Any], space: Sea
     return SearchResult(rows, skipped, base, attack, proxy_scores(rows), info, space.to_dict())
 
 
-def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | None = None,
-           budget_macs: str | float | None = None, budget_params: str | float | None = None, trials: int = 20,
-           timeout: float | str | None = None, storage: str | None = None, resume: bool = False,
-           space: str | Sequence[str] | None = None, extra: Sequence[str] = (), pruner: str = "halving",
-           recipe_epochs: int | None = None, confirm: int = 2,
-           model_block: dict[str, Any] | None = None, sampler_seed: int | None = None, progress: bool = False,
-           echo: Callable[[str], Any] | None = None, device: Any = None, download: bool = False,
-           **options: Any) -> SearchResult:
+def search(model: HardenedModel, data: str | ImageDataset, config: SearchConfig | None = None,
+           training: FinetuneConfig | None = None, *, model_block: dict[str, Any] | None = None,
+           sampler_seed: int | None = None, progress: bool = False, echo: Callable[[str], Any] | None = None,
+           device: Any = None, download: bool = False, **options: Any) -> SearchResult:
     """Search harden's transforms for ``model`` under a MACs/parameter budget, measuring each candidate.
 
-    ``options`` are :class:`harden.training.FinetuneConfig` fields shaping every trial's fine-tuning
-    (``method``, ``epochs``, ``train_n``, ``val_n``, ``eps``, ...). Budgets are ``"3x"`` (times the
+    The study's settings are a :class:`~harden.schemas.search.SearchConfig` (``out``, ``budget_macs``,
+    ``budget_params``, ``trials``, ``timeout``, ``storage``, ``resume``, ``space``, ``extra``, ``pruner``,
+    ``confirm``, ``recipe_epochs``) and every trial's fine-tuning a :class:`harden.training.FinetuneConfig`
+    (``method``, ``epochs``, ``train_n``, ``val_n``, ``eps``, ...): ``config`` and ``training``, or harden's
+    defaults, with keyword ``options`` (fields of either) in their place. Budgets are ``"3x"`` (times the
     base model) or amounts (``"2G"``, ``"20M"``). ``trials`` is the study's total: a resumed study or
     several processes sharing ``storage`` (an SQLAlchemy URL) run until it holds that many.
     ``space`` names the dimensions searched (all that apply by default); each ``extra`` transform is
@@ -201,32 +202,31 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
     from harden.training.train_data import held_out_count
 
     say = echo or (lambda _s: None)
-    timeout = _check_args(model, out=out, budget_macs=budget_macs, budget_params=budget_params, trials=trials,
-                          timeout=timeout, storage=storage, resume=resume, space=space, extra=extra, pruner=pruner,
-                          recipe_epochs=recipe_epochs, confirm=confirm).timeout  # seconds, also when given as "2h"
-    cfg = make_config(**options)
+    study_names = {f.name for f in dataclasses.fields(SearchConfig)}
+    s = _check_args(model, config, **{k: v for k, v in options.items() if k in study_names})
+    cfg = make_config(training, **{k: v for k, v in options.items() if k not in study_names})
     if cfg.val_n == 0:
         raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
     _check_searchable(cfg.method)
-    pruner_obj = make_pruner(pruner, cfg.epochs)
-    if storage is not None:
-        open_storage(storage)  # a URL that cannot be opened fails before any work
+    pruner_obj = make_pruner(s.pruner, cfg.epochs)
+    if s.storage is not None:
+        open_storage(s.storage)  # a URL that cannot be opened fails before any work
     dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)
     if held_out_count(cfg.val_n, len(dataset)) < 1:
         raise UsageError(f"the {len(dataset)} training images are too few to hold any out for validation")
     facts = model_facts(model)
-    budgets = {"macs": parse_budget(budget_macs, facts.macs, "macs"),
-               "params": parse_budget(budget_params, facts.params, "params")}
-    the_space = build_space(model, space, extra)
-    out_path = Path(out) if out is not None else None
-    url = _storage_url(out_path, storage, resume)
+    budgets = {"macs": parse_budget(s.budget_macs, facts.macs, "macs"),
+               "params": parse_budget(s.budget_params, facts.params, "params")}
+    the_space = build_space(model, s.space, s.extra)
+    out_path = Path(s.out) if s.out is not None else None
+    url = _storage_url(out_path, s.storage, s.resume)
     created = [] if out_path is None or out_path.exists() else [out_path]
-    if out_path is not None and storage is None:
+    if out_path is not None and s.storage is None:
         out_path.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = _open_study(url, _fingerprint(model, dataset, the_space, cfg, budgets, pruner),
-                            resume=resume, sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=pruner_obj,
+        study = _open_study(url, _fingerprint(model, dataset, the_space, cfg, budgets, s.pruner),
+                            resume=s.resume, sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=pruner_obj,
                             identity=the_space.identity())
     except BaseException:
         for path in created:  # a folder this call made for a study that could not open
@@ -234,9 +234,9 @@ def search(model: HardenedModel, data: str | ImageDataset, *, out: str | Path | 
                 (path / DB_NAME).unlink(missing_ok=True)
                 path.rmdir()
         raise
-    return _run_study(study, model, dataset, the_space, cfg, facts, budgets, url=url, out=out_path, trials=trials,
-                      timeout=timeout, pruner=pruner, progress=progress, device=device, echo=say,
-                      model_block=_model_block(model, model_block), recipe_epochs=recipe_epochs, confirm=confirm)
+    return _run_study(study, model, dataset, the_space, cfg, facts, budgets, url=url, out=out_path, trials=s.trials,
+                      timeout=s.timeout, pruner=s.pruner, progress=progress, device=device, echo=say,
+                      model_block=_model_block(model, model_block), recipe_epochs=s.recipe_epochs, confirm=s.confirm)
 
 
 def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any, facts: Any,

@@ -37,7 +37,8 @@ from harden.training.trainer import Trainer
 from harden.training.uint8_images import decode_uint8
 
 
-def finetune(model: HardenedModel, data: str | ImageDataset | Any, *, output: str | os.PathLike[str] | None = None,
+def finetune(model: HardenedModel, data: str | ImageDataset | Any, config: FinetuneConfig | None = None, *,
+             output: str | os.PathLike[str] | None = None,
              resume: bool = False, force: bool = False, checkpoint: str | os.PathLike[str] | None = None,
              progress: bool = True, download: bool = False, device: str | torch.device | None = None,
              callback: Callable[[dict[str, Any]], None] | None = None, curves: bool = True,
@@ -46,8 +47,9 @@ def finetune(model: HardenedModel, data: str | ImageDataset | Any, *, output: st
 
     ``data`` is a data spec (``split``, ``resize`` and ``crop`` shape how it is read), a harden ImageDataset,
     a torch ``Dataset`` or ``DataLoader``, or ``(x, y)`` tensors (see :func:`harden.data.as_image_dataset`).
-    ``options`` are :class:`FinetuneConfig` fields (``method="pgd"|"trades"|"mart"|"fgsm-rs"|"clean"``, ``eps``,
-    ``steps``, ``epochs``, ``lr``, ``awp``, ``extra_data``, ``extra_fraction``, ...); ``pseudo_label`` (the
+    The settings are a :class:`FinetuneConfig`: ``config``, or harden's defaults, with keyword ``options``
+    (its fields: ``method`` (any of ``harden.methods.method_names()``), ``eps``, ``steps``, ``epochs``, ``lr``,
+    ``awp``, ``extra_data``, ``extra_fraction``, ...) in their place; ``pseudo_label`` (the
     teacher) may be a harden file (``trust_code`` as for :func:`harden.load`) or a module. With ``output`` the
     result is written as a harden safetensors file whose provenance gains a ``finetune`` entry, with a
     training-curve PNG beside it, and a checkpoint
@@ -58,10 +60,10 @@ def finetune(model: HardenedModel, data: str | ImageDataset | Any, *, output: st
     """
     if not isinstance(model, HardenedModel):
         raise UsageError("finetune() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
-    teacher_arg = options.get("pseudo_label")
+    teacher_arg = options.get("pseudo_label", config.pseudo_label if config is not None else None)
     if isinstance(teacher_arg, nn.Module):  # recorded by name; its digest goes into the fingerprint
         options["pseudo_label"] = teacher_name(teacher_arg)
-    cfg = make_config(**options)
+    cfg = make_config(config, **options)
     output = Path(output) if output is not None else None
     ckpt_path = _checked_paths(output, checkpoint, resume=resume, force=force)
     dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)

@@ -86,7 +86,7 @@ def _check_request(spec: Attack, *, fast: bool, steps: int | None, step_size: fl
                          f"{_names_that(lambda a: a.takes_step_size)}")
 
 
-def plan_attack(attack: str = "autoattack", *, eps: str | float = 8 / 255, norm: str = "Linf", fast: bool = False,
+def plan_attack(attack: str, *, eps: str | float, norm: str = "Linf", fast: bool = False,
                 seed: int = 0, steps: int | None = None, step_size: float | None = None) -> AttackPlan:
     """Validate an attack request and expand it into an :class:`AttackPlan`."""
     attack = attack.strip().lower()

@@ -19,7 +19,6 @@ from harden.provenance import FinetuneEntry
 from harden.recipes.run_plan import RunPlan
 from harden.recipes.schema import Recipe
 from harden.runtime.atomic import atomic_path
-from harden.schemas.finetune import FinetuneConfig
 from harden.stats import compare_reports
 from harden.summary import count_macs, human
 
@@ -144,24 +143,23 @@ def comparison_row(label: str, model: Any, transforms: list[str], reports: list[
 
 
 def _data_note(plan: RunPlan, test_spec: str) -> str:
-    ev, n_eval = plan.evaluate, plan.evaluate.get("n", 1000)
+    ev = plan.evaluate
     return (f"data: fine-tuned on the train split of `{plan.data['train']}`, evaluated on "
-            + (f"a random subset (seed {ev.get('seed', 0)}) of {n_eval}" if ev.get("random_subset", True)
-               else f"the first {n_eval}")
+            + (f"a random subset (seed {ev.seed}) of {ev.n}" if ev.random_subset else f"the first {ev.n}")
             + f" images of the test split of `{test_spec}`; accuracies in %, eps {plan.eps * 255:.3g}/255 "
-            f"({ev.get('norm', 'Linf')})")
+            f"({ev.norm})")
 
 
 def _start_note(plan: RunPlan) -> str:
     m, pre = plan.model, plan.pretrain
-    if pre:
-        n_pre = pre.get("epochs", FinetuneConfig.epochs)
-        return (f"start: `{m['spec']}` trained from {'its given weights' if m.get('weights') else 'scratch'} "
+    if pre is not None:
+        n_pre = pre.epochs
+        return (f"start: `{m.spec}` trained from {'its given weights' if m.weights else 'scratch'} "
                 f"without attacks by the recipe's pretrain stage ({n_pre} epoch{'s' if n_pre != 1 else ''}), "
                 "then used as the starting point of every row below it")
-    how = ("weights " + Path(m["weights"]).name if m.get("weights")
-           else "pretrained weights" if m.get("pretrained") else "random initialisation")
-    return f"start: `{m['spec']}` as loaded ({how})"
+    how = ("weights " + Path(m.weights).name if m.weights
+           else "pretrained weights" if m.pretrained else "random initialisation")
+    return f"start: `{m.spec}` as loaded ({how})"
 
 
 def comparison_result(recipe: Recipe, plan: RunPlan, test_spec: str, rows: list[dict[str, Any]],

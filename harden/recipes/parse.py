@@ -17,8 +17,9 @@ from harden.attacks import takes_steps
 from harden.data import check_spec
 from harden.errors import UsageError, close_matches
 from harden.evaluation import plan_attack
+from harden.recipes.run_plan import recipe_evaluation
 from harden.recipes.schema import SCHEMA, Key, NodeChecker, Recipe
-from harden.schemas.finetune import FinetuneConfig, make_config
+from harden.schemas.finetune import make_config
 from harden.transforms import parse_transform
 
 # the recipes shipped with harden, named in the error for a recipe file that does not exist
@@ -171,14 +172,14 @@ def _check_semantics(recipe: Recipe) -> None:
                 raise UsageError(f"{recipe.location(f'{dotted}[{i}]')}: {exc}") from None
     ev = v.get("evaluate") or {}
     if ev:
-        eps = ev.get("eps", (v.get("finetune") or {}).get("eps", FinetuneConfig.eps))
-        for i, attack in enumerate(ev.get("attacks", ["pgd"])):
-            try:
-                plan_attack(attack, eps=eps, norm=ev.get("norm", "Linf"), fast=bool(ev.get("fast")) and
-                            attack == "autoattack", steps=ev.get("steps") if takes_steps(attack) else None)
-            except UsageError as exc:
-                raise UsageError(f"{recipe.location(f'evaluate.attacks[{i}]')}: {exc}") from None
         for name in ("n", "batch_size", "steps"):
             if name in ev and ev[name] <= 0:
                 raise UsageError(f"{recipe.location(f'evaluate.{name}')}: evaluate.{name} must be positive")
+        cfg = recipe_evaluation(v)
+        for i, attack in enumerate(ev.get("attacks", ["pgd"])):
+            try:
+                plan_attack(attack, eps=cfg.eps, norm=cfg.norm, fast=cfg.fast and attack == "autoattack",
+                            steps=cfg.steps if takes_steps(attack) else None)
+            except UsageError as exc:
+                raise UsageError(f"{recipe.location(f'evaluate.attacks[{i}]')}: {exc}") from None
 

@@ -82,11 +82,11 @@ def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progr
 
 def _run_models(ctx: RunContext, base: HardenedModel) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
     """The table's rows (the start model, then each variant) and each variant's reports (for the paired tests)."""
-    pretrained = bool(ctx.plan.pretrain)
+    pretrained = ctx.plan.pretrain is not None
     rows = []
     evaluations: dict[str, list[dict[str, Any]]] = {}
     start, pre_seconds = pretrain_stage(ctx, base)
-    if ctx.plan.evaluate.get("start", True):
+    if ctx.plan.evaluate_start:
         reports = evaluate_stage(ctx, start, "start", ctx.out / "start.safetensors" if pretrained else None)
         rows.append(comparison_row("start", start, [], reports, pre_seconds, pretrained=pretrained))
     for name, transforms in ctx.plan.variants:

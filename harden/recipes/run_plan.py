@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,31 +11,46 @@ from typing import Any
 
 from harden.errors import UsageError
 from harden.recipes.schema import Recipe
-from harden.schemas.finetune import FinetuneConfig
+from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
+from harden.schemas.fields import parse_number
+from harden.schemas.finetune import FinetuneConfig, make_config
+from harden.schemas.model import ModelSpec
+
+RECIPE_ONLY = ("attacks", "start")  # evaluate keys of a recipe that are not evaluation settings
 
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run does: its values (a copy of the recipe's), where it writes, and each stage's settings."""
+    """What a run does: its values (a copy of the recipe's, which the run's resume state fingerprints), where
+    it writes, and each stage's typed settings."""
 
     values: dict[str, Any]
     out: Path
-    finetune: dict[str, Any]  # the settings every variant is fine-tuned with
-    pretrain: dict[str, Any] | None  # the clean pre-training of the base model, if the recipe asks for one
-    evaluate: dict[str, Any]
+    model: ModelSpec  # the base model (weights beside the recipe found)
+    finetune: FinetuneConfig  # the settings every variant is fine-tuned with
+    pretrain: FinetuneConfig | None  # the clean pre-training of the base model, if the recipe asks for one
+    evaluate: EvaluateConfig  # eps defaults to fine-tuning's, images are a random subset unless said
+    evaluate_start: bool  # the starting model is evaluated too
     attacks: list[str]
-    eps: float
     variants: list[tuple[str, list[str]]]  # (name, transforms) of each fine-tuned model, the baseline first
 
     @property
-    def model(self) -> dict[str, Any]:
-        """The recipe's model section."""
-        return self.values["model"]
+    def eps(self) -> float:
+        """The evaluation's eps, as a number."""
+        return parse_number(self.evaluate.eps)
 
     @property
     def data(self) -> dict[str, Any]:
         """The recipe's data section."""
         return self.values["data"]
+
+
+def recipe_evaluation(values: dict[str, Any], finetune_eps: float | None = None) -> EvaluateConfig:
+    """The evaluation settings of a recipe's values: its ``evaluate:`` keys, eps defaulting to fine-tuning's,
+    the images a random subset unless the recipe says otherwise."""
+    eps = finetune_eps if finetune_eps is not None else (values.get("finetune") or {}).get("eps", FinetuneConfig.eps)
+    ev = {k: value for k, value in (values.get("evaluate") or {}).items() if k not in RECIPE_ONLY}
+    return make_evaluate_config(**{"eps": eps, "random_subset": True, **ev})
 
 
 def plan_run(recipe: Recipe, out_dir: str | os.PathLike[str] | None) -> RunPlan:
@@ -52,9 +68,13 @@ def plan_run(recipe: Recipe, out_dir: str | os.PathLike[str] | None) -> RunPlan:
     for key in ("train", "test"):
         if key in data:
             data[key] = recipe.data_spec(data[key])
-    ev = dict(v.get("evaluate") or {})
+    finetune = make_config(**ft)
+    evaluate = recipe_evaluation(v, finetune.eps)
+    model = ModelSpec.of(v["model"])
     variants: list[tuple[str, list[str]]] = [("baseline", [])] if v.get("baseline", True) else []
     variants += list(v["variants"].items()) if "variants" in v else [("hardened", list(v["transforms"]))]
-    return RunPlan(values=v, out=out, finetune=ft, pretrain=v.get("pretrain"), evaluate=ev,
-                   attacks=list(ev.get("attacks", ["pgd"])), eps=ev.get("eps", ft.get("eps", FinetuneConfig.eps)),
-                   variants=variants)
+    pretrain = make_config(**{"method": "clean", **v["pretrain"]}) if v.get("pretrain") else None
+    return RunPlan(values=v, out=out, model=dataclasses.replace(model, weights=recipe.local_path(model.weights)),
+                   finetune=finetune, pretrain=pretrain, evaluate=evaluate,
+                   evaluate_start=bool((v.get("evaluate") or {}).get("start", True)),
+                   attacks=list((v.get("evaluate") or {}).get("attacks", ["pgd"])), variants=variants)

@@ -9,7 +9,6 @@ stage is recorded in the run's :class:`~harden.recipes.state.RunState` and read 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from harden.recipes.schema import Recipe
 from harden.recipes.state import RunState
 from harden.runtime.atomic import atomic_path
 from harden.runtime.store import checkpoint_path_for
-from harden.schemas.model import ModelSpec
+from harden.schemas.finetune import FinetuneConfig
 from harden.serialization import load
 from harden.tracking import Prefixed
 from harden.training import resolve_data
@@ -59,8 +58,7 @@ class RunContext:
 
 def load_start_model(recipe: Recipe, plan: RunPlan) -> HardenedModel:
     """The recipe's model, initialised from its seed without touching the caller's random generator."""
-    spec = ModelSpec.of(plan.model)
-    return dataclasses.replace(spec, weights=recipe.local_path(spec.weights)).build()
+    return plan.model.build()
 
 
 def load_data(plan: RunPlan, base: HardenedModel) -> tuple[ImageDataset, ImageDataset]:
@@ -95,7 +93,7 @@ def write_resolved_recipe(recipe: Recipe, plan: RunPlan) -> None:
 
 
 def finetune_stage(ctx: RunContext, model: HardenedModel, label: str,
-                   settings: dict[str, Any]) -> tuple[HardenedModel, float]:
+                   settings: FinetuneConfig) -> tuple[HardenedModel, float]:
     """Fine-tune ``model`` into ``OUT/<label>.safetensors``; the tuned model and its seconds.
 
     A stage finished earlier is read back; an interrupted one continues from its checkpoint on resume.
@@ -109,8 +107,8 @@ def finetune_stage(ctx: RunContext, model: HardenedModel, label: str,
     again = ctx.resume and checkpoint_path_for(path).exists()
     if again:
         ctx.say(f"[{label}] continuing the interrupted fine-tuning from {checkpoint_path_for(path).name}")
-    tuned = training.finetune(model, ctx.train_ds, output=path, force=True, resume=again, progress=ctx.progress,
-                     tracker=Prefixed(ctx.sink, f"{label}."), **settings)
+    tuned = training.finetune(model, ctx.train_ds, settings, output=path, force=True, resume=again,
+                              progress=ctx.progress, tracker=Prefixed(ctx.sink, f"{label}."))
     seconds = round(time.perf_counter() - t0, 1)
     ctx.state.mark(stage, seconds=seconds)
     return tuned, seconds
@@ -118,10 +116,10 @@ def finetune_stage(ctx: RunContext, model: HardenedModel, label: str,
 
 def pretrain_stage(ctx: RunContext, base: HardenedModel) -> tuple[HardenedModel, float | None]:
     """The start model of every row: ``base`` trained without attacks if the recipe has a pretrain stage."""
-    if not ctx.plan.pretrain:
+    if ctx.plan.pretrain is None:
         return base, None
-    ctx.say(f"[start] clean pre-training of {ctx.plan.model['spec']} on {ctx.plan.data['train']}")
-    return finetune_stage(ctx, base, "start", {"method": "clean", **ctx.plan.pretrain})
+    ctx.say(f"[start] clean pre-training of {ctx.plan.model.spec} on {ctx.plan.data['train']}")
+    return finetune_stage(ctx, base, "start", ctx.plan.pretrain)
 
 
 def apply_stage(ctx: RunContext, start: HardenedModel, transforms: list[str]) -> HardenedModel:
@@ -136,14 +134,11 @@ def _evaluate_attack(ctx: RunContext, model: HardenedModel, label: str, attack: 
     if ctx.state.finished(stage) is not None:
         ctx.say(f"[{label}] {attack}: finished earlier, read from {path.name}")
         return json.loads(path.read_text())
-    ctx.say(f"[{label}] evaluating: {attack} at eps {eps * 255:.3g}/255 on {ev.get('n', 1000)} test images")
+    ctx.say(f"[{label}] evaluating: {attack} at eps {eps * 255:.3g}/255 on {ev.n} test images")
     report = evaluation.evaluate(
-        model, ctx.test_ds, attack=attack, eps=eps, norm=ev.get("norm", "Linf"), n=ev.get("n", 1000),
-        seed=ev.get("seed", 0), fast=bool(ev.get("fast")) and attack == "autoattack",
-        steps=ev.get("steps") if takes_steps(attack) else None,
-        batch_size=ev.get("batch_size", "auto"), random_subset=bool(ev.get("random_subset", True)),
-        progress=ctx.progress, into=file, report=path, resume=ctx.resume,
-        skip_bad_images=bool(ev.get("skip_bad_images")), tracker=Prefixed(ctx.sink, f"{label}.{attack}."))
+        model, ctx.test_ds, ev, attack=attack, eps=eps, fast=ev.fast and attack == "autoattack",
+        steps=ev.steps if takes_steps(attack) else None, into=file, report=path, resume=ctx.resume,
+        progress=ctx.progress, tracker=Prefixed(ctx.sink, f"{label}.{attack}."))
     ctx.state.mark(stage)
     return report
 

@@ -19,7 +19,7 @@ from harden.data import (
     select,
     skip_unreadable,
 )
-from harden.data_images import held_warnings
+from harden.data.images import held_warnings
 from harden.errors import UsageError
 from harden.schemas.evaluate import EvaluateConfig
 

@@ -21,7 +21,7 @@ import yaml
 from harden import evaluation, training  # called through the modules: tests and callers may replace them
 from harden.attacks import takes_steps
 from harden.data import ImageDataset, load_dataset
-from harden.data_images import held_warnings
+from harden.data.images import held_warnings
 from harden.errors import HardenError, UsageError
 from harden.model import HardenedModel
 from harden.pipeline import apply

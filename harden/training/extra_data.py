@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from harden.data import ImageDataset, load_dataset
-from harden.data_images import held_warnings
+from harden.data.images import held_warnings
 from harden.errors import UsageError
 from harden.model import HardenedModel
 from harden.runtime.modes import eval_mode

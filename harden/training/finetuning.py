@@ -14,7 +14,7 @@ from torch import nn
 
 from harden import tracking
 from harden.data import ImageDataset
-from harden.data_images import data_warning
+from harden.data.images import data_warning
 from harden.errors import UsageError
 from harden.methods import get_method
 from harden.model import HardenedModel, warn_if_random

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from harden.data import DamagedImage, ImageDataset, as_image_dataset, has_class_names, load_dataset
-from harden.data_images import held_warnings
+from harden.data.images import held_warnings
 from harden.errors import UsageError
 from harden.model import HardenedModel
 from harden.runtime.session import DistSession

@@ -1,4 +1,4 @@
-"""The user's own data objects as an :class:`~harden.data_images.ImageDataset`: a torch ``Dataset``, a
+"""The user's own data objects as an :class:`~harden.data.images.ImageDataset`: a torch ``Dataset``, a
 ``DataLoader`` or ``(x, y)`` tensors (:func:`as_image_dataset`)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from harden.data_images import ImageDataset, Preprocess, checked_output
+from harden.data.images import ImageDataset, Preprocess, checked_output
 from harden.errors import UsageError
 
 _KINDS = ("a data spec (sample, imagefolder:ROOT, cifar10:ROOT, idx:DIR, npz:FILE), a harden ImageDataset, a torch "

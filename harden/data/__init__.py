@@ -5,7 +5,7 @@ with split folders such as ``train/``, ``val/``, ``test/`` or none), ``cifar10:R
 ``cifar100:ROOT`` (torchvision's format; downloaded only when asked), ``idx:DIR`` (MNIST-like IDX
 files) and ``npz:FILE`` (numpy arrays). :func:`load_dataset` brings the images to a model's input;
 :func:`image_dataset` takes the user's own preprocessing; :func:`as_image_dataset` takes a torch
-``Dataset``, a ``DataLoader`` or ``(x, y)`` tensors. How images are converted: :mod:`harden.data_images`.
+``Dataset``, a ``DataLoader`` or ``(x, y)`` tensors. How images are converted: :mod:`harden.data.images`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from harden.data_adapters import as_image_dataset, has_class_names
-from harden.data_arrays import Arrays, read_idx_dir, read_npz
-from harden.data_images import DamagedImage, DataWarning, ImageDataset, Preprocess, Transform, data_warning
+from harden.data.adapters import as_image_dataset, has_class_names
+from harden.data.arrays import Arrays, read_idx_dir, read_npz
+from harden.data.images import DamagedImage, DataWarning, ImageDataset, Preprocess, Transform, data_warning
 from harden.errors import HardenError, UsageError, close_matches
 
 __all__ = ["CIFAR10_CLASSES", "DATA_SOURCES", "SPLITS", "DamagedImage", "DataSource", "DataWarning", "ImageDataset",

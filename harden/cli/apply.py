@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -10,10 +11,12 @@ import click
 
 import harden
 from harden.cli import main
-from harden.cli._options import model_options, resolve_model
+from harden.cli._options import model_options, resolve_model, schema_options
 from harden.cli.finetune import finetune_summary
-from harden.errors import UsageError
 from harden.provenance import Provenance, weights_text
+from harden.schemas.apply import ApplyConfig, make_apply_config
+
+APPLY_FIELDS = tuple(f.name for f in dataclasses.fields(ApplyConfig))
 
 
 class TransformOptionsCommand(click.Command):
@@ -30,7 +33,7 @@ class TransformOptionsCommand(click.Command):
         if self._added is None or self._added[0] != classes:  # built again when a transform is registered
             taken = {opt for p in params for opt in getattr(p, "opts", ())}
             self._added = (classes, [opt for opt in shorthand_options() if opt.opts[0] not in taken])
-        at = next(i for i, p in enumerate(params) if p.name == "extra")
+        at = next(i for i, p in enumerate(params) if p.name == "transforms")
         return params[:at] + self._added[1] + params[at:]
 
 
@@ -53,13 +56,9 @@ def shorthand_options() -> list[click.Option]:
 @main.command("apply", cls=TransformOptionsCommand)
 @click.argument("model")
 @model_options
-@click.option("-t", "--transform", "extra", multiple=True, metavar="NAME[:k=v,...]",
-              help="Any registered transform; repeatable, applied in order after the options above.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write a harden safetensors file.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@schema_options(ApplyConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def apply_command(model: str, extra: tuple[str, ...], output: str | None, force: bool, as_json: bool,
-                  **options: Any) -> None:
+def apply_command(model: str, as_json: bool, **options: Any) -> None:
     """Apply robustness transforms to MODEL (a model spec or a harden file).
 
     The transform options (--upsample, --stride-mod, ...) come from the installed transforms: each
@@ -69,16 +68,11 @@ def apply_command(model: str, extra: tuple[str, ...], output: str | None, force:
 
     dests = {s.dest for cls in list_transforms().values() for s in cls.shorthands}
     shorthands = {k: options.pop(k) for k in list(options) if k in dests}
-    model_opts = options
-    specs = shorthand_specs(shorthands) + list(extra)
-    if output and not force:
-        from pathlib import Path
+    cfg = make_apply_config(**{k: options.pop(k) for k in APPLY_FIELDS})
+    specs = shorthand_specs(shorthands) + list(cfg.transforms)
+    from harden.summary import model_facts
 
-        if Path(output).exists():
-            raise UsageError(f"'{output}' exists; pass --force to overwrite it")
-    from harden.summary import before_after_table, model_facts
-
-    base = resolve_model(model, **model_opts)
+    base = resolve_model(model, **options)
     transforms = [harden.transforms.parse_transform(s) for s in specs]
     before = model_facts(base)
     start = time.perf_counter()
@@ -86,17 +80,24 @@ def apply_command(model: str, extra: tuple[str, ...], output: str | None, force:
     elapsed = time.perf_counter() - start
     after = model_facts(hardened)
     new_entries = hardened.provenance.transforms[len(base.provenance.transforms):]
-    if output:
-        harden.save(hardened, output, overwrite=True)
+    if cfg.output:
+        harden.save(hardened, cfg.output, overwrite=True)
     if as_json:
         click.echo(json.dumps({
             "model": hardened.spec,
             "transforms": [entry.to_dict() for entry in new_entries],
             "before": before.__dict__, "after": after.__dict__,
-            "transform_seconds": round(elapsed, 3), "output": output,
+            "transform_seconds": round(elapsed, 3), "output": cfg.output,
         }, default=list, indent=2))
         return
+    _echo_applied(hardened, new_entries, (before, after), elapsed, cfg.output)
+
+
+def _echo_applied(hardened: Any, new_entries: list[Any], facts: tuple[Any, Any], elapsed: float,
+                  output: str | None) -> None:
+    """What ``harden apply`` did, for people: the model, each transform's changes, before and after."""
     from harden.model import normalization_text
+    from harden.summary import before_after_table
 
     m = hardened.provenance.model
     click.echo(f"model: {hardened.spec}  ({hardened.num_classes} classes, "
@@ -109,7 +110,7 @@ def apply_command(model: str, extra: tuple[str, ...], output: str | None, force:
     if not new_entries:
         click.echo("no transforms given (see `harden list`)")
     click.echo("")
-    click.echo(before_after_table(before, after))
+    click.echo(before_after_table(*facts))
     click.echo(f"\ntransform time: {elapsed:.2f}s")
     if output:
         click.echo(f"wrote {output}")

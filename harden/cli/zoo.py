@@ -3,46 +3,31 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from typing import Any
 
 import click
 
 import harden
 from harden.cli import main
-from harden.errors import UsageError
+from harden.cli._options import schema_options
+from harden.schemas.scale import ScaleConfig, make_scale_config
 
 
 @main.command("scale")
-@click.option("--flops", required=True, metavar="BUDGET",
-              help="Target cost per 32x32 image in multiply-accumulates (the paper's FLOPs), e.g. 10G.")
-@click.option("--block", type=click.Choice(["robust", "basic"]), default="robust", show_default=True,
-              help="RobustResBlock (RobustResNets) or WRN's pre-activation basic block (WRN-A).")
-@click.option("--num-classes", type=int, default=10, show_default=True)
-@click.option("--input-size", type=int, default=32, show_default=True, help="Input side the cost is counted at.")
-@click.option("--build", is_flag=True, help="Build the network (fresh weights) and write it with -o.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Harden file for --build.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@schema_options(ScaleConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def scale_command(flops: str, block: str, num_classes: int, input_size: int, build: bool, output: str | None,
-                  force: bool, as_json: bool) -> None:
+def scale_command(as_json: bool, **options: Any) -> None:
     """Depth and width per stage that RobustScaling (Huang et al., 2023) gives for a FLOP budget.
 
     Rule: depths 2:2:1, widening factors 2:2.5:1, total depth : total width = 7:3.
     """
+    cfg = make_scale_config(**options)
+    flops, block, num_classes, input_size, build, output = (cfg.flops, cfg.block, cfg.num_classes, cfg.input_size,
+                                                             cfg.build, cfg.output)
     from harden.sources.zoo.robustresnet import CONFIGS
     from harden.sources.zoo.scaling import count_cost, nearest_published, parse_flops, robust_scaling
     from harden.summary import human
 
-    if num_classes < 1:
-        raise UsageError(f"--num-classes must be positive, got {num_classes}")
-    if input_size < 1:
-        raise UsageError(f"--input-size must be positive, got {input_size}")
-    if build and not output:
-        raise UsageError("--build needs -o FILE to write the network to")
-    if output and not build:
-        raise UsageError("-o is used with --build; add --build to write the network")
-    if output and Path(output).exists() and not force:
-        raise UsageError(f"'{output}' exists; pass --force to overwrite it")
     budget = parse_flops(flops)
     result = robust_scaling(budget, block=block, input_size=input_size, num_classes=num_classes)
     ref = nearest_published(result.depths, result.widths)

@@ -96,8 +96,8 @@ class SignOnly(TrainingMethod):
 
 
 def test_adding_a_training_method_is_one_registered_class() -> None:
-    method = register_method(SignOnly())
-    try:
+    with METHODS.scoped():  # registered for this test only
+        register_method(SignOnly())
         x, y = _data()
         model = harden.wrap(_net(), input_size=8)
         out = harden.finetune(model, (x, y), method="test-fgsm-zero", eps=0.03, epochs=1, val_n=16, batch_size=16,
@@ -105,8 +105,7 @@ def test_adding_a_training_method_is_one_registered_class() -> None:
         assert out.provenance.finetune.method == "test-fgsm-zero" and out.provenance.finetune.steps == 1
         with pytest.raises(ValueError, match="already registered"):
             register_method(SignOnly())
-    finally:
-        METHODS._items.pop(method.name)
+    assert "test-fgsm-zero" not in METHODS
 
 
 # ------------------------------------------------------------------------------------ the guard's rule

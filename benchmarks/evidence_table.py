@@ -162,8 +162,10 @@ def _methods(table: dict[str, Any]) -> list[str]:
             if "method" not in t:
                 continue
             extra = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in t.items() if k not in ("method", "steps"))
-            lines.append(f"row {index}: {t['method'].upper()} with a {t['steps']}-step PGD inside (step 2.5 eps / "
-                         f"{t['steps']}){', ' + extra if extra else ''}, otherwise the same training.")
+            inside = (f" with a {t['steps']}-step PGD inside (step 2.5 eps / {t['steps']})" if "steps" in t
+                      else " (its own single step, harden's defaults)")
+            lines.append(f"row {index}: {t['method'].upper()}{inside}{', ' + extra if extra else ''}, "
+                         "otherwise the same training.")
     return lines
 
 

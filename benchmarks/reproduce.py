@@ -123,13 +123,29 @@ FMNIST_ROWS: list[Row] = ROWS[:5] + [
 FMNIST_REFERENCE = {8: 5, 9: 6, 10: 7}
 
 
-def rows_of(protocol: str, model: str) -> list[Row]:
-    """The rows of a protocol's table: the protocol's rows, then those searched for its model."""
+# The fast methods compared side by side (issue: fast adversarial training that does not collapse), each from
+# scratch with the protocol's budget, model, data and evaluation, the protocol's method replaced: FGSM-RS as
+# harden has it (random start, step 1.25 eps, projected) and N-FGSM with the paper's noise 2 eps and step eps,
+# unprojected. Row 0 is FGSM-RS, so every N-FGSM seed is paired with the FGSM-RS model of the same seed.
+METHOD_ROWS: list[Row] = [
+    Row("FGSM-RS (Wong et al. 2020): random start, step 1.25 eps", [], "scratch", {"method": "fgsm-rs"}),
+    Row("N-FGSM (de Jorge et al. 2022): noise 2 eps, step eps, no projection", [], "scratch", {"method": "n-fgsm"}),
+]
+TABLES = ("evidence", "methods")
+
+
+def rows_of(protocol: str, model: str, table: str = "evidence") -> list[Row]:
+    """The rows of a protocol's table: the protocol's rows, then those searched for its model; or the fast
+    methods' rows (``table="methods"``)."""
+    if table == "methods":
+        return list(METHOD_ROWS)
     return (FMNIST_ROWS if protocol == "fmnist" else ROWS) + SEARCHED.get((protocol, model), [])
 
 
-def reference_of(protocol: str) -> dict[int, int]:
+def reference_of(protocol: str, table: str = "evidence") -> dict[int, int]:
     """Each row's second paired comparison (besides the baseline) in a protocol's table."""
+    if table == "methods":
+        return {}
     return FMNIST_REFERENCE if protocol == "fmnist" else REFERENCE
 
 
@@ -321,9 +337,12 @@ def training_record(model: harden.HardenedModel, method: dict[str, Any]) -> dict
     entry = model.provenance.finetune
     assert entry is not None
     curve = [{k: h.get(k) for k in ("epoch", "val_clean", "val_robust", "train_acc")} for h in entry.history]
-    return {"curve": curve, "converged": converged(curve), "kept_epoch": entry.kept_epoch,
-            "epochs_run": entry.epochs_run, "train_images": entry.train_n,
-            "train_passes": entry.epochs_run * entry.train_n * method_passes(method)}
+    record = {"curve": curve, "converged": converged(curve), "kept_epoch": entry.kept_epoch,
+              "epochs_run": entry.epochs_run, "train_images": entry.train_n,
+              "train_passes": entry.epochs_run * entry.train_n * method_passes(method)}
+    if entry.collapse is not None:  # the catastrophic-overfitting guard's finding, as the model file has it
+        record["collapse"] = entry.collapse.to_dict()
+    return record
 
 
 def run_one(index: int, seed: int, data: str, work: Path, s: dict, progress: bool,
@@ -356,7 +375,17 @@ def protocol_settings(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     s = {**PROTOCOLS[name], "steps_eval": 10}
     if args.model:
         s["model"] = args.model
+    if args.eps:  # training and evaluation at another eps (recorded in the settings, so tables never mix)
+        s["eps"] = args.eps
     return name, s
+
+
+def default_out(name: str, s: dict[str, Any], args: argparse.Namespace) -> Path:
+    """``benchmarks/results/evidence-PROTOCOL.md``, or ``methods-PROTOCOL-epsE.md`` for the methods table."""
+    if args.table == "methods":
+        eps = str(s["eps"]).replace("/", "-")
+        return Path(f"benchmarks/results/methods-{name}-eps{eps}.md")
+    return Path(f"benchmarks/results/evidence-{name}.md")
 
 
 def mismatched(saved: dict[str, Any], identity: dict[str, Any]) -> list[str]:
@@ -373,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), default="gpu", help="fixed settings of the table")
     ap.add_argument("--quick", action="store_true", help="the same as --protocol quick (toy size, CPU)")
     ap.add_argument("--model", default=None, help="model spec instead of the protocol's (recorded in the table)")
+    ap.add_argument("--table", choices=TABLES, default="evidence",
+                    help="evidence: the architecture rows (and the pitch); methods: FGSM-RS against N-FGSM")
+    ap.add_argument("--eps", default=None, help="train and evaluate at this eps instead of the protocol's")
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (default: all the protocol's rows)")
     ap.add_argument("--seeds", default=None, help="comma-separated training seeds (default: the protocol's)")
     ap.add_argument("--merge", action="store_true", help="keep the results of earlier pieces with the same settings")
@@ -384,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "for fmnist ../shared/data/fashion-mnist)")
     ap.add_argument("--cache", default="data/cifar10-jpeg")
     ap.add_argument("--work", default="runs/reproduce", help="folder for the trained models")
-    ap.add_argument("--out", default=None, help="markdown table (default: benchmarks/results/evidence-PROTOCOL.md)")
+    ap.add_argument("--out", default=None, help="markdown table (default: benchmarks/results/evidence-PROTOCOL.md, "
+                    "methods-PROTOCOL-epsEPS.md)")
     return ap
 
 
@@ -417,7 +450,8 @@ def join(paths: list[str], out: Path, table: dict[str, Any] | None, identity: di
         if differ:
             print(f"error: --join: '{path}' was measured with other {', '.join(differ)}", file=sys.stderr)
             sys.exit(1)
-        table, added = join_tables(table, other, identity, reference_of(identity["protocol"]))
+        reference = reference_of(identity["protocol"], identity.get("table", "evidence"))
+        table, added = join_tables(table, other, identity, reference)
         print(f"{path}: {added} piece(s) added")
     assert table is not None
     write_table(out, table, PITCH_REASON)
@@ -428,13 +462,14 @@ def join(paths: list[str], out: Path, table: dict[str, Any] | None, identity: di
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     name, s = protocol_settings(args)
-    table_rows = rows_of(name, s["model"])
+    table_rows = rows_of(name, s["model"], args.table)
     rows = parse_list(args.rows, list(range(len(table_rows))), "rows", range(len(table_rows)))
     seeds = parse_list(args.seeds, s["seeds"], "seeds")
-    out = Path(args.out or f"benchmarks/results/evidence-{name}.md")
+    out = Path(args.out) if args.out else default_out(name, s, args)
     data = protocol_data(name, args)
     identity = {"protocol": name, "model": s["model"], "data": data, "settings": s, "device": device_name(),
-                "row_definitions": [r.definition() for r in table_rows]}
+                "row_definitions": [r.definition() for r in table_rows],
+                **({"table": args.table} if args.table != "evidence" else {})}
     saved = _saved_table(out, identity, "join" if args.join else "merge") if args.merge or args.join else None
     if args.join:
         return join(args.join, out, saved, identity)
@@ -449,7 +484,7 @@ def main(argv: list[str] | None = None) -> Path:
             fresh.append(run_one(index, seed, data, work, s, progress=not args.quick, rows=table_rows))
             print(json.dumps({k: v for k, v in fresh[-1]["seed_result"].items() if k != "outcome"}
                              | {"row": fresh[-1]["row"]}), flush=True)
-    table = merge_results(saved, identity, piece, fresh, reference_of(name))
+    table = merge_results(saved, identity, piece, fresh, reference_of(name, args.table))
     text = write_table(out, table, PITCH_REASON)
     print(text)
     print(f"wrote {out}")

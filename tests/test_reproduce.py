@@ -289,3 +289,28 @@ def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
     text = table.write_table(tmp_path / "evidence-fmnist.md", data, "reason")
     assert "# Architecture changes on Fashion-MNIST" in text and "| 0/3 (not: s0, s1, s2) |" in text
     assert "## The pitch" in text and (tmp_path / "evidence-fmnist-pitch.png").stat().st_size > 5000
+
+
+def test_the_methods_table_pairs_n_fgsm_with_fgsm_rs_at_the_eps_asked() -> None:
+    r = _import("reproduce")
+    assert [row.training["method"] for row in r.rows_of("cpu", "cifar:wrn-16-1", "methods")] == ["fgsm-rs", "n-fgsm"]
+    assert r.rows_of("fmnist", "cifar:wrn-10-1", "methods") == r.METHOD_ROWS and r.reference_of("cpu", "methods") == {}
+    args = r.build_parser().parse_args(["--protocol", "cpu", "--table", "methods", "--eps", "16/255"])
+    name, s = r.protocol_settings(args)
+    assert s["eps"] == "16/255" and s["method"] == "fgsm-rs" and s["epochs"] == 3  # the budget stays the protocol's
+    assert r.default_out(name, s, args).name == "methods-cpu-eps16-255.md"
+
+
+@pytest.mark.slow
+def test_the_methods_table_is_built_in_pieces_like_the_evidence_table(tmp_path: Path) -> None:
+    for args in (["--table", "methods", "--eps", "16/255", "--rows", "0", "--seeds", "0"],
+                 ["--table", "methods", "--eps", "16/255", "--rows", "1", "--seeds", "0", "--merge"]):
+        res = _reproduce(tmp_path, *args)
+        assert res.returncode == 0, res.stderr[-2000:]
+    table = json.loads((tmp_path / "table.json").read_text())
+    rows = {r["index"]: r for r in table["rows"]}
+    assert table["table"] == "methods" and table["settings"]["eps"] == "16/255"
+    assert [rows[i]["training"]["method"] for i in (0, 1)] == ["fgsm-rs", "n-fgsm"]
+    assert rows[1]["seeds"][0]["vs_baseline"]["row"] == 0 and rows[1]["seeds"][0]["eps"] == "16/255"
+    res = _reproduce(tmp_path, "--rows", "0", "--seeds", "1", "--merge")  # the evidence table is another table
+    assert res.returncode == 1 and "measured with other" in res.stderr

@@ -327,3 +327,120 @@ def test_cli_pretrained_and_missing_architecture_are_one_line(tmp_path: Path) ->
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "--weights" in res.output
     res = _run("apply", "robustbench:Ding2020MMA", "--stride-mod", "-o", str(tmp_path / "x.safetensors"))
     assert res.exit_code == 2 and "per-image standardisation" in res.output and res.output.count("\n") == 1
+
+
+# ------------------------------------------------------------- best-known figures (RobustBench's `external`)
+
+# (clean, AutoAttack, external, unreliable) as RobustBench's model_info files have them (commit 78fcc9e)
+_RB_FIGURES = {
+    "cifar10/Linf/Kang2021Stable": (93.73, 71.28, 64.20, True),
+    "cifar10/Linf/Amini2024MeanSparse_S-WRN-94-16": (93.60, 75.28, 73.10, False),
+    "cifar10/L2/Amini2024MeanSparse_S-WRN-70-16": (95.51, 87.28, 84.33, False),
+    "cifar10/Linf/Gowal2020Uncovering_70_16": (85.29, 57.20, 57.14, False),
+    "cifar100/Linf/Wang2023Better_WRN-70-16": (75.22, 42.67, 42.66, False),
+    "imagenet/Linf/Amini2024MeanSparse_Swin-L": (78.80, 62.12, 58.92, False),
+    "cifar10/Linf/Bartoldson2024Adversarial_WRN-94-16": (93.68, 73.71, None, False),
+    "cifar10/Linf/Carmon2019Unlabeled": (89.69, 59.53, None, False),
+}
+
+
+def test_best_known_figures_are_robustbench_s() -> None:
+    for key, want in _RB_FIGURES.items():
+        e = rbz.find_entry(key)
+        assert (e.clean_acc, e.autoattack_acc, e.external, e.unreliable) == want, key
+    ms = rbz.find_entry("Amini2024MeanSparse_S-WRN-94-16")
+    assert ms.architecture is None and "meansparse" in ms.kwargs["missing"] and ms.external_by == "BPDA"
+    assert sum(e.external is not None for e in rbz.ENTRIES) == 21 and sum(e.unreliable for e in rbz.ENTRIES) == 1
+
+
+def test_best_known_is_never_above_autoattack() -> None:
+    from harden.sources.zoo.robustbench_entries import _BEST_KNOWN
+
+    assert set(_BEST_KNOWN) <= {e.key for e in rbz.ENTRIES}  # no figure for an entry harden does not list
+    for e in rbz.ENTRIES:
+        if e.external is not None:  # RobustBench has no exception: every external is below AutoAttack's
+            assert e.autoattack_acc is not None and e.external < e.autoattack_acc and e.external_by, e.key
+            assert e.best_known_acc == e.external
+        else:
+            assert e.best_known_acc == e.autoattack_acc and not e.external_by
+
+
+def _published(name: str) -> dict:
+    entry = ModelEntry(spec=f"robustbench:{name}", source="robustbench", name=name, num_classes=10,
+                       input_size=[3, 32, 32], mean=[0.0] * 3, std=[1.0] * 3, weights="w.pt")
+    pub = rbz.published(Provenance(model=entry))
+    assert pub is not None
+    return pub
+
+
+def test_list_and_summary_line_show_best_known_and_unreliable() -> None:
+    lines = {line.split()[0]: line for line in rbz.entry_lines()}
+    kang = lines["cifar10/Linf/Kang2021Stable"]
+    assert "93.73 / 71.28 / 64.20" in kang and kang.endswith("[UNRELIABLE]") and "transfer APGD" in kang
+    assert "89.69 / 59.53 /     -" in lines["cifar10/Linf/Carmon2019Unlabeled"]
+    assert "93.60 / 75.28 / 73.10" in lines["cifar10/Linf/Amini2024MeanSparse_S-WRN-94-16"]
+    assert sum("[UNRELIABLE]" in line for line in lines.values()) == 1
+    pub = _published("Kang2021Stable")
+    kept = {"entry", "clean_acc", "autoattack_acc", "threat_model", "eps", "n_examples", "citation", "source"}
+    assert kept < set(pub)  # the report's keys so far are all there, the new ones added
+    assert (pub["external"], pub["unreliable"], pub["best_known"], pub["best_known_acc"]) == \
+        (64.20, True, "external", 64.20)
+    line = rbz.published_line(pub)
+    assert "AutoAttack 71.28%, best known 64.20% (AutoAttack + transfer APGD) at Linf" in line and "UNRELIABLE" in line
+    line = rbz.published_line(_published("Amini2024MeanSparse_S-WRN-94-16"))
+    assert "AutoAttack 75.28%, best known 73.10% (BPDA) at Linf eps=8/255" in line and "UNRELIABLE" not in line
+    carmon = _published("Carmon2019Unlabeled")
+    assert (carmon["external"], carmon["unreliable"], carmon["best_known"], carmon["best_known_acc"]) == \
+        (None, False, "autoattack_acc", 59.53)
+    old = {k: carmon[k] for k in kept}
+    for pub in (carmon, old):  # a report written before these keys existed reads the same
+        assert rbz.published_line(pub).startswith("published: clean 89.69%, AutoAttack 59.53% at Linf eps=8/255 on")
+        assert "best known" not in rbz.published_line(pub)
+
+
+def test_cli_list_shows_best_known_and_unreliable() -> None:
+    res = _run("list")
+    assert res.exit_code == 0 and "best-known" in res.output
+    kang = next(line for line in res.output.splitlines() if "cifar10/Linf/Kang2021Stable" in line)
+    assert "71.28 / 64.20" in kang and "[UNRELIABLE]" in kang
+
+
+def _script():  # noqa: ANN202 - scripts/robustbench_figures.py as a module
+    path = Path(__file__).resolve().parents[1] / "scripts" / "robustbench_figures.py"
+    spec = importlib.util.spec_from_file_location("robustbench_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_refresh_script_reproduces_a_synthetic_model_info(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+    import subprocess
+
+    script, root = _script(), tmp_path / "rb"
+    files = {"cifar10/Linf/A": {"clean_acc": "93.73", "autoattack_acc": "71.28", "external": "64.20",
+                                "unreliable": True, "footnote": "64.20% ... AutoAttack + transfer APGD from X"},
+             "cifar10/Linf/B": {"clean_acc": "90.00", "autoattack_acc": "52.84", "external": "52.84"},
+             "cifar10/L2/C": {"clean_acc": "80.5", "autoattack_acc": "60.25", "unreliable": False},
+             "cifar100/Linf/D": {"clean_acc": "75.13", "autoattack_acc": "44.78", "external": "42.25",
+                                 "footnote": "42.25% robust accuracy is due to APGD (both versions) with BPDA."}}
+    for key, info in files.items():
+        (root / "model_info" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "model_info" / f"{key}.json").write_text(json.dumps(info))
+    rows = {"cifar10/Linf/A": (93.73, 71.28), "cifar10/Linf/B": (90.0, 52.84), "cifar10/L2/C": (80.5, 60.0),
+            "cifar100/Linf/D": (75.13, 44.78), "cifar10/Linf/Gone": (1.0, 0.5)}
+    want = {"cifar10/Linf/A": (64.20, True, "AutoAttack + transfer APGD"), "cifar100/Linf/D": (42.25, False, "BPDA")}
+    git = ["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "figures"]):
+        subprocess.run([*git, *cmd], check=True, capture_output=True)
+    for source in (root, root / ".git"):  # a checkout, and the bare git directory a mirror is
+        entries = tmp_path / "entries.py"
+        entries.write_text(f"X = 1\n{script.BEGIN}\n_BEST_KNOWN = {{'stale': (1.0, True, '')}}\n{script.END}\nY = 2\n")
+        assert script.main([str(source), "--write", "--entries", str(entries)], rows=rows) == 0
+        out = capsys.readouterr().out
+        assert "cifar10/Linf/Gone: not in RobustBench's model_info" in out and "4 of 5 entries read" in out
+        assert "cifar10/L2/C: harden has 80.5 / 60.0, RobustBench 80.5 / 60.25" in out
+        namespace: dict = {}
+        exec(entries.read_text(), namespace)  # noqa: S102 - the file the script wrote
+        assert namespace["_BEST_KNOWN"] == want and (namespace["X"], namespace["Y"]) == (1, 2)
+        assert "(64.20, True, " in entries.read_text()  # the figure as RobustBench writes it

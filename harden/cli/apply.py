@@ -194,8 +194,9 @@ def _list_robustbench() -> None:
         from harden.sources.zoo.robustbench import entry_lines
     except ImportError:
         return
-    click.echo("robustbench entries (robustbench:DATASET/THREAT/NAME; published clean / AutoAttack %, eps, citation;"
-               " RobustBench leaderboard):")
+    click.echo("robustbench entries (robustbench:DATASET/THREAT/NAME; published clean / AutoAttack / best-known %, eps,"
+               " citation; RobustBench leaderboard; best known: the lowest robust accuracy any attack found,"
+               " AutoAttack's is an upper bound; [UNRELIABLE]: RobustBench flags the evaluation):")
     for line in entry_lines():
         click.echo(f"  {line}")
 

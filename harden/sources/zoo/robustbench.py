@@ -149,7 +149,9 @@ def published(provenance: Provenance | None) -> dict[str, Any] | None:
     """The leaderboard's figures for a model that is a RobustBench entry as published, else None.
 
     A model without a checkpoint (random weights), with transforms or with fine-tuning is not the
-    published one, so it gets none.
+    published one, so it gets none. Besides the AutoAttack figure: RobustBench's best-known one
+    (``external``, ``external_attack``), its ``unreliable`` flag, and the lower of the two
+    (``best_known``: which one, ``best_known_acc``: its value).
     """
     if provenance is None or provenance.model.source != "robustbench" or not provenance.model.has_weights_file:
         return None
@@ -161,26 +163,47 @@ def published(provenance: Provenance | None) -> dict[str, Any] | None:
         return None
     return {"entry": entry.key, "clean_acc": entry.clean_acc, "autoattack_acc": entry.autoattack_acc,
             "threat_model": entry.threat, "eps": entry.eps, "n_examples": LEADERBOARD_N[entry.dataset],
-            "citation": entry.citation, "source": "RobustBench leaderboard (model_info JSON)"}
+            "citation": entry.citation, "source": "RobustBench leaderboard (model_info JSON)", **_best_known(entry)}
+
+
+def _best_known(entry: Entry) -> dict[str, Any]:
+    """The report's keys for RobustBench's best-known figure and its unreliable flag."""
+    lower = entry.external is not None and (entry.autoattack_acc is None or entry.external < entry.autoattack_acc)
+    return {"external": entry.external, "external_attack": entry.external_by or None, "unreliable": entry.unreliable,
+            "best_known": "external" if lower else "autoattack_acc",
+            "best_known_acc": entry.external if lower else entry.autoattack_acc}
+
+
+UNRELIABLE_NOTE = "RobustBench marks this entry's evaluation UNRELIABLE: its robust figures are upper bounds at most"
 
 
 def published_line(pub: dict[str, Any], norm: str | None = None, eps_text: str | None = None) -> str:
     """One line for the evaluation summary: the leaderboard's figures beside this run's."""
     aa = f"{pub['autoattack_acc']:.2f}%" if pub.get("autoattack_acc") is not None else "n/a"
+    if pub.get("external") is not None:
+        by = f" ({pub['external_attack']})" if pub.get("external_attack") else ""
+        aa += f", best known {pub['external']:.2f}%{by}"
     line = (f"published: clean {pub['clean_acc']:.2f}%, AutoAttack {aa} at {pub['threat_model']} eps={pub['eps']} "
             f"on {pub['n_examples']} test images ({pub['citation']}; RobustBench)")
+    if pub.get("unreliable"):
+        line += f"; {UNRELIABLE_NOTE}"
     if norm is not None and (norm != pub["threat_model"] or (eps_text is not None and eps_text != pub["eps"])):
         line += f"; this run used {norm} eps={eps_text}, so the robust figures differ in kind"
     return line
 
 
 def entry_lines() -> list[str]:
-    """One line per entry for ``harden list``: key, architecture, published clean / AutoAttack %, citation."""
+    """One line per entry for ``harden list``: key, architecture, published clean / AutoAttack / best-known %,
+    eps, citation, and the best-known figure's attack and the unreliable mark where there are."""
     width = max(len(e.key) for e in ENTRIES)
     out = []
     for e in ENTRIES:
         aa = f"{e.autoattack_acc:.2f}" if e.autoattack_acc is not None else "n/a"
-        out.append(f"{e.key:<{width}}  {e.label:<30} {e.clean_acc:>6.2f} / {aa:>5}  {e.eps:<5}  {e.citation}")
+        best = f"{e.external:.2f}" if e.external is not None else "-"
+        line = f"{e.key:<{width}}  {e.label:<30} {e.clean_acc:>6.2f} / {aa:>5} / {best:>5}  {e.eps:<5}  {e.citation}"
+        if e.external_by:
+            line += f"; best known by {e.external_by}"
+        out.append(line + ("  [UNRELIABLE]" if e.unreliable else ""))
     return out
 
 

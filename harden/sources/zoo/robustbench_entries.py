@@ -4,6 +4,10 @@ Each row is ``(name, architecture, normalization, clean %, AutoAttack %, citatio
 citations are those of RobustBench's ``model_info/DATASET/THREAT/NAME.json`` (the leaderboard's
 AutoAttack evaluation on the full test set). Adding an entry is one row. ``MISSING("what")`` marks an
 entry whose architecture harden does not have, so that ``robustbench:NAME`` says so in one line.
+
+``_BEST_KNOWN`` (generated: ``python scripts/robustbench_figures.py ROBUSTBENCH --write``) holds the
+same files' ``external`` figure, the best-known robust accuracy where another attack found less than
+AutoAttack, the attack that found it, and the ``unreliable`` flag; AutoAttack's figure is an upper bound.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ def MISSING(what: str) -> Arch:  # noqa: N802
     return None, {"missing": what}
 
 
+AMINI = "Amini et al., arXiv, Jun 2024"  # MeanSparse
+
+
+def MEANSPARSE(base: str) -> Arch:  # noqa: N802
+    """A MeanSparse entry: RobustBench entry ``base`` with the MeanSparse operator (not in harden yet)."""
+    return MISSING(f"the meansparse transform, on {base}")
+
+
 DM_PREACT18: Arch = ("dm-preact", {"depth": 18})
 PREACT18: Arch = ("preact", {"activated_shortcut": False, "bn_before_fc": False})
 PREACT18_BN: Arch = ("preact", {"activated_shortcut": True, "bn_before_fc": True})
@@ -79,6 +91,9 @@ class Entry:
     eps: str = "8/255"
     citation: str = ""
     input_size: int = 32
+    external: float | None = None     # RobustBench's best-known robust accuracy, %, when below AutoAttack's
+    unreliable: bool = False          # RobustBench flags the entry's evaluation as unreliable
+    external_by: str = ""             # the attack that found ``external``
 
     @property
     def key(self) -> str:
@@ -87,6 +102,11 @@ class Entry:
     @property
     def num_classes(self) -> int:
         return {"cifar10": 10, "cifar100": 100, "imagenet": 1000}[self.dataset]
+
+    @property
+    def best_known_acc(self) -> float | None:
+        """The lowest published robust accuracy: ``external`` where there is one, else AutoAttack's."""
+        return self.external if self.external is not None else self.autoattack_acc
 
     @property
     def label(self) -> str:
@@ -109,8 +129,9 @@ def _section(dataset: str, threat: str, eps: str, rows: list[_Row], input_size: 
              sizes: dict[str, int] | None = None) -> list[Entry]:
     out = []
     for name, (arch, kwargs), (mean, std), clean, aa, citation in rows:
+        external, unreliable, by = _BEST_KNOWN.get(f"{dataset}/{threat}/{name}", (None, False, ""))
         out.append(Entry(dataset, threat, name, arch, dict(kwargs), tuple(mean), tuple(std), clean, aa, eps,
-                         citation, (sizes or {}).get(name, input_size)))
+                         citation, (sizes or {}).get(name, input_size), external, unreliable, by))
     return out
 
 
@@ -186,6 +207,8 @@ _CIFAR10_LINF: list[_Row] = [
     ("Peng2023Robust", MISSING("RaWideResNet"), NONE, 93.27, 71.07, "Peng et al., BMVC 2023"),
     ("Bai2024MixedNUTS", MISSING("MixedNUTS mixture"), NONE, 95.19, 70.08, "Bai et al., TMLR, Aug 2024"),
     ("Debenedetti2022Light_XCiT-S12", MISSING("XCiT-S12"), NONE, 90.06, 56.14, "Debenedetti et al., arXiv, Sep 2022"),
+    ("Amini2024MeanSparse_S-WRN-94-16", MEANSPARSE("Bartoldson2024Adversarial_WRN-94-16"), NONE, 93.60, 75.28, AMINI),
+    ("Amini2024MeanSparse_Ra_WRN_70_16", MEANSPARSE("Peng2023Robust"), NONE, 93.24, 72.08, AMINI),
 ]
 _CIFAR10_L2: list[_Row] = [
     ("Augustin2020Adversarial", RESNET50, C10_AUGUSTIN, 91.08, 72.91, "Augustin et al., ECCV 2020"),
@@ -208,6 +231,7 @@ _CIFAR10_L2: list[_Row] = [
     ("Wang2023Better_WRN-28-10", DM_WRN(28, 10), C10, 95.16, 83.68, "Wang et al., ICML 2023"),
     ("Wang2023Better_WRN-70-16", DM_WRN(70, 16), C10, 95.54, 84.97, "Wang et al., ICML 2023"),
     ("Ding2020MMA", MISSING("per-image standardisation"), NONE, 88.02, 66.09, "Ding et al., ICLR 2020"),
+    ("Amini2024MeanSparse_S-WRN-70-16", MEANSPARSE("Wang2023Better_WRN-70-16"), NONE, 95.51, 87.28, AMINI),
 ]
 _CIFAR100_LINF: list[_Row] = [
     ("Gowal2020Uncovering", DM_WRN(70, 16), C100, 60.86, 30.03, "Gowal et al., arXiv, Oct 2020"),
@@ -242,6 +266,7 @@ _CIFAR100_LINF: list[_Row] = [
     ("Cui2023Decoupled_WRN-34-10_autoaug", WRN(34, 10), NONE, 65.93, 32.52, "Cui et al., NeurIPS 2024"),
     ("Chen2024Data_WRN_34_10", WRN(34, 10), NONE, 64.32, 31.13, "Chen et al., Pattern Recognition 2024"),
     ("Bai2023Improving_edm", MISSING("composite + policy net"), NONE, 85.21, 38.72, "Bai et al., SIMODS 2024"),
+    ("Amini2024MeanSparse_S-WRN-70-16", MEANSPARSE("Wang2023Better_WRN-70-16"), NONE, 75.13, 44.78, AMINI),
 ]
 _IMAGENET_LINF: list[_Row] = [
     ("Wong2020Fast", TV("resnet50"), IMAGENET, 55.62, 26.24, "Wong et al., ICLR 2020"),
@@ -255,8 +280,37 @@ _IMAGENET_LINF: list[_Row] = [
     ("Liu2023Comprehensive_ConvNeXt-L", TIMM("convnext_large"), IMAGENET, 78.02, 58.48, "Liu et al., arXiv, Feb 2023"),
     ("Singh2023Revisiting_ConvNeXt-T-ConvStem", MISSING("ConvStem"), NONE, 72.72, 49.46, "Singh et al., NeurIPS 2023"),
     ("Liu2023Comprehensive_Swin-B", MISSING("converted Swin-B"), NONE, 76.16, 56.16, "Liu et al., arXiv, Feb 2023"),
+    ("Amini2024MeanSparse_ConvNeXt-L", MEANSPARSE("Liu2023Comprehensive_ConvNeXt-L"), NONE, 77.92, 59.64, AMINI),
+    ("Amini2024MeanSparse_Swin-L", MEANSPARSE("Liu2023Comprehensive_Swin-L"), NONE, 78.80, 62.12, AMINI),
 ]
 # fmt: on
+
+# BEGIN best-known figures (generated by scripts/robustbench_figures.py --write; do not edit)
+#: read from RobustBench 78fcc9e 2025-03-31 (139 entries); an entry not listed has neither
+_BEST_KNOWN: dict[str, tuple[float | None, bool, str]] = {
+    "cifar10/Linf/Gowal2020Uncovering_70_16": (57.14, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Gowal2020Uncovering_70_16_extra": (65.87, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Gowal2020Uncovering_34_20": (56.82, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Gowal2020Uncovering_28_10_extra": (62.76, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Rebuffi2021Fixing_28_10_cutmix_ddpm": (60.73, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Rebuffi2021Fixing_106_16_cutmix_ddpm": (64.58, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Rebuffi2021Fixing_70_16_cutmix_ddpm": (64.20, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Rebuffi2021Fixing_70_16_cutmix_extra": (66.56, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Gowal2021Improving_70_16_ddpm_100m": (66.10, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Gowal2021Improving_28_10_ddpm_100m": (63.38, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Gowal2021Improving_R18_ddpm_100m": (58.50, False, "AutoAttack + MultiTargeted"),
+    "cifar10/Linf/Kang2021Stable": (64.20, True, "AutoAttack + transfer APGD"),
+    "cifar10/Linf/Bai2024MixedNUTS": (69.71, False, "Adaptive AutoAttack"),
+    "cifar10/Linf/Amini2024MeanSparse_S-WRN-94-16": (73.10, False, "BPDA"),
+    "cifar10/Linf/Amini2024MeanSparse_Ra_WRN_70_16": (68.94, False, "BPDA"),
+    "cifar10/L2/Amini2024MeanSparse_S-WRN-70-16": (84.33, False, "BPDA"),
+    "cifar100/Linf/Wang2023Better_WRN-28-10": (38.77, False, "MALT"),
+    "cifar100/Linf/Wang2023Better_WRN-70-16": (42.66, False, "MALT"),
+    "cifar100/Linf/Amini2024MeanSparse_S-WRN-70-16": (42.25, False, "BPDA"),
+    "imagenet/Linf/Amini2024MeanSparse_ConvNeXt-L": (58.22, False, "BPDA"),
+    "imagenet/Linf/Amini2024MeanSparse_Swin-L": (58.92, False, "BPDA"),
+}
+# END best-known figures
 
 #: RobustBench evaluates Wong2020Fast's ImageNet model on 288x288 centre crops, the others at 224x224.
 ENTRIES: tuple[Entry, ...] = (

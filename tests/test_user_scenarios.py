@@ -208,7 +208,7 @@ def test_pretrained_offline_fails_at_once_and_leaves_the_hub_settings_as_they_we
     import timm
     from huggingface_hub import constants
 
-    from harden import library_sources
+    from harden.sources import library as library_sources
 
     seen = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,9 @@ from harden.cli import main
 from harden.cli._options import model_options, resolve_model, schema_options, show_progress
 from harden.errors import UsageError
 from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
+
+if TYPE_CHECKING:
+    from harden.evaluation.report_types import EvaluationReport
 
 
 @main.command("evaluate")
@@ -95,7 +98,10 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
         click.echo(f"stored the report in {cfg.into}", err=as_json)
 
 
-def _read_report(path: str) -> dict:
+def _read_report(path: str) -> EvaluationReport:
+    """The report in the JSON file ``path`` (a recipe's one-attack list too), or a one-line UsageError."""
+    from harden.evaluation.report_types import EvaluationReport, ReportError
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"no report at '{path}'; give the JSON that `harden evaluate --report` writes")
@@ -110,16 +116,10 @@ def _read_report(path: str) -> dict:
             raise UsageError(f"'{path}' holds {len(report)} reports ({attacks}); compare one attack's reports, "
                              "e.g. the NAME.eval-ATTACK.json files that `harden run` writes")
         report = report[0]
-    return report
-
-
-def _label(report: dict[str, Any]) -> str:
-    """The model a report measured: its label (spec, transforms, fine-tuning), or the spec of older reports."""
-    model = report.get("model") or {}
-    if model.get("label"):
-        return str(model["label"])
-    names = model.get("transforms") or []
-    return " + ".join([str(model.get("spec")), *map(str, names)])
+    try:
+        return EvaluationReport.from_dict(report)
+    except ReportError as exc:
+        raise UsageError(f"'{path}' is not an evaluation report: {exc}") from None
 
 
 @main.command("compare")
@@ -139,6 +139,6 @@ def compare_command(report_a: str, report_b: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"a": report_a, "b": report_b, **result}, indent=2))
         return
-    click.echo(f"A  {report_a}  ({_label(a)})")
-    click.echo(f"B  {report_b}  ({_label(b)})")
+    click.echo(f"A  {report_a}  ({a.model.name})")
+    click.echo(f"B  {report_b}  ({b.model.name})")
     click.echo(comparison_table(result))

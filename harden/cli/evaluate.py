@@ -76,9 +76,9 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
     if not first_rank:
         return
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        if result.get("resumed"):
+        if result.resumed:
             click.echo(f"resumed from {progress_file}")
         click.echo(evaluation.summary_table(result))
         if sweep is not None:
@@ -89,9 +89,8 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
         evaluation.plot_sweep(result, target)
         sink.artifact(target)
         click.echo(f"wrote {target}", err=as_json)
-    for w in result["warnings"]:
-        line = f"warning [{w['name']}]" + (f" (x{w['count']})" if w.get("count", 1) > 1 else "") + f": {w['message']}"
-        click.echo(line, err=True)
+    for w in result.warnings:
+        click.echo(f"warning [{w.name}]" + (f" (x{w.count})" if w.count > 1 else "") + f": {w.message}", err=True)
     if report:
         click.echo(f"wrote {report}", err=as_json)
     if cfg.into:

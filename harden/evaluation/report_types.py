@@ -278,7 +278,7 @@ class EvaluationReport(_Part, Mapping[str, Any]):
 
     def without_examples(self) -> EvaluationReport:
         """A copy without the per-example outcomes: what ``--into`` stores in a model file."""
-        return dataclasses.replace(copy.deepcopy(self), examples=None)
+        return copy.deepcopy(dataclasses.replace(self, examples=None))
 
     # read-only Mapping over to_dict(), for code written when harden.evaluate returned a dict
     def __getitem__(self, key: str) -> Any:

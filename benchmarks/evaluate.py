@@ -48,7 +48,8 @@ def _direct(model, x, y, *, attacks, eps, batch_size, device, seed) -> tuple[flo
     return time.perf_counter() - t0, time.process_time() - c0, (y_adv.cpu() == y.cpu()).tolist()
 
 
-def _harden(model, x, y, *, fast, eps, batch_size, device, seed, workdir) -> tuple[float, float, dict]:
+def _harden(model, x, y, *, fast, eps, batch_size, device, seed,
+            workdir) -> tuple[float, float, evaluation.EvaluationReport]:
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     report = evaluation.evaluate(model, (x, y), attack="autoattack", fast=fast, eps=eps, batch_size=batch_size,
@@ -101,7 +102,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             harden_s, harden_cpu, report = _harden(model, x, y, fast=fast, eps=eps, batch_size=bs, device=device,
                                        seed=args.seed, workdir=tmp)
-        flags = [o == "robust" for o in report["examples"]["outcome"]]
+        flags = [o == "robust" for o in report.outcome]
         row = {
             "version": version, "n": n, "batch_size": bs, "eps": eps_text,
             "direct_seconds": round(direct_s, 2), "harden_seconds": round(harden_s, 2),
@@ -110,10 +111,10 @@ def main() -> None:
             "direct_cpu_seconds": round(direct_cpu, 2), "harden_cpu_seconds": round(harden_cpu, 2),
             "cpu_ratio": round(harden_cpu / max(direct_cpu, 1e-9), 4),
             "harden_images_per_second": round(n / harden_s, 2), "direct_images_per_second": round(n / direct_s, 2),
-            "clean_acc": report["clean_acc"], "robust_acc": report["robust_acc"],
+            "clean_acc": report.clean_acc, "robust_acc": report.robust_acc,
             "same_result": flags == direct_flags,
-            "per_attack": {r["attack"]: r["acc"] for r in report["per_attack"]},
-            "warnings": [w["name"] for w in report["warnings"]],
+            "per_attack": {r.attack: r.acc for r in report.per_attack},
+            "warnings": [w.name for w in report.warnings],
         }
         rows.append(row)
         print(f"{version:<9} n={n} bs={bs}  direct {direct_s:8.1f}s  harden {harden_s:8.1f}s  "

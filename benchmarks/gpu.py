@@ -184,10 +184,10 @@ def deterministic_evaluations(model: torch.nn.Module, data: str, n: int, figures
     torch.backends.cudnn.deterministic = True
     reports = [harden.evaluate(model, data, attack="apgd-ce", n=n, random_subset=True, seed=0, batch_size="auto",
                                check_examples=checks) for _ in range(2)]
-    same = reports[0]["examples"]["outcome"] == reports[1]["examples"]["outcome"]
+    same = reports[0].outcome == reports[1].outcome
     require(same, "two deterministic evaluations differ")
-    figures.update(deterministic_identical=True, auto_batch_size=reports[0]["batch_size"], n=n,
-                   clean_acc=reports[0]["clean_acc"], apgd_ce_acc=reports[0]["robust_acc"])
+    figures.update(deterministic_identical=True, auto_batch_size=reports[0].batch_size, n=n,
+                   clean_acc=reports[0].clean_acc, apgd_ce_acc=reports[0].robust_acc)
 
 
 def step_paths(rec: Recorder, cfg: dict, data: str, device: torch.device, work: Path) -> harden.HardenedModel:
@@ -226,9 +226,9 @@ def step_autoattack(rec: Recorder, cfg: dict, model: harden.HardenedModel, data:
             r = harden.evaluate(model, data, attack="autoattack", fast=fast, n=cfg["aa_n"], random_subset=True,
                                 seed=0, batch_size="auto", check_examples=cfg["check_examples"])
             figures["fast" if fast else "standard"] = {
-                "n": r["n"], "seconds": round(r["seconds"], 1), "images_per_second": round(r["n"] / r["seconds"], 2),
-                "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"], "batch_size": r["batch_size"],
-                "per_attack": [{k: a.get(k) for k in ("attack", "acc", "seconds")} for a in r["per_attack"]]}
+                "n": r.n, "seconds": round(r.seconds, 1), "images_per_second": round(r.n / r.seconds, 2),
+                "clean_acc": r.clean_acc, "robust_acc": r.robust_acc, "batch_size": r.batch_size,
+                "per_attack": [{"attack": a.attack, "acc": a.acc, "seconds": a.seconds} for a in r.per_attack]}
     return figures
 
 

@@ -311,11 +311,9 @@ def evaluate(model: harden.HardenedModel, data: str, attack: str, n: int, s: dic
     report = harden.evaluate(model, data, attack=name, fast=fast, eps=s["eps"], n=n, random_subset=True,
                              seed=s["eval_seed"], steps=s["steps_eval"] if name in ("pgd", "cw") else None,
                              check_examples=s.get("check_examples"))
-    return {"attack": attack, "attacks": report["attacks"], "n": report["n"], "eps": s["eps"],
-            "clean_acc": report["clean_acc"], "robust_acc": report["robust_acc"],
-            "outcome": report["examples"]["outcome"], "warnings": [w.get("name", str(w)) if isinstance(w, dict)
-                                                                   else str(w) for w in report.get("warnings", [])],
-            "seconds": round(report["seconds"], 1)}
+    return {"attack": attack, "attacks": report.attacks, "n": report.n, "eps": s["eps"],
+            "clean_acc": report.clean_acc, "robust_acc": report.robust_acc, "outcome": report.outcome,
+            "warnings": [w.name for w in report.warnings], "seconds": round(report.seconds, 1)}
 
 
 #: the convergence rule, fixed before any result: the last 20% of epochs all within 1 point of the best epoch

@@ -27,6 +27,7 @@ _EXPORTS = {
     "as_image_dataset": "harden.data",
     "image_dataset": "harden.data",
     "evaluate": "harden.evaluation",
+    "EvaluationReport": "harden.evaluation",
     "HardenedModel": "harden.model",
     "apply": "harden.pipeline",
     "provenance_of": "harden.pipeline",
@@ -47,6 +48,7 @@ _EXPORTS = {
 
 __all__ = [
     "Applied",
+    "EvaluationReport",
     "HardenError",
     "HardenedModel",
     "ImageDataset",
@@ -94,7 +96,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from harden.data import ImageDataset, as_image_dataset, image_dataset
     from harden.errors import HardenError, UsageError
-    from harden.evaluation import evaluate
+    from harden.evaluation import EvaluationReport, evaluate
     from harden.model import HardenedModel
     from harden.pipeline import apply, provenance_of, recipe, wrap
     from harden.provenance import Provenance

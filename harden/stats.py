@@ -15,10 +15,13 @@ another training run (another seed) would give the same difference.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from harden.errors import UsageError
+
+if TYPE_CHECKING:
+    from harden.evaluation.report_types import EvaluationReport
 
 Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 
@@ -63,47 +66,65 @@ def paired_difference(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> d
             "only_b": only_b, "p_value": mcnemar_exact_p(only_a, only_b)}
 
 
-def _correct(report: dict[str, Any]) -> tuple[list[bool], list[bool]]:
-    outcome = report["examples"]["outcome"]
+def _correct(report: EvaluationReport) -> tuple[list[bool], list[bool]]:
+    outcome = report.outcome
     if "pending" in outcome:
         raise UsageError("a report of an unfinished evaluation cannot be compared; finish it with --resume")
     return [o != "misclassified" for o in outcome], [o == "robust" for o in outcome]
 
 
-def _attack_text(report: dict[str, Any]) -> str:
-    if report.get("attack") == "autoattack":
-        return f"AutoAttack ({report.get('version', 'standard')})"
-    return ", ".join(report.get("attacks") or [str(report.get("attack"))]).upper()
+def _attack_text(report: EvaluationReport) -> str:
+    if report.attack == "autoattack":
+        return f"AutoAttack ({report.version or 'standard'})"
+    return ", ".join(report.attacks or [report.attack]).upper()
 
 
-def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Paired clean and robust comparison of two evaluation reports of the same images and threat.
+def _paired_report(report: EvaluationReport | Mapping[str, Any], name: str) -> EvaluationReport:
+    """``report`` as a typed report with per-example outcomes, or a UsageError naming the ``name`` report."""
+    from harden.evaluation.report_types import EvaluationReport, ReportError
+
+    try:
+        typed = EvaluationReport.of(report)
+    except ReportError as exc:
+        raise UsageError(f"the {name} report is not an evaluation report ({exc})") from None
+    if typed.examples is None:
+        raise UsageError(f"the {name} report has no per-example outcomes; compare the JSON reports that "
+                         "`harden evaluate --report` (or `harden run`) writes")
+    return typed
+
+
+def _differences(a: EvaluationReport, b: EvaluationReport) -> list[str]:
+    """What two reports did not measure alike: images, labels, norm, eps, attack."""
+    ea, eb = a.examples, b.examples
+    assert ea is not None and eb is not None
+    differ = []
+    if ea.indices != eb.indices or a.selection.get("data") != b.selection.get("data"):
+        differ.append("test images")
+    elif ea.labels != eb.labels:
+        differ.append("labels")
+    if a.norm != b.norm:
+        differ.append("norm")
+    if not math.isclose(a.eps, b.eps, rel_tol=1e-9):
+        differ.append("eps")
+    if _attack_text(a) != _attack_text(b):
+        differ.append(f"attack ({_attack_text(a)} against {_attack_text(b)})")
+    return differ
+
+
+def compare_reports(a: EvaluationReport | Mapping[str, Any], b: EvaluationReport | Mapping[str, Any]) -> dict[str, Any]:
+    """Paired clean and robust comparison of two evaluation reports (or their JSON) of the same images and threat.
 
     Raises a one-line :class:`UsageError` naming what differs when the reports are not comparable
     (other images, labels, norm, eps or attack), or when one lacks its per-example outcomes.
     """
-    for name, r in (("first", a), ("second", b)):
-        if not isinstance(r, dict) or "examples" not in r or "outcome" not in r.get("examples", {}):
-            raise UsageError(f"the {name} report has no per-example outcomes; compare the JSON reports that "
-                             "`harden evaluate --report` (or `harden run`) writes")
-    differ = []
-    if a["examples"].get("indices") != b["examples"].get("indices") or a.get("selection", {}).get("data") != \
-            b.get("selection", {}).get("data"):
-        differ.append("test images")
-    elif a["examples"].get("labels") != b["examples"].get("labels"):
-        differ.append("labels")
-    if a.get("norm") != b.get("norm"):
-        differ.append("norm")
-    if a.get("eps") is None or b.get("eps") is None or not math.isclose(a["eps"], b["eps"], rel_tol=1e-9):
-        differ.append("eps")
-    if _attack_text(a) != _attack_text(b):
-        differ.append(f"attack ({_attack_text(a)} against {_attack_text(b)})")
+    ra, rb = _paired_report(a, "first"), _paired_report(b, "second")
+    differ = _differences(ra, rb)
     if differ:
         raise UsageError(f"the reports are not paired: they differ in {', '.join(differ)}; evaluate both models "
                          "with the same data, -n, --seed, --random-subset, attack, norm and eps")
-    clean_a, robust_a = _correct(a)
-    clean_b, robust_b = _correct(b)
-    return {"n": len(clean_a), "norm": a["norm"], "eps_text": a.get("eps_text"), "attack": _attack_text(a),
+    clean_a, robust_a = _correct(ra)
+    clean_b, robust_b = _correct(rb)
+    return {"n": len(clean_a), "norm": ra.norm, "eps_text": ra.eps_text, "attack": _attack_text(ra),
             "clean": paired_difference(clean_a, clean_b), "robust": paired_difference(robust_a, robust_b)}
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from harden.errors import UsageError
 from harden.runtime import events
+
+if TYPE_CHECKING:
+    from harden.evaluation.report_types import EvaluationReport
 
 INSTALL_HINT = "pip install 'harden[mlflow]'"
 SINKS = ("mlflow",)
@@ -137,27 +140,35 @@ def epoch_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in entry.items() if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def report_metrics(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+def report_metrics(report: EvaluationReport | Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """An evaluation report's figures: clean and robust accuracy with 95% intervals, accuracy after each attack."""
+    r = _as_report(report)
     out: dict[str, float] = {}
-    for key in ("clean_acc", "robust_acc", "autoattack_acc"):
-        if isinstance(report.get(key), (int, float)):
-            out[prefix + key] = float(report[key])
-    for key in ("clean_ci95", "robust_ci95"):
-        if report.get(key):
-            out[f"{prefix}{key}_low"], out[f"{prefix}{key}_high"] = map(float, report[key])
-    for row in report.get("per_attack") or []:
-        out[f"{prefix}acc.{row['attack']}"] = float(row["acc"])
+    for key, value in (("clean_acc", r.clean_acc), ("robust_acc", r.robust_acc), ("autoattack_acc", r.autoattack_acc)):
+        if value is not None:
+            out[prefix + key] = float(value)
+    for key, ci in (("clean_ci95", r.clean_ci95), ("robust_ci95", r.robust_ci95)):
+        if ci:
+            out[f"{prefix}{key}_low"], out[f"{prefix}{key}_high"] = map(float, ci)
+    for row in r.per_attack:
+        out[f"{prefix}acc.{row.attack}"] = float(row.acc)
     return out
 
 
-def report_params(report: Mapping[str, Any]) -> dict[str, Any]:
+def report_params(report: EvaluationReport | Mapping[str, Any]) -> dict[str, Any]:
     """What an evaluation measured: attack, threat, n, seed, batch size, data."""
-    keys = ("attack", "attacks", "norm", "eps", "eps_text", "n", "seed", "batch_size", "version")
-    out = {k: report[k] for k in keys if k in report}
-    selection = report.get("selection") or {}
-    out.update({f"selection.{k}": v for k, v in selection.items() if isinstance(v, (str, int, float, bool))})
+    r = _as_report(report)
+    values = {"attack": r.attack, "attacks": r.attacks, "norm": r.norm, "eps": r.eps, "eps_text": r.eps_text,
+              "n": r.n, "seed": r.seed, "batch_size": r.batch_size, "version": r.version or None}
+    out = {k: v for k, v in values.items() if v is not None}
+    out.update({f"selection.{k}": v for k, v in r.selection.items() if isinstance(v, (str, int, float, bool))})
     return out
+
+
+def _as_report(report: EvaluationReport | Mapping[str, Any]) -> EvaluationReport:
+    from harden.evaluation.report_types import EvaluationReport  # harden.evaluation imports this module
+
+    return EvaluationReport.of(report)
 
 
 class Prefixed:
@@ -216,5 +227,6 @@ class TrackerSink:
             elif event.kind == "figures":
                 t.metrics(values, step=event.step)
             elif event.kind == "report":
-                t.params({"evaluate": {"model": (values.get("model") or {}).get("spec"), **report_params(values)}})
-                t.metrics(report_metrics(values))
+                report = _as_report(values)
+                t.params({"evaluate": {"model": report.model.spec, **report_params(report)}})
+                t.metrics(report_metrics(report))

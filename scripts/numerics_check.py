@@ -95,10 +95,10 @@ def main() -> int:
             attack, fast = ("autoattack", True) if name == "autoattack-fast" else (name, False)
             report = harden.evaluate(tuned, DATA, attack=attack, fast=fast, eps=0.1, n=24, seed=0, batch_size=12,
                                      check_examples=8, **extra)
-            out[f"evaluate {name}"] = text_digest(json.dumps(stable(report), sort_keys=True))
+            out[f"evaluate {name}"] = text_digest(json.dumps(stable(report.to_dict()), sort_keys=True))
         sweep = harden.evaluate(tuned, DATA, attack="pgd", steps=2, eps=0.1, n=16, seed=0, batch_size=16,
                                 eps_sweep=["0.05", "0.1"], check_examples=0)
-        out["eps sweep"] = text_digest(json.dumps(stable(sweep), sort_keys=True))
+        out["eps sweep"] = text_digest(json.dumps(stable(sweep.to_dict()), sort_keys=True))
         path = Path(tmp) / "m.safetensors"
         harden.save(tuned, path)
         out["load(save(m))"] = weights_digest(harden.load(path))

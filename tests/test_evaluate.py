@@ -169,7 +169,8 @@ def test_report_fields(fast_ref):
     assert outcome.count("robust") == fast_ref["robust_correct"]
     assert outcome.count("misclassified") == N - fast_ref["clean_correct"]
     assert fast_ref["robust_acc"] == pytest.approx(100 * fast_ref["robust_correct"] / N)
-    json.dumps(fast_ref)
+    assert fast_ref.robust_acc == fast_ref["robust_acc"] and fast_ref.per_attack[0].attack == "clean"
+    json.dumps(fast_ref.to_dict())
 
 
 # ------------------------------------------------------------------------------------- resume

@@ -190,8 +190,7 @@ def test_events_reach_every_sink_in_order(tmp_path: Path) -> None:
 
 def test_report_goes_to_the_json_file_and_the_tracker(tmp_path: Path) -> None:
     tracker = _Recorder()
-    report = {"model": {"spec": "m"}, "attack": "pgd", "n": 10, "clean_acc": 80.0, "robust_acc": 30.0,
-              "clean_ci95": [70.0, 90.0], "per_attack": [{"attack": "clean", "acc": 80.0}]}
+    report = json.loads((Path(__file__).parent / "fixtures" / "reports" / "pgd.json").read_text())
     path = tmp_path / "r.json"
     events = ev.Events(ev.ReportFile(path), tracking.TrackerSink(tracker))
     events.emit(ev.Record("report", report))
@@ -199,8 +198,10 @@ def test_report_goes_to_the_json_file_and_the_tracker(tmp_path: Path) -> None:
     events.emit(ev.ArtifactWritten(tmp_path / "missing.png"))
     events.emit(ev.ArtifactWritten(None))
     assert json.loads(path.read_text()) == report and path.read_text().endswith("\n")
-    assert tracker.calls[0] == ("params", {"evaluate": {"model": "m", "attack": "pgd", "n": 10}})
-    assert tracker.calls[1][1][0]["robust_acc"] == 30.0 and tracker.calls[1][1][0]["clean_ci95_low"] == 70.0
+    params = tracker.calls[0][1]["evaluate"]
+    assert params["model"] == "cifar:wrn-10-1" and params["attack"] == "pgd" and params["n"] == 16
+    metrics = tracker.calls[1][1][0]
+    assert metrics["robust_acc"] == report["robust_acc"] and metrics["clean_ci95_low"] == report["clean_ci95"][0]
     assert tracker.calls[2:] == [("artifact", "r.json")]
     with pytest.raises(ValueError, match="unknown record kind 'epochs'"):
         ev.Record("epochs", {})

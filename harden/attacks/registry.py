@@ -8,15 +8,18 @@ result. Plugins add their own with :func:`register_attack` or the ``harden.attac
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from harden.attacks.gradient import fgsm, pgd
 from harden.registry import Registry
+
+if TYPE_CHECKING:
+    from harden.evaluation.report_types import EvaluationReport
 
 DEFAULT_STEPS = 20
 STANDARD_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -55,10 +58,10 @@ class Attack:
         """The variant recorded in a report (AutoAttack's ``standard`` or ``fast``), if any."""
         return None
 
-    def label(self, report: dict[str, Any]) -> str:
-        """How a summary names this attack's result (``PGD-20``, ``APGD-CE``, ``AutoAttack (fast)``)."""
+    def label(self, report: EvaluationReport) -> str:
+        """How a summary names this attack's result (``PGD-20``, ``APGD-CE``, ``AutoAttack (fast)``) in ``report``."""
         if self.takes_steps:
-            stages = report.get("attacks") or [self.name]
+            stages = report.attacks or [self.name]
             return str(stages[-1]).upper()
         return self.name.upper()
 
@@ -73,8 +76,8 @@ class AutoAttackSuite(Attack):
     def version(self, fast: bool) -> str | None:
         return "fast" if fast else "standard"
 
-    def label(self, report: dict[str, Any]) -> str:
-        return "AutoAttack" + (" (fast)" if report.get("version") == "fast" else "")
+    def label(self, report: EvaluationReport) -> str:
+        return "AutoAttack" + (" (fast)" if report.version == "fast" else "")
 
 
 def _run_pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int | None,
@@ -125,11 +128,13 @@ def takes_steps(name: str) -> bool:
     return attack is not None and attack.takes_steps
 
 
-def attack_label(report: dict[str, Any]) -> str:
-    """How a summary names the attack of an evaluation report (``PGD-20``, ``AutoAttack (fast)``, ...)."""
-    name = report.get("attack", "?")
-    attack = get_attack(str(name))
-    return attack.label(report) if attack is not None else str(name).upper()
+def attack_label(report: EvaluationReport | Mapping[str, Any]) -> str:
+    """How a summary names the attack of an evaluation report, or of its JSON (``PGD-20``, ``AutoAttack (fast)``)."""
+    from harden.evaluation.report_types import EvaluationReport  # harden.evaluation imports the attacks
+
+    report = EvaluationReport.of(report)
+    attack = get_attack(report.attack)
+    return attack.label(report) if attack is not None else report.attack.upper()
 
 
 register_attack(AutoAttackSuite(

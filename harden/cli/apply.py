@@ -181,12 +181,17 @@ def _echo_provenance(path: str, prov: Provenance) -> None:
     click.echo("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())))
 
 
-def _report_line(r: dict) -> str:
-    keys = ("attack", "norm", "eps", "n", "seed", "clean_acc", "robust_acc")
-    parts = [f"{k}={r[k]}" for k in keys if k in r]
-    if r.get("warnings"):
-        parts.append(f"warnings={len(r['warnings'])}")
-    return " ".join(parts) or json.dumps(r)[:200]
+def _report_line(stored: dict[str, Any]) -> str:
+    """One line for a report stored in a model file: attack, threat, n, seed, accuracies, warnings."""
+    from harden.evaluation.report_types import EvaluationReport, ReportError
+
+    try:
+        r = EvaluationReport.from_dict(stored)
+    except ReportError:  # not a report harden wrote: its JSON
+        return json.dumps(stored)[:200]
+    line = (f"attack={r.attack} norm={r.norm} eps={r.eps} n={r.n} seed={r.seed} clean_acc={r.clean_acc} "
+            f"robust_acc={r.robust_acc}")
+    return line + (f" warnings={len(r.warnings)}" if r.warnings else "")
 
 
 def _list_robustbench() -> None:

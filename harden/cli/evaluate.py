@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,6 +12,9 @@ from harden.cli import main
 from harden.cli._options import model_options, resolve_model, schema_options, show_progress
 from harden.errors import UsageError
 from harden.schemas.evaluate import EvaluateConfig, make_evaluate_config
+
+if TYPE_CHECKING:
+    from harden.evaluation.report_types import EvaluationReport
 
 
 @main.command("evaluate")
@@ -71,9 +74,9 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
     if not first_rank:
         return
     if as_json:
-        click.echo(json.dumps(result, indent=2))
+        click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        if result.get("resumed"):
+        if result.resumed:
             click.echo(f"resumed from {progress_file}")
         click.echo(evaluation.summary_table(result))
         if sweep is not None:
@@ -84,16 +87,18 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
         evaluation.plot_sweep(result, target)
         sink.artifact(target)
         click.echo(f"wrote {target}", err=as_json)
-    for w in result["warnings"]:
-        line = f"warning [{w['name']}]" + (f" (x{w['count']})" if w.get("count", 1) > 1 else "") + f": {w['message']}"
-        click.echo(line, err=True)
+    for w in result.warnings:
+        click.echo(f"warning [{w.name}]" + (f" (x{w.count})" if w.count > 1 else "") + f": {w.message}", err=True)
     if report:
         click.echo(f"wrote {report}", err=as_json)
     if cfg.into:
         click.echo(f"stored the report in {cfg.into}", err=as_json)
 
 
-def _read_report(path: str) -> dict:
+def _read_report(path: str) -> EvaluationReport:
+    """The report in the JSON file ``path`` (a recipe's one-attack list too), or a one-line UsageError."""
+    from harden.evaluation.report_types import EvaluationReport, ReportError
+
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"no report at '{path}'; give the JSON that `harden evaluate --report` writes")
@@ -108,16 +113,10 @@ def _read_report(path: str) -> dict:
             raise UsageError(f"'{path}' holds {len(report)} reports ({attacks}); compare one attack's reports, "
                              "e.g. the NAME.eval-ATTACK.json files that `harden run` writes")
         report = report[0]
-    return report
-
-
-def _label(report: dict[str, Any]) -> str:
-    """The model a report measured: its label (spec, transforms, fine-tuning), or the spec of older reports."""
-    model = report.get("model") or {}
-    if model.get("label"):
-        return str(model["label"])
-    names = model.get("transforms") or []
-    return " + ".join([str(model.get("spec")), *map(str, names)])
+    try:
+        return EvaluationReport.from_dict(report)
+    except ReportError as exc:
+        raise UsageError(f"'{path}' is not an evaluation report: {exc}") from None
 
 
 @main.command("compare")
@@ -137,6 +136,6 @@ def compare_command(report_a: str, report_b: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"a": report_a, "b": report_b, **result}, indent=2))
         return
-    click.echo(f"A  {report_a}  ({_label(a)})")
-    click.echo(f"B  {report_b}  ({_label(b)})")
+    click.echo(f"A  {report_a}  ({a.model.name})")
+    click.echo(f"B  {report_b}  ({b.model.name})")
     click.echo(comparison_table(result))

@@ -24,7 +24,8 @@ Modules:
 - :mod:`~harden.evaluation.honesty_checks`: the checks themselves, and the log of the warnings they raise.
 - :mod:`~harden.evaluation.progress`: each example's status and the ``--resume`` progress file.
 - :mod:`~harden.evaluation.sweep`: ``--eps-sweep``.
-- :mod:`~harden.evaluation.report`: the JSON report.
+- :mod:`~harden.evaluation.report`: the report of a finished run.
+- :mod:`~harden.evaluation.report_types`: the typed report, :class:`EvaluationReport`, and its JSON form.
 - :mod:`~harden.evaluation.tables`: the summary and eps-sweep tables ``harden evaluate`` prints.
 - :mod:`~harden.evaluation.plot`: the eps-sweep plot.
 """
@@ -48,12 +49,22 @@ from harden.evaluation.progress import (
     Interrupted,
     progress_store,
 )
-from harden.evaluation.report import REPORT_FORMAT
+from harden.evaluation.report_types import (
+    REPORT_FORMAT,
+    AttackRow,
+    EvaluationReport,
+    ExampleOutcomes,
+    ModelInfo,
+    ReportError,
+    ReportWarning,
+    SweepRow,
+)
 from harden.evaluation.tables import summary_table, sweep_table
 
 __all__ = [
     "AUTOATTACK_STAGES", "CPU_BATCH", "DEFAULT_STEPS", "MISCLASSIFIED", "PENDING", "PRELOAD_LIMIT",
-    "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "AttackPlan", "Examples", "Interrupted",
+    "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "AttackPlan", "AttackRow", "EvaluationReport", "ExampleOutcomes",
+    "Examples", "Interrupted", "ModelInfo", "ReportError", "ReportWarning", "SweepRow",
     "check_settings", "eps_text", "evaluate", "largest_fitting", "parse_eps", "parse_eps_list",
     "pick_batch_size", "plan_attack", "plot_sweep", "progress_store", "select_examples", "summary_table",
     "sweep_table",

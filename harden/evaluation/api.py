@@ -19,6 +19,7 @@ from harden.evaluation.attack_plan import AttackPlan, plan_attack
 from harden.evaluation.eps import parse_eps, parse_eps_list
 from harden.evaluation.measure import Clock, evaluate_loaded, report_path
 from harden.evaluation.progress import progress_store
+from harden.evaluation.report_types import EvaluationReport
 from harden.runtime import events as ev
 from harden.runtime.modes import eval_mode
 from harden.runtime.session import session
@@ -65,24 +66,24 @@ def _events(cfg: EvaluateConfig, main: bool, *, progress: bool, on_batch: Callab
                      ev.ReportFile(path) if path is not None and main else None, tracking.TrackerSink(tracked))
 
 
-def _finish(result: dict[str, Any], cfg: EvaluateConfig, main: bool, events: ev.Events) -> None:
+def _finish(result: EvaluationReport, cfg: EvaluateConfig, main: bool, events: ev.Events) -> None:
     """Hand the report to the sinks; drop the progress file and store the report in ``--into`` (rank 0)."""
     path = report_path(cfg)
-    events.emit(ev.Record("report", result))
+    events.emit(ev.Record("report", result.to_dict()))
     if main and path is not None:
         progress_store(path).remove()
     if main and cfg.into is not None:
         from harden.serialization import add_report
 
-        add_report(cfg.into, {k: v for k, v in result.items() if k != "examples"})
+        add_report(cfg.into, result.without_examples().to_dict())
     events.emit(ev.ArtifactWritten(path))
 
 
 def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tensor, torch.Tensor] = "sample",
              config: EvaluateConfig | None = None, *, progress: bool = False, check_examples: int | None = None,
              trust_code: bool = False, on_batch: Callable[[dict[str, Any]], None] | None = None,
-             tracker: Any = None, **settings: Any) -> dict[str, Any]:
-    """Evaluate the robustness of ``model`` (images in [0, 1] -> logits) and return the report.
+             tracker: Any = None, **settings: Any) -> EvaluationReport:
+    """Evaluate the robustness of ``model`` (images in [0, 1] -> logits) and return its report.
 
     What is measured is an :class:`~harden.schemas.evaluate.EvaluateConfig`: ``config``, or harden's
     defaults, with keyword ``settings`` (its fields: ``attack``, ``eps``, ``norm``, ``n``, ``seed``,
@@ -97,6 +98,10 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     decoded (the report's ``selection`` counts and names them) instead of stopping at the first one.
     ``tracker`` (``"mlflow"``, ``"mlflow:URI"`` or a :class:`harden.tracking.Tracker`) records what was
     measured, the figures (accuracy after each attack, 95% intervals) and the report file.
+
+    The report is an :class:`~harden.evaluation.report_types.EvaluationReport` (``report.robust_acc``,
+    ``report.per_attack``; ``report.to_dict()`` is the JSON ``report`` writes). Code written for the dict
+    earlier versions returned keeps working: it reads as a read-only mapping (``report["robust_acc"]``).
     """
     clock = Clock.start()
     cfg = make_evaluate_config(config, **settings)

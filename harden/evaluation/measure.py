@@ -23,6 +23,7 @@ from harden.evaluation.checking import after_attacks, preflight
 from harden.evaluation.examples import Examples, select_examples
 from harden.evaluation.progress import Progress, progress_store
 from harden.evaluation.report import Measured, build_report
+from harden.evaluation.report_types import EvaluationReport
 from harden.evaluation.sweep import run_sweep
 from harden.model import warn_if_random
 from harden.runtime import distributed as hd
@@ -132,7 +133,7 @@ def _attack(model: nn.Module, examples: Examples, plan: AttackPlan, prog: Progre
 
 def evaluate_loaded(model: nn.Module, data: Any, cfg: EvaluateConfig, *, plan: AttackPlan,
                     sweep: list[tuple[float, str]] | None, device: torch.device, events: ev.Events,
-                    check_examples: int | None, clock: Clock) -> dict[str, Any]:
+                    check_examples: int | None, clock: Clock) -> EvaluationReport:
     """Evaluate ``model`` (loaded, on ``device``, in eval mode) as ``cfg`` and ``plan`` say; the report."""
     buffers = chk.snapshot_buffers(model)
     examples, selection, plan = _select(model, data, cfg, plan, device)

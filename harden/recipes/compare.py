@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harden.attacks import attack_label
+from harden.evaluation.report_types import EvaluationReport
 from harden.methods import METHODS
 from harden.provenance import FinetuneEntry
 from harden.recipes.run_plan import RunPlan
@@ -49,13 +50,13 @@ def comparison_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _uncertainty_notes(evaluations: dict[str, list[dict[str, Any]]]) -> list[str]:
+def _uncertainty_notes(evaluations: dict[str, list[EvaluationReport]]) -> list[str]:
     """How far the table's accuracies can be trusted: interval widths, and each variant paired with the baseline."""
     reports = [r for rs in evaluations.values() for r in rs]
-    widths = [(ci[1] - ci[0]) / 2 for r in reports for ci in (r.get("clean_ci95"), r.get("robust_ci95")) if ci]
+    widths = [(ci[1] - ci[0]) / 2 for r in reports for ci in (r.clean_ci95, r.robust_ci95) if ci]
     notes = []
     if widths:
-        notes.append(f"uncertainty: the 95% interval of each accuracy (Wilson, n={reports[0]['n']}) reaches up to "
+        notes.append(f"uncertainty: the 95% interval of each accuracy (Wilson, n={reports[0].n}) reaches up to "
                      f"±{max(widths):.1f} points. These intervals and the paired p-values below cover the choice "
                      "of test images only, not training noise: another training seed gives another model")
     for name, rs in evaluations.items():
@@ -111,7 +112,7 @@ def finetune_text(entry: FinetuneEntry | Mapping[str, Any] | None) -> str:
     return f"{s.method}{steps}{extras} eps {eps}, {s.epochs_run} ep (kept {s.kept_epoch})"
 
 
-def comparison_row(label: str, model: Any, transforms: list[str], reports: list[dict[str, Any]],
+def comparison_row(label: str, model: Any, transforms: list[str], reports: list[EvaluationReport],
                    seconds: float | None, *, pretrained: bool) -> dict[str, Any]:
     """One row of the table: a model (``start``, ``baseline`` or a variant), its fine-tuning and accuracies.
 
@@ -133,10 +134,10 @@ def comparison_row(label: str, model: Any, transforms: list[str], reports: list[
         "macs": macs,
         "finetune": entry and {k: x for k, x in entry.items() if k not in ("history", "previous")},
         "finetune_text": text,
-        "clean_acc": reports[0]["clean_acc"] if reports else None,
-        "robust": {attack_label(r): r["robust_acc"] for r in reports},
-        "clean_ci95": reports[0].get("clean_ci95") if reports else None,
-        "robust_ci95": {attack_label(r): r.get("robust_ci95") for r in reports},
+        "clean_acc": reports[0].clean_acc if reports else None,
+        "robust": {attack_label(r): r.robust_acc for r in reports},
+        "clean_ci95": reports[0].clean_ci95 if reports else None,
+        "robust_ci95": {attack_label(r): r.robust_ci95 for r in reports},
         "file": f"{label}.safetensors" if from_run else None,
         "finetune_seconds": seconds,
     }
@@ -163,7 +164,7 @@ def _start_note(plan: RunPlan) -> str:
 
 
 def comparison_result(recipe: Recipe, plan: RunPlan, test_spec: str, rows: list[dict[str, Any]],
-                      evaluations: dict[str, list[dict[str, Any]]], seconds: float) -> dict[str, Any]:
+                      evaluations: dict[str, list[EvaluationReport]], seconds: float) -> dict[str, Any]:
     """The comparison ``harden run`` returns and writes: rows, attack columns, notes and the markdown table.
 
     ``evaluations`` maps each fine-tuned variant to its reports (for the paired tests); ``seconds`` is the run's time.

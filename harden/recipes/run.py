@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harden import tracking
+from harden.evaluation.report_types import EvaluationReport
 from harden.model import HardenedModel
 from harden.recipes.compare import comparison_result, comparison_row, write_comparison
 from harden.recipes.run_plan import plan_run
@@ -80,11 +81,11 @@ def _run_recipe(recipe: Recipe, *, out_dir: str | os.PathLike[str] | None, progr
         return result
 
 
-def _run_models(ctx: RunContext, base: HardenedModel) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+def _run_models(ctx: RunContext, base: HardenedModel) -> tuple[list[dict[str, Any]], dict[str, list[EvaluationReport]]]:
     """The table's rows (the start model, then each variant) and each variant's reports (for the paired tests)."""
     pretrained = ctx.plan.pretrain is not None
     rows = []
-    evaluations: dict[str, list[dict[str, Any]]] = {}
+    evaluations: dict[str, list[EvaluationReport]] = {}
     start, pre_seconds = pretrain_stage(ctx, base)
     if ctx.plan.evaluate_start:
         reports = evaluate_stage(ctx, start, "start", ctx.out / "start.safetensors" if pretrained else None)

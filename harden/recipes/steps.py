@@ -23,6 +23,7 @@ from harden.attacks import takes_steps
 from harden.data import ImageDataset, load_dataset
 from harden.data.images import held_warnings
 from harden.errors import HardenError, UsageError
+from harden.evaluation.report_types import EvaluationReport
 from harden.model import HardenedModel
 from harden.pipeline import apply
 from harden.recipes.run_plan import RunPlan
@@ -128,12 +129,12 @@ def apply_stage(ctx: RunContext, start: HardenedModel, transforms: list[str]) ->
 
 
 def _evaluate_attack(ctx: RunContext, model: HardenedModel, label: str, attack: str,
-                     file: Path | None) -> dict[str, Any]:
+                     file: Path | None) -> EvaluationReport:
     ev, eps = ctx.plan.evaluate, ctx.plan.eps
     stage, path = f"evaluate:{label}:{attack}", ctx.out / f"{label}.eval-{attack}.json"
     if ctx.state.finished(stage) is not None:
         ctx.say(f"[{label}] {attack}: finished earlier, read from {path.name}")
-        return json.loads(path.read_text())
+        return EvaluationReport.from_dict(json.loads(path.read_text()))
     ctx.say(f"[{label}] evaluating: {attack} at eps {eps * 255:.3g}/255 on {ev.n} test images")
     report = evaluation.evaluate(
         model, ctx.test_ds, ev, attack=attack, eps=eps, fast=ev.fast and attack == "autoattack",
@@ -143,7 +144,7 @@ def _evaluate_attack(ctx: RunContext, model: HardenedModel, label: str, attack: 
     return report
 
 
-def evaluate_stage(ctx: RunContext, model: HardenedModel, label: str, file: Path | None) -> list[dict[str, Any]]:
+def evaluate_stage(ctx: RunContext, model: HardenedModel, label: str, file: Path | None) -> list[EvaluationReport]:
     """Evaluate ``model`` under each of the recipe's attacks and write ``OUT/<label>.report.json``.
 
     ``file`` is the model's safetensors file the reports are added to (None: a model with no file).
@@ -151,5 +152,5 @@ def evaluate_stage(ctx: RunContext, model: HardenedModel, label: str, file: Path
     reports = [_evaluate_attack(ctx, model, label, attack, file) for attack in ctx.plan.attacks]
     if ctx.main:
         with atomic_path(ctx.out / f"{label}.report.json") as tmp:
-            tmp.write_text(json.dumps(reports, indent=2) + "\n")
+            tmp.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n")
     return reports

@@ -165,7 +165,7 @@ def robust_outcome(model: HardenedModel, images: tuple[Any, Any], options: dict[
     report = evaluate(model, images, attack="pgd", eps=options["eps"], norm=options["norm"],
                       steps=options["val_steps"], n=None, seed=options["seed"], check_examples=0,
                       device=device or "auto")
-    return outcome_text([o == "robust" for o in report["examples"]["outcome"]])
+    return outcome_text([o == "robust" for o in report.outcome])
 
 
 def _text(transforms: Sequence[str]) -> str:

@@ -17,9 +17,11 @@ from harden.attacks.gradient import (
 )
 from harden.attacks.registry import (
     ATTACKS,
+    AUTOATTACK_NORMS,
     AUTOATTACK_STAGES,
     DEFAULT_STEPS,
     FAST_STAGES,
+    RAND_STAGES,
     STANDARD_STAGES,
     Attack,
     AutoAttackSuite,
@@ -32,7 +34,8 @@ from harden.attacks.registry import (
 )
 
 __all__ = [
-    "ATTACKS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_STAGES", "LOSSES", "NORMS", "ONE_LOGIT", "STANDARD_STAGES",
+    "ATTACKS", "AUTOATTACK_NORMS", "AUTOATTACK_STAGES", "DEFAULT_STEPS", "FAST_STAGES", "LOSSES", "NORMS", "ONE_LOGIT",
+    "RAND_STAGES", "STANDARD_STAGES",
     "STARTS", "Attack", "AutoAttackSuite", "attack_label", "check_logits", "cw", "fgsm", "get_attack", "l2_normalize",
     "list_attacks", "margin_loss", "pgd", "pgd_core", "project", "register_attack", "registered_attacks",
     "takes_steps",

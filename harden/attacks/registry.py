@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 DEFAULT_STEPS = 20
 STANDARD_STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
 FAST_STAGES = ("apgd-ce", "apgd-t")
+RAND_STAGES = ("apgd-ce", "apgd-dlr")  # AutoAttack's version for randomized defenses (EOT over 20 draws)
+AUTOATTACK_NORMS = ("Linf", "L2", "L1")  # pyautoattack's threat models; harden's own attacks take Linf and L2
 # apgd-t-cw: APGD-T on the targeted CW margin, standing in for APGD-T with fewer than 4 classes
 AUTOATTACK_STAGES = frozenset({"apgd-ce", "apgd-dlr", "apgd-t", "apgd-t-cw", "fab", "fab-t", "square"})
 
@@ -47,6 +49,7 @@ class Attack:
     run: BatchRunner | None = None
     strength_steps: int = 5          # steps of the PGD run that checks this attack's strength
     beats_pgd5: bool = False         # many-step attack on CE: it must do at least as well as PGD-5
+    norms: tuple[str, ...] = ("Linf", "L2")  # the threat models it attacks
 
     def stages(self, *, fast: bool = False, steps: int | None = None) -> tuple[str, ...]:
         """The attack sequence an evaluation runs."""
@@ -138,10 +141,10 @@ def attack_label(report: EvaluationReport | Mapping[str, Any]) -> str:
 
 
 register_attack(AutoAttackSuite(
-    "autoattack", "AutoAttack standard (pyautoattack): APGD-CE, APGD-T, FAB-T, Square; --fast: APGD-CE, APGD-T",
-    beats_pgd5=True))
+    "autoattack", "AutoAttack standard (pyautoattack): APGD-CE, APGD-T, FAB-T, Square; --fast: APGD-CE, APGD-T; "
+    "--version rand: APGD-CE, APGD-DLR with EOT", beats_pgd5=True, norms=AUTOATTACK_NORMS))
 register_attack(Attack("apgd-ce", "APGD on cross-entropy alone, with AutoAttack's standard settings (pyautoattack)",
-                       beats_pgd5=True))
+                       beats_pgd5=True, norms=AUTOATTACK_NORMS))
 register_attack(Attack("pgd", "PGD-20 on cross-entropy, step eps/4, random start (quick check)", takes_steps=True,
                        takes_step_size=True, default_steps=DEFAULT_STEPS, run=_run_pgd))
 register_attack(Attack("fgsm", "one gradient-sign step of size eps (quick check, weak)", takes_step_size=True,

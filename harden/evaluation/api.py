@@ -34,7 +34,7 @@ def check_settings(cfg: EvaluateConfig) -> tuple[AttackPlan, list[tuple[float, s
     if isinstance(step, str):  # command line text
         step = parse_eps(step, norm="L2")[0] if step.strip() else None
     plan = plan_attack(cfg.attack, eps=cfg.eps, norm=cfg.norm, fast=cfg.fast, seed=cfg.seed, steps=cfg.steps,
-                       step_size=step)
+                       step_size=step, version=cfg.version)
     sweep = parse_eps_list(cfg.eps_sweep, norm=cfg.norm) if cfg.eps_sweep is not None else None
     if cfg.resume and sweep is not None:
         raise UsageError("--resume does not apply to --eps-sweep; run the sweep again")

@@ -8,10 +8,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harden.attacks import (
+    AUTOATTACK_NORMS,
     AUTOATTACK_STAGES,
     DEFAULT_STEPS,
     NORMS,
     ONE_LOGIT,
+    RAND_STAGES,
     Attack,
     get_attack,
     list_attacks,
@@ -87,20 +89,38 @@ def _check_request(spec: Attack, *, fast: bool, steps: int | None, step_size: fl
 
 
 def plan_attack(attack: str, *, eps: str | float, norm: str = "Linf", fast: bool = False,
-                seed: int = 0, steps: int | None = None, step_size: float | None = None) -> AttackPlan:
-    """Validate an attack request and expand it into an :class:`AttackPlan`."""
+                seed: int = 0, steps: int | None = None, step_size: float | None = None,
+                version: str = "standard") -> AttackPlan:
+    """Validate an attack request and expand it into an :class:`AttackPlan`. ``version`` ``rand`` is
+    AutoAttack's version for randomized defenses (APGD-CE and APGD-DLR, gradients averaged over 20 draws)."""
     attack = attack.strip().lower()
     spec = get_attack(attack)
     if spec is None:
         known = list_attacks()
         raise UsageError(f"unknown attack '{attack}'{close_matches(attack, known)} (known: {', '.join(known)})")
-    if norm not in NORMS:
-        raise UsageError(f"unknown norm '{norm}'{close_matches(norm, NORMS)} (use Linf or L2)")
+    known_norms = tuple(dict.fromkeys((*NORMS, *AUTOATTACK_NORMS)))
+    if norm not in known_norms:
+        raise UsageError(f"unknown norm '{norm}'{close_matches(norm, known_norms)} (use {', '.join(known_norms)})")
+    if norm not in spec.norms:
+        raise UsageError(f"--attack {attack} takes --norm {' or '.join(spec.norms)}; {norm} is attacked by "
+                         f"{_names_that(lambda a: norm in a.norms)}")
     value, text = parse_eps(eps, norm=norm)
     _check_request(spec, fast=fast, steps=steps, step_size=step_size)
+    if version == "rand":
+        _check_rand(spec, fast)
+        return AttackPlan(attack, RAND_STAGES, value, text, norm, seed, version="rand")
+    if version != "standard":
+        raise UsageError(f"--version takes standard or rand, got '{version}'")
     return AttackPlan(attack, spec.stages(fast=fast, steps=steps), value, text, norm, seed, version=spec.version(fast),
                       steps=(steps or spec.default_steps or DEFAULT_STEPS) if spec.takes_steps else None,
                       step_size=step_size if spec.takes_step_size else None)
+
+
+def _check_rand(spec: Attack, fast: bool) -> None:
+    if spec.name != "autoattack":
+        raise UsageError(f"--version rand applies to --attack autoattack, not {spec.name}")
+    if fast:
+        raise UsageError("--fast and --version rand are two versions of AutoAttack; choose one")
 
 
 def _deviations(classes: int, targets: int, stages: tuple[str, ...]) -> list[str]:

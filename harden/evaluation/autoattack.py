@@ -28,13 +28,15 @@ def autoattack_for(model: nn.Module, plan: AttackPlan, device: torch.device) -> 
         return None
     from pyautoattack import AutoAttack
 
-    # version='standard' sets the standard parameters (APGD-CE 1 restart, 9 target classes, ...);
-    # --fast and apgd-ce run a prefix of its attack list with exactly those parameters.
-    aa = AutoAttack(model, norm=plan.norm, eps=plan.eps, version="standard", device=device, seed=plan.seed)
+    # version='standard' sets the standard parameters of the norm (Linf/L2: APGD-CE 1 restart, 9 target
+    # classes; L1: 5 restarts, 5 targets, large initial steps, ...); --fast and apgd-ce run a prefix of its
+    # attack list with exactly those parameters. version='rand' sets its EOT over 20 draws.
+    version = "rand" if plan.version == "rand" else "standard"
+    aa = AutoAttack(model, norm=plan.norm, eps=plan.eps, version=version, device=device, seed=plan.seed)
     aa.attacks_to_run = list(plan.stages)
-    if plan.targets is not None:  # fewer than 10 classes: every other class (the authors' advice)
-        aa.apgd_targeted.n_target_classes = plan.targets
-        aa.fab.n_target_classes = plan.targets
+    if plan.targets is not None:  # fewer classes: every other class (the authors' advice), never above the version's
+        aa.apgd_targeted.n_target_classes = min(plan.targets, aa.apgd_targeted.n_target_classes)
+        aa.fab.n_target_classes = min(plan.targets, aa.fab.n_target_classes)
     if "apgd-t-cw" in plan.stages:  # everything else of APGD-T as it is (schedule, targets, seeds)
         aa.apgd_targeted.dlr_loss_targeted = types.MethodType(_targeted_margin, aa.apgd_targeted)
     return aa
@@ -70,7 +72,8 @@ def autoattack_preflight(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pla
     from pyautoattack import checks as aa_checks
 
     logger = logging.getLogger(chk.AUTOATTACK_LOGGER)
-    aa_checks.check_randomized(model, x, y, bs=batch_size, logger=logger)
+    if plan.version != "rand":  # as AutoAttack: the rand version is for randomized models
+        aa_checks.check_randomized(model, x, y, bs=batch_size, logger=logger)
     n_cls = aa_checks.check_range_output(model, x, logger=logger)
     # check_dynamic counts calls in a module-level dict it never resets, and clears any tracer (a
     # debugger, coverage): start each check from zero and put the tracer back afterwards

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 AUTOATTACK_LOGGER = "auto-attack"
+# what to do when two clean passes of the same images disagree
+RAND_HINT = ("harden: evaluate a randomized model with --version rand (AutoAttack's version for randomized "
+             "defenses: APGD-CE and APGD-DLR, each gradient averaged over 20 draws).")
 
 # AutoAttack's warnings have no names of their own: name them by what their text says.
 _AA_NAMES = (
@@ -112,7 +115,10 @@ class _Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        self.log.add(autoattack_warning_name(msg), msg, "autoattack")
+        name = autoattack_warning_name(msg)
+        if name == "randomized-defense":
+            msg += " " + RAND_HINT
+        self.log.add(name, msg, "autoattack")
 
 
 @contextlib.contextmanager
@@ -309,7 +315,7 @@ def check_normalization(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, b
 def check_perturbation(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> int:
     """How many adversarial images leave the eps-ball or [0, 1] (should be 0)."""
     d = (x_adv - x).flatten(1).float()
-    size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+    size = d.abs().amax(1) if norm == "Linf" else d.abs().sum(1) if norm == "L1" else d.norm(dim=1)
     bad = (size > eps * (1 + 1e-4) + 1e-6) | (x_adv.flatten(1).amin(1) < -1e-6) | (x_adv.flatten(1).amax(1) > 1 + 1e-6)
     return int(bad.sum())
 
@@ -325,16 +331,14 @@ def check_strength(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
     """Robust accuracy must not rise with more steps or with a larger eps.
 
     On ``x`` (a small subset) runs PGD-``steps`` at ``eps`` and at ``2*eps`` (when that is still a
-    valid radius) from the same random start. The main attack (``final_robust``: which of ``x`` it
-    left robust) has many more steps than PGD-``steps`` and must not leave more examples robust;
-    PGD at ``2*eps`` must not leave more robust than at ``eps``.
+    valid radius) from the same random start (for L1, which harden's PGD does not take: APGD-CE with
+    ``steps`` iterations). The main attack (``final_robust``: which of ``x`` it left robust) has many
+    more steps and must not leave more examples robust; the attack at ``2*eps`` must not leave more
+    robust than at ``eps``.
     """
-    from harden.attacks import pgd
-
     def robust(e: float) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
         with torch.enable_grad():
-            adv = pgd(model, x, y, eps=e, steps=steps, norm=norm, generator=gen)
+            adv = _short_attack(model, x, y, eps=e, norm=norm, steps=steps, seed=seed)
         with torch.no_grad():
             return model(adv).argmax(1) == y
 
@@ -351,7 +355,7 @@ def check_strength(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                 "more-steps-raise-accuracy",
                 f"on {m} check examples {final_name} leaves {final} robust but PGD-{steps} only {base}: "
                 "an attack with more steps should not do worse (noisy or masked gradients?)"))
-    if norm == "L2" or 2 * eps <= 1.0:
+    if norm != "Linf" or 2 * eps <= 1.0:
         big = int(robust(2 * eps).sum())
         counts[f"pgd{steps}_2eps"] = big
         if big > base + tol:
@@ -360,6 +364,19 @@ def check_strength(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: f
                 f"on {m} check examples PGD-{steps} at eps {2 * eps:.4g} leaves {big} robust but at eps {eps:.4g} "
                 f"only {base}: accuracy must fall as eps grows (masked gradients?)"))
     return out, counts
+
+
+def _short_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
+                  seed: int) -> torch.Tensor:
+    """A few-step attack for the strength check: harden's PGD, or for L1 pyautoattack's APGD-CE."""
+    if norm == "L1":
+        from pyautoattack.autopgd_base import APGDAttack
+
+        return APGDAttack(model, n_iter=steps, norm="L1", n_restarts=1, eps=eps, seed=seed, loss="ce",
+                          device=x.device).perturb(x, y)
+    from harden.attacks import pgd
+
+    return pgd(model, x, y, eps=eps, steps=steps, norm=norm, generator=torch.Generator().manual_seed(seed))
 
 
 def check_sweep(points: Sequence[tuple[float, int]], n: int) -> list[CheckWarning]:

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harden.errors import UsageError
-from harden.schemas.fields import NORMS, check_names, flag, integer, number, settings_of, text, whole_number
+from harden.schemas.fields import check_names, flag, integer, number, settings_of, text, whole_number
 from harden.schemas.finetune import resize_text
+
+EVALUATION_NORMS = ("Linf", "L2", "L1")  # L1: AutoAttack's suite only
+AUTOATTACK_VERSIONS = ("standard", "rand")
 
 
 @dataclass
@@ -31,9 +34,13 @@ class EvaluateConfig:
                      help="center: crop the resized images to the model's input; none: resize straight to it.")
     download: bool = flag(help="Download cifar10/cifar100 into ROOT if missing.", yaml=False)
     eps: float | str = number("8/255", cli_text=True, help="Perturbation size: 8/255 or 0.031.")
-    norm: str = text("Linf", choices=NORMS, cli_text=True, help="Threat model: Linf or L2.")
+    norm: str = text("Linf", choices=EVALUATION_NORMS, cli_text=True,
+                     help="Threat model: Linf, L2, or L1 (AutoAttack's: --attack autoattack or apgd-ce).")
     attack: str = text("autoattack", help="autoattack, apgd-ce, pgd, fgsm or cw.", yaml=False)
     fast: bool = flag(help="AutoAttack's APGD-CE then APGD-T only (about a third of the cost).")
+    version: str = text("standard", choices=AUTOATTACK_VERSIONS,
+                        help="AutoAttack's version: standard, or rand for randomized models (APGD-CE and APGD-DLR "
+                             "with gradients averaged over 20 draws).")
     n: int | None = integer(1000, flags=("-n", "--num-examples"), cli_text=True, help="Number of examples (or all).")
     random_subset: bool = flag(help="A random subset of n (seeded by --seed), not the first n.")
     skip_bad_images: bool = flag(help="Leave out images that cannot be decoded (the report counts them) instead of "

@@ -178,6 +178,11 @@ def shorthand_specs(values: dict[str, Any], transforms: dict[str, type[Transform
         clash = [o for o in s.excludes if any(other.option == o for other, _ in given)]
         if clash:
             raise UsageError(f"use either {s.option} or {clash[0]}, not both")
+    present = {s.option for s, _ in given}
+    for cls in dict.fromkeys(classes.values()):
+        for m in cls.shorthands:
+            if m.modifies and m.modifies not in present and values.get(m.dest) not in (None, False, m.default):
+                raise UsageError(f"{m.option} goes with {m.modifies}, which was not given")
     specs = []
     for s, cls in sorted(given, key=lambda item: item[0].order):
         value = values[s.dest]

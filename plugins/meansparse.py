@@ -24,6 +24,8 @@ gradients (BPDA) as well.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +55,21 @@ def mean_sparsify(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, alpha:
 fx.wrap("mean_sparsify")  # one call in traced graphs, its buffers read by get_attr
 
 
+@dataclass
+class _Moments:
+    """Per-channel sums of values and of their squares (float64), and how many values per channel."""
+
+    total: torch.Tensor
+    squares: torch.Tensor
+    count: int = 0
+
+    def add(self, values: torch.Tensor) -> None:
+        """Add ``values`` of shape (positions, channels)."""
+        self.total += values.sum(0)
+        self.squares += (values * values).sum(0)
+        self.count += values.shape[0]
+
+
 class MeanSparse(StraightThrough):
     """Per channel ``c`` (dimension ``dim``): ``x`` where ``|x - mean[c]| >= alpha * std[c]``, else ``mean[c]``.
 
@@ -66,35 +83,28 @@ class MeanSparse(StraightThrough):
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.dim = dim % ndim
         self.shape = tuple(-1 if i == self.dim else 1 for i in range(ndim))
-        self._sums: list[Any] | None = None  # while calibrating: sum, sum of squares, count
+        self._moments: _Moments | None = None  # while calibrating
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._sums is not None:
-            self._accumulate(x)
+        if self._moments is not None:
+            self._moments.add(x.detach().double().movedim(self.dim, -1).reshape(-1, x.shape[self.dim]))
             return x
         return mean_sparsify(x, self.mean, self.std, self.alpha, self.shape)
-
-    def _accumulate(self, x: torch.Tensor) -> None:
-        values = x.detach().double().movedim(self.dim, -1).reshape(-1, x.shape[self.dim])
-        self._sums[0] += values.sum(0)  # type: ignore[index]
-        self._sums[1] += (values * values).sum(0)  # type: ignore[index]
-        self._sums[2] += values.shape[0]  # type: ignore[index]
 
     def start_calibration(self) -> None:
         """Collect the statistics of every input from now on (passing it through unchanged)."""
         zeros = torch.zeros(self.mean.numel(), dtype=torch.float64, device=self.mean.device)
-        self._sums = [zeros, zeros.clone(), 0]
+        self._moments = _Moments(zeros, zeros.clone())
 
     def finish_calibration(self) -> int:
         """Set ``mean`` and ``std`` (population) from what was collected; the number of values per channel."""
-        total, squares, count = self._sums or (None, None, 0)
-        self._sums = None
-        if not count:
+        moments, self._moments = self._moments, None
+        if moments is None or not moments.count:
             return 0
-        mean = total / count
+        mean = moments.total / moments.count
         self.mean.copy_(mean.to(self.mean.dtype))
-        self.std.copy_((squares / count - mean * mean).clamp_min(0).sqrt().to(self.std.dtype))
-        return int(count)
+        self.std.copy_((moments.squares / moments.count - mean * mean).clamp_min(0).sqrt().to(self.std.dtype))
+        return moments.count
 
     def extra_repr(self) -> str:
         return f"channels={self.mean.numel()}, alpha={float(self.alpha):g}, dim={self.dim}"
@@ -203,9 +213,9 @@ class MeanSparseTransform(Transform):
             raise UsageError(f"meansparse: no {which} of {model.spec} feeds an activation"
                              + (f" alone ({_listing(found.shared)})" if found.shared else "")
                              + "; choose layers by path with meansparse:layers=GLOB (e.g. 'features.*')")
-        x, calibration = _calibration_images(model, cfg)
+        batches, calibration = _calibration_images(model, cfg)
         ops = [_insert(model.net, site, cfg["alpha"]) for site in sites]
-        counts = _calibrate(model, ops, x)
+        counts = _calibrate(model, ops, batches)
         missing = [site["path"] for site, count in zip(sites, counts) if not count]
         if missing:
             raise HardenError(f"meansparse: {_listing(missing)} did not run on the calibration images; "
@@ -222,28 +232,32 @@ class MeanSparseTransform(Transform):
             _insert(model.net, site, self.config["alpha"])
 
 
-def _calibration_images(model: HardenedModel, cfg: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The images the statistics come from, at the model's input size, and how they were chosen."""
-    from harden.data import image_dataset, load_tensors, select
+def _calibration_images(model: HardenedModel, cfg: dict[str, Any]) -> tuple[Iterator[torch.Tensor], dict[str, Any]]:
+    """Batches of the images the statistics come from (read as they are used), and how they were chosen."""
+    from harden.data import image_dataset, select
 
     dataset = image_dataset(cfg["data"], cfg["split"], input_size=model.input_size)
     selection = select(dataset, cfg["n"], random_subset=True, seed=cfg["seed"])
-    x, _ = load_tensors(dataset, selection)
     described = {"data": cfg["data"], "split": cfg["split"], "n": selection.n, "selection": "random",
                  "seed": cfg["seed"], "indices_head": selection.indices[:10]}
-    return x, described
+
+    def batches() -> Iterator[torch.Tensor]:
+        for start in range(0, selection.n, BATCH):
+            yield torch.stack([dataset[i][0] for i in selection.indices[start:start + BATCH]])
+
+    return batches(), described
 
 
 @torch.no_grad()
-def _calibrate(model: HardenedModel, ops: list[MeanSparse], x: torch.Tensor) -> list[int]:
-    """One pass over ``x`` in eval mode with every operator collecting (and passing values through)."""
+def _calibrate(model: HardenedModel, ops: list[MeanSparse], batches: Iterable[torch.Tensor]) -> list[int]:
+    """One pass over ``batches`` in eval mode with every operator collecting (and passing values through)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     for op in ops:
         op.start_calibration()
     try:
         with eval_mode(model):
-            for start in range(0, len(x), BATCH):
-                model(x[start:start + BATCH].to(device))
+            for x in batches:
+                model(x.to(device))
     finally:
         counts = [op.finish_calibration() for op in ops]
     return counts

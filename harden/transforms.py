@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from harden.bpda import StraightThrough, straight_through  # noqa: F401  (part of the transform contract)
 from harden.errors import HardenError, UsageError, close_matches
 from harden.model import HardenedModel
 from harden.registry import Registry
@@ -93,6 +94,10 @@ class Transform(abc.ABC):
     A transform also declares how the rest of harden offers it: ``shorthands`` (``harden apply``
     options, :class:`Shorthand`), and for ``harden search`` a ``search_order`` (None: not searched),
     :meth:`search_dimensions` and :meth:`search_spec`. Adding a transform touches its own file only.
+
+    A transform that inserts operators whose gradient an attack should also try to pass straight
+    through (BPDA) makes them :class:`harden.bpda.StraightThrough` modules and sets
+    ``inserts_straight_through``; :func:`harden.bpda.straight_through` then gives them identity gradients.
     """
 
     name: ClassVar[str] = ""
@@ -102,6 +107,7 @@ class Transform(abc.ABC):
     shorthands: ClassVar[tuple[Shorthand, ...]] = ()
     search_order: ClassVar[int | None] = None
     search_needs_graph: ClassVar[bool] = True  # its dimensions are read off the traced graph
+    inserts_straight_through: ClassVar[bool] = False  # its modules are StraightThrough: evaluate with BPDA too
 
     @classmethod
     def search_dimensions(cls, model: HardenedModel, traced: Any) -> tuple[list[SearchDimension], str | None]:
@@ -172,6 +178,11 @@ def shorthand_specs(values: dict[str, Any], transforms: dict[str, type[Transform
         clash = [o for o in s.excludes if any(other.option == o for other, _ in given)]
         if clash:
             raise UsageError(f"use either {s.option} or {clash[0]}, not both")
+    present = {s.option for s, _ in given}
+    for cls in dict.fromkeys(classes.values()):
+        for m in cls.shorthands:
+            if m.modifies and m.modifies not in present and values.get(m.dest) not in (None, False, m.default):
+                raise UsageError(f"{m.option} goes with {m.modifies}, which was not given")
     specs = []
     for s, cls in sorted(given, key=lambda item: item[0].order):
         value = values[s.dest]

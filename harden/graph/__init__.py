@@ -5,6 +5,7 @@ modules in place, so the edited model keeps its own ``forward`` code and its tra
 """
 
 from harden.graph.activation_families import FAMILY_NAMES, ActivationFamily, get_family
+from harden.graph.activation_inputs import ActivationInputs, find_activation_inputs
 from harden.graph.activations import ActivationSites, find_activation_sites
 from harden.graph.downsampling import DownsamplingOp, DownsamplingPoint, find_downsampling_points, find_stem
 from harden.graph.stages import Head, Stage, find_head, find_stages, last_stage, node_levels
@@ -20,6 +21,7 @@ from harden.graph.tracing import (
 __all__ = [
     "FAMILY_NAMES",
     "ActivationFamily",
+    "ActivationInputs",
     "ActivationSites",
     "DownsamplingOp",
     "DownsamplingPoint",
@@ -27,6 +29,7 @@ __all__ = [
     "Stage",
     "TracedNet",
     "feature_map_size",
+    "find_activation_inputs",
     "find_activation_sites",
     "find_downsampling_points",
     "find_head",

@@ -5,6 +5,7 @@ anything loads, and :func:`evaluate`, which checks them, loads the model, starts
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from harden import tracking
+from harden.bpda import straight_through_modules
 from harden.data import ImageDataset
 from harden.errors import UsageError
 from harden.evaluation.attack_plan import AttackPlan, plan_attack
@@ -66,6 +68,21 @@ def _events(cfg: EvaluateConfig, main: bool, *, progress: bool, on_batch: Callab
                      ev.ReportFile(path) if path is not None and main else None, tracking.TrackerSink(tracked))
 
 
+def _with_bpda(model: nn.Module, data: Any, cfg: EvaluateConfig, plan: AttackPlan, as_is: EvaluationReport, *,
+               device: torch.device, main: bool, progress: bool) -> EvaluationReport:
+    """The same attack again with straight-through gradients, on the same images; the lower per image counts
+    (:mod:`harden.evaluation.straight_through`). The second run keeps no progress file and is not resumed."""
+    from harden.bpda import straight_through
+    from harden.evaluation.straight_through import combine
+
+    again = dataclasses.replace(cfg, report=None, resume=False, into=None, eps_sweep=None)
+    events = ev.Events(ev.Terminal() if progress and main else None)  # progress only: the report is the combined one
+    with straight_through(model) as count:
+        through = evaluate_loaded(model, data, again, plan=plan, sweep=None, device=device, events=events,
+                                  check_examples=0, clock=Clock.start())
+    return combine(as_is, through, count)
+
+
 def _finish(result: EvaluationReport, cfg: EvaluateConfig, main: bool, events: ev.Events) -> None:
     """Hand the report to the sinks; drop the progress file and store the report in ``--into`` (rank 0)."""
     path = report_path(cfg)
@@ -113,6 +130,9 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
         with eval_mode(model):
             result = evaluate_loaded(model, data, cfg, plan=plan, sweep=sweep, device=dist.device, events=events,
                                      check_examples=check_examples, clock=clock)
+            if cfg.bpda is not False and straight_through_modules(model):
+                result = _with_bpda(model, data, cfg, plan, result, device=dist.device, main=dist.is_main,
+                                    progress=progress)
         _finish(result, cfg, dist.is_main, events)
         dist.barrier()
     return result

@@ -44,6 +44,8 @@ def summary_table(report: EvaluationReport | Mapping[str, Any]) -> str:
     lines.append(f"clean accuracy:  {report.clean_acc:.2f}%{_ci_text(report.clean_ci95)}")
     lines.append(f"robust accuracy: {report.robust_acc:.2f}%{_ci_text(report.robust_ci95)}   "
                  f"({report.seconds:.1f} s)")
+    if "straight_through" in report.extras:  # attacked as it is and with BPDA (harden.evaluation.straight_through)
+        lines.append(f"note: {report.extras['straight_through']['note']}")
     if report.published:
         from harden.sources.zoo.robustbench import published_line
 

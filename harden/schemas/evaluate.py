@@ -56,6 +56,8 @@ class EvaluateConfig:
     resume: bool = flag(help="Continue an interrupted run from REPORT.progress.", yaml=False)
     into: str | None = text(path="file", help="Also store the report in this harden model file's metadata.",
                             yaml=False)
+    bpda: bool | None = flag(None, help="Attack a model with straight-through operators (MeanSparse) also with "
+                                        "BPDA and count the lower per image [default: whenever it has them].")
     eps_sweep: str | None = text(metavar="LIST", help="Robust accuracy at each eps of a list, e.g. "
                                                       "0,1/255,2/255,4/255,8/255 (table + PNG).", yaml=False)
 

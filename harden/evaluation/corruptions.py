@@ -99,10 +99,10 @@ def generator_info(height: int, width: int, names: Sequence[str]) -> dict[str, A
                             "parameters": kind, "image_size": [height, width], "note": GENERATED_NOTE}
     if kind == "cifar10-c":
         info["parameters_text"] = (f"CIFAR-10-C's settings (Hendrycks' make_cifar_c.py), for images up to "
-                                   f"{SMALL_SIDE}x{SMALL_SIDE}; the library's own are ImageNet-C's, for 224x224")
+                                   f"{SMALL_SIDE}x{SMALL_SIDE}")
         info["values"] = {name: _plain(CIFAR10C_PARAMS[name]) for name in names}
     else:
-        info["parameters_text"] = "ImageNet-C's settings, as the library's own corruption functions have them"
+        info["parameters_text"] = f"ImageNet-C's settings (the library's own), for images over {SMALL_SIDE} px a side"
     return info
 
 

@@ -165,6 +165,17 @@ def report_params(report: EvaluationReport | Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def corruption_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """A corruption report's figures under the threat's own name: ``corruptions.clean_acc``,
+    ``corruptions.mean_acc`` and ``corruptions.TYPE`` (accuracy over its five severities), in percent."""
+    out = {"corruptions.mean_acc": report["mean_corruption_acc"]}
+    if report.get("clean_acc") is not None:
+        out["corruptions.clean_acc"] = report["clean_acc"]
+    for row in report.get("per_type") or []:
+        out[f"corruptions.{row['corruption']}"] = row["acc"]
+    return out
+
+
 def _as_report(report: EvaluationReport | Mapping[str, Any]) -> EvaluationReport:
     from harden.evaluation.report_types import EvaluationReport  # harden.evaluation imports this module
 
@@ -226,6 +237,10 @@ class TrackerSink:
                 t.metrics(epoch_metrics(values), step=int(values["epoch"]))
             elif event.kind == "figures":
                 t.metrics(values, step=event.step)
+            elif event.kind == "report" and values.get("kind") == "corruptions":
+                t.params({"corruptions": {"model": values["model"].get("spec"), "n": values["n"],
+                                          "seed": values["seed"], "types": values["corruptions"]}})
+                t.metrics(corruption_metrics(values))
             elif event.kind == "report":
                 report = _as_report(values)
                 t.params({"evaluate": {"model": report.model.spec, **report_params(report)}})

@@ -166,3 +166,12 @@ def test_only_rank_0_records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
     assert isinstance(open_tracker("mlflow"), NullTracker) and open_tracker(mine) is not mine
     assert not (tmp_path / "never.db").exists()
+
+
+def test_a_corruption_report_is_tracked_under_its_threats_name() -> None:
+    from harden.tracking import corruption_metrics
+
+    report = {"kind": "corruptions", "mean_corruption_acc": 41.5, "clean_acc": 60.0,
+              "per_type": [{"corruption": "fog", "acc": 30.0}, {"corruption": "gaussian_noise", "acc": 53.0}]}
+    assert corruption_metrics(report) == {"corruptions.mean_acc": 41.5, "corruptions.clean_acc": 60.0,
+                                          "corruptions.fog": 30.0, "corruptions.gaussian_noise": 53.0}

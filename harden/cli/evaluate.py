@@ -54,6 +54,11 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
         raise UsageError("--data is required: sample, imagefolder:ROOT, cifar10:ROOT or cifar100:ROOT")
     # everything that can be checked without loading anything, first
     cfg = make_evaluate_config(**settings)
+    if cfg.threat == "corruptions":
+        _evaluate_corruptions(model, data, cfg, quiet=quiet, as_json=as_json, sink=sink, model_opts=model_opts)
+        return
+    if data.startswith("npyc:"):
+        raise UsageError("npyc:DIR is a folder of corrupted images; evaluate on it with --threat corruptions")
     plan, sweep = evaluation.check_settings(cfg)
     check_spec(data, cfg.split, download=cfg.download)
     report, resume = cfg.report, cfg.resume
@@ -93,6 +98,32 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
         click.echo(f"wrote {report}", err=as_json)
     if cfg.into:
         click.echo(f"stored the report in {cfg.into}", err=as_json)
+
+
+def _warning_lines(result: dict[str, Any]) -> None:
+    for w in result["warnings"]:
+        line = f"warning [{w['name']}]" + (f" (x{w['count']})" if w.get("count", 1) > 1 else "") + f": {w['message']}"
+        click.echo(line, err=True)
+
+
+def _evaluate_corruptions(model: str, data: str, cfg: EvaluateConfig, *, quiet: bool, as_json: bool, sink: Any,
+                          model_opts: dict[str, Any]) -> None:
+    """``--threat corruptions``: accuracy by corruption type and severity, as a table or JSON."""
+    from harden import evaluation
+    from harden.evaluation.corruption_eval import check_corruption_settings
+    from harden.evaluation.corruption_report import corruption_table
+    from harden.runtime import distributed as hd
+
+    check_corruption_settings(cfg, data)
+    net = resolve_model(model, **model_opts)
+    first_rank = hd.env_rank() == 0
+    result = evaluation.evaluate(net, data, cfg, progress=show_progress(quiet) and first_rank, tracker=sink)
+    if not first_rank:
+        return
+    click.echo(json.dumps(result, indent=2) if as_json else corruption_table(result))
+    _warning_lines(result)
+    if cfg.report:
+        click.echo(f"wrote {cfg.report}", err=as_json)
 
 
 def _read_report(path: str) -> EvaluationReport:

@@ -28,6 +28,10 @@ Modules:
 - :mod:`~harden.evaluation.report_types`: the typed report, :class:`EvaluationReport`, and its JSON form.
 - :mod:`~harden.evaluation.tables`: the summary and eps-sweep tables ``harden evaluate`` prints.
 - :mod:`~harden.evaluation.plot`: the eps-sweep plot.
+- :mod:`~harden.evaluation.corruption_eval`: ``threat="corruptions"``, accuracy under the 15 common
+  corruptions, generated (:mod:`~harden.evaluation.corruptions`, :mod:`~harden.evaluation.corruption_ops`)
+  or read from a CIFAR-10-C folder (:mod:`~harden.evaluation.corruption_folder`); its report and table
+  (:mod:`~harden.evaluation.corruption_report`).
 """
 
 from harden.evaluation.api import check_settings, evaluate

@@ -115,6 +115,9 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     decoded (the report's ``selection`` counts and names them) instead of stopping at the first one.
     ``tracker`` (``"mlflow"``, ``"mlflow:URI"`` or a :class:`harden.tracking.Tracker`) records what was
     measured, the figures (accuracy after each attack, 95% intervals) and the report file.
+    ``threat="corruptions"`` measures accuracy under the 15 common corruptions instead (``corruptions``
+    picks types; ``data`` may be an ``npyc:DIR`` folder of CIFAR-10-C ``.npy`` files): see
+    :mod:`harden.evaluation.corruption_eval`.
 
     The report is an :class:`~harden.evaluation.report_types.EvaluationReport` (``report.robust_acc``,
     ``report.per_attack``; ``report.to_dict()`` is the JSON ``report`` writes). Code written for the dict
@@ -122,6 +125,9 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
     """
     clock = Clock.start()
     cfg = make_evaluate_config(config, **settings)
+    if cfg.threat == "corruptions":
+        return _evaluate_corruptions(model, data, cfg, progress=progress, trust_code=trust_code, tracker=tracker,
+                                     clock=clock)
     plan, sweep = check_settings(cfg)
     path = report_path(cfg)
     with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(cfg.device) as dist:
@@ -134,5 +140,23 @@ def evaluate(model: nn.Module | str, data: str | ImageDataset | tuple[torch.Tens
                 result = _with_bpda(model, data, cfg, plan, result, device=dist.device, main=dist.is_main,
                                     progress=progress)
         _finish(result, cfg, dist.is_main, events)
+        dist.barrier()
+    return result
+
+
+def _evaluate_corruptions(model: nn.Module | str, data: Any, cfg: EvaluateConfig, *, progress: bool, trust_code: bool,
+                          tracker: Any, clock: Clock) -> dict[str, Any]:
+    """``threat="corruptions"``: checked before anything loads, measured, and its report written (rank 0)."""
+    from harden.evaluation.corruption_eval import check_corruption_settings, evaluate_corruptions
+
+    check_corruption_settings(cfg, data)
+    path = report_path(cfg)
+    with tracking.Session(tracker, run_name=path.stem if path else None) as tracked, session(cfg.device) as dist:
+        model = _resolve_model(model, trust_code).to(dist.device)
+        events = _events(cfg, dist.is_main, progress=progress, on_batch=None, tracked=tracked)
+        with eval_mode(model):
+            result = evaluate_corruptions(model, data, cfg, events=events, started=clock.at)
+        events.emit(ev.Record("report", result))
+        events.emit(ev.ArtifactWritten(path))
         dist.barrier()
     return result

@@ -19,6 +19,7 @@ from harden.schemas.finetune import resize_text
 
 EVALUATION_NORMS = ("Linf", "L2", "L1")  # L1: AutoAttack's suite only
 AUTOATTACK_VERSIONS = ("standard", "rand")
+THREATS = ("adversarial", "corruptions")  # what an evaluation measures accuracy under
 
 
 @dataclass
@@ -33,6 +34,14 @@ class EvaluateConfig:
     crop: str = text("center", choices=("center", "none"), yaml=False,
                      help="center: crop the resized images to the model's input; none: resize straight to it.")
     download: bool = flag(help="Download cifar10/cifar100 into ROOT if missing.", yaml=False)
+    threat: str = text("adversarial", choices=THREATS, yaml=False,
+                       help="adversarial: attacks within an eps-ball (--attack, --eps, --norm); corruptions: the 15 "
+                            "common corruptions at severities 1-5, generated from --data or read from an npyc:DIR "
+                            "folder of CIFAR-10-C .npy files.")
+    corruptions: str | None = text(metavar="TYPES", yaml=False,
+                                   help="With --threat corruptions: the types, comma-separated (gaussian_noise,fog; "
+                                        "short names such as jpeg; families noise, blur, weather, digital) "
+                                        "[default: all 15].")
     eps: float | str = number("8/255", cli_text=True, help="Perturbation size: 8/255 or 0.031.")
     norm: str = text("Linf", choices=EVALUATION_NORMS, cli_text=True,
                      help="Threat model: Linf, L2, or L1 (AutoAttack's: --attack autoattack or apgd-ce).")
@@ -85,6 +94,10 @@ def make_evaluate_config(config: EvaluateConfig | None = None, /, **options: Any
     if values.get("resize") is not None:
         values["resize"] = resize_text(values["resize"])
     cfg = dataclasses.replace(config, **values) if config is not None else EvaluateConfig(**values)
+    if cfg.threat not in THREATS:
+        raise UsageError(f"--threat must be adversarial or corruptions, got '{cfg.threat}'")
+    if cfg.corruptions is not None and cfg.threat != "corruptions":
+        raise UsageError("--corruptions applies to --threat corruptions")
     if cfg.crop not in ("center", "none"):
         raise UsageError(f"--crop must be center or none, got '{cfg.crop}'")
     if cfg.n is not None and cfg.n <= 0:

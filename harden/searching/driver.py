@@ -114,10 +114,20 @@ def _storage_url(out: Path | None, storage: str | None, resume: bool) -> str:
     return f"sqlite:///{db.resolve()}"
 
 
-def _check_args(model: Any, config: SearchConfig | None, **settings: Any) -> SearchConfig:
+def _configs(model: Any, config: SearchConfig | None, training: FinetuneConfig | None,
+             options: dict[str, Any]) -> tuple[SearchConfig, FinetuneConfig]:
+    """The study's settings and every trial's fine-tuning: the configs given, with the keywords of each in place."""
+    from harden.training import make_config
+
     if not isinstance(model, HardenedModel):
         raise UsageError("search() takes a model made by harden.load_model, harden.apply, harden.load or harden.wrap")
-    return make_search_config(config, **settings)
+    study_names = {f.name for f in dataclasses.fields(SearchConfig)}
+    study = make_search_config(config, **{k: v for k, v in options.items() if k in study_names})
+    cfg = make_config(training, **{k: v for k, v in options.items() if k not in study_names})
+    if cfg.val_n == 0:
+        raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
+    _check_searchable(cfg.method)
+    return study, cfg
 
 
 def _open_study(url: str, fingerprint: dict[str, Any], *, resume: bool,
@@ -198,16 +208,11 @@ def search(model: HardenedModel, data: str | ImageDataset, config: SearchConfig 
         raise HardenError("harden search needs Optuna: pip install 'harden[search]' (or pip install optuna)") from None
 
     from harden.summary import model_facts
-    from harden.training import make_config, resolve_data
+    from harden.training import resolve_data
     from harden.training.train_data import held_out_count
 
     say = echo or (lambda _s: None)
-    study_names = {f.name for f in dataclasses.fields(SearchConfig)}
-    s = _check_args(model, config, **{k: v for k, v in options.items() if k in study_names})
-    cfg = make_config(training, **{k: v for k, v in options.items() if k not in study_names})
-    if cfg.val_n == 0:
-        raise UsageError("a search scores each trial on held-out images: --val-n must be positive")
-    _check_searchable(cfg.method)
+    s, cfg = _configs(model, config, training, options)
     pruner_obj = make_pruner(s.pruner, cfg.epochs)
     if s.storage is not None:
         open_storage(s.storage)  # a URL that cannot be opened fails before any work

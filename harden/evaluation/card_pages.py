@@ -112,16 +112,16 @@ def corruption_grid(model: nn.Module, data: Any, cfg: Any, names: Sequence[str],
     return {"file": path.name, "caption": f"one image under each corruption type at severity {SEVERITY}"}
 
 
-def draw_pictures(model: nn.Module, data: Any, threats: Sequence[Any], settings: dict[str, Any],
+def draw_pictures(model: nn.Module, data: Any, threats: Sequence[Any], configs: dict[str, Any],
                   reports: dict[str, dict[str, Any]], out: Path) -> dict[str, list[Picture]]:
-    """Every threat's pictures, written into ``out``: name -> [{file, caption}]."""
-    from harden.evaluation.report_card import threat_config
+    """Every threat's pictures (``configs``: each threat's evaluation settings), written into ``out``:
+    name -> [{file, caption}]."""
     from harden.runtime.modes import eval_mode
 
     pictures: dict[str, list[Picture]] = {}
     with eval_mode(model):
         for t in threats:
-            cfg = threat_config(t, settings)
+            cfg = configs[t.name]
             drawn: list[Picture | None] = []
             if t.adversarial:
                 plot_sweep(reports[t.name], out / f"{t.name}-sweep.png")

@@ -233,7 +233,8 @@ def _write_card(model: Any, data: Any, threats: Sequence[Threat], settings: dict
     """The pictures, ``card.json`` and ``card.md``, each recorded as an artefact."""
     from harden.evaluation.card_pages import card_markdown, draw_pictures
 
-    pictures = draw_pictures(model, data, threats, settings, reports, out)
+    configs = {t.name: threat_config(t, settings) for t in threats}
+    pictures = draw_pictures(model, data, threats, configs, reports, out)
     card = build_card(threats, reports, data, pictures)
     write_text(out / "card.json", json.dumps(card, indent=2) + "\n")
     write_text(out / "card.md", card_markdown(card))

@@ -29,8 +29,17 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("--track", default=None, metavar="mlflow[:URI]",
               help="Record the run in MLflow (parameters, metrics, artefacts); URI default: MLflow's local store.")
+@click.option("--threats", default=None, metavar="LIST",
+              help="With --out-card: the threats of a report card, comma-separated, each adversarial one with an "
+                   "optional eps: linf, l2, l1, corruptions, e.g. linf:4/255,l2,corruptions [default: "
+                   "linf,l2,corruptions; eps Linf 8/255, L2 0.5, L1 12]. The same -n, --seed, --random-subset and "
+                   "--attack/--fast for all (add --fast for a cheap card).")
+@click.option("--out-card", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Write a report card into DIR: each threat's report (THREAT.json, as it finishes; --resume "
+                   "skips those done with the same settings), card.json, card.md and its PNGs.")
 def evaluate_command(model: str, data: str | None, plot: str | None, quiet: bool, as_json: bool,
-                     track: str | None = None, *, num_classes: int | None, input_size: int | None,
+                     track: str | None = None, threats: str | None = None, out_card: str | None = None, *,
+                     num_classes: int | None, input_size: int | None,
                      weights: str | None, pretrained: bool, mean: str | None, std: str | None, trust_code: bool,
                      **settings: Any) -> None:
     """Evaluate MODEL (a harden file or a model spec) against adversarial attacks on --data."""
@@ -39,6 +48,12 @@ def evaluate_command(model: str, data: str | None, plot: str | None, quiet: bool
     tracking.check_track(track)
     model_opts = {"num_classes": num_classes, "input_size": input_size, "weights": weights, "pretrained": pretrained,
                   "mean": mean, "std": std, "trust_code": trust_code}
+    if threats is not None or out_card is not None:
+        from harden.cli.report_card import card_command
+
+        card_command(model, data, threats, out_card, settings, quiet=quiet, as_json=as_json, plot=plot, track=track,
+                     model_opts=model_opts)
+        return
     report = settings["report"]
     with tracking.Session(track, run_name=Path(report).stem if report else None) as sink:
         _evaluate(model, data, settings, plot=plot, quiet=quiet, as_json=as_json, sink=sink, model_opts=model_opts)
@@ -151,16 +166,23 @@ def _read_report(path: str) -> EvaluationReport:
 
 
 @main.command("compare")
-@click.argument("report_a", metavar="A.json")
-@click.argument("report_b", metavar="B.json")
+@click.argument("report_a", metavar="A.json|CARD_A/")
+@click.argument("report_b", metavar="B.json|CARD_B/")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def compare_command(report_a: str, report_b: str, as_json: bool) -> None:
     """Compare two evaluation reports of the same test images: is B really more accurate or robust than A?
 
     Counts the images only one model gets right (clean) or withstands (robust) and gives the exact
-    McNemar p-value, which tells a real difference from the noise of n images.
+    McNemar p-value, which tells a real difference from the noise of n images. Given two report card
+    folders (--out-card), compares them threat by threat, one line each.
     """
     from harden.stats import compare_reports, comparison_table
+
+    if Path(report_a).is_dir() or Path(report_b).is_dir():
+        from harden.cli.report_card import compare_cards_command
+
+        compare_cards_command(report_a, report_b, as_json=as_json)
+        return
 
     a, b = _read_report(report_a), _read_report(report_b)
     result = compare_reports(a, b)

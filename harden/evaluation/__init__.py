@@ -32,6 +32,9 @@ Modules:
   corruptions, generated (:mod:`~harden.evaluation.corruptions`, :mod:`~harden.evaluation.corruption_ops`)
   or read from a CIFAR-10-C folder (:mod:`~harden.evaluation.corruption_folder`); its report and table
   (:mod:`~harden.evaluation.corruption_report`).
+- :mod:`~harden.evaluation.report_card`: :func:`report_card`, several threats in one call written as a card
+  (``card.json``, ``card.md``; pictures :mod:`~harden.evaluation.card_pages`, comparison
+  :mod:`~harden.evaluation.card_compare`).
 """
 
 from harden.evaluation.api import check_settings, evaluate
@@ -53,6 +56,7 @@ from harden.evaluation.progress import (
     Interrupted,
     progress_store,
 )
+from harden.evaluation.report_card import report_card
 from harden.evaluation.report_types import (
     REPORT_FORMAT,
     AttackRow,
@@ -70,6 +74,7 @@ __all__ = [
     "PROGRESS_FORMAT", "REPORT_FORMAT", "ROBUST", "AttackPlan", "AttackRow", "EvaluationReport", "ExampleOutcomes",
     "Examples", "Interrupted", "ModelInfo", "ReportError", "ReportWarning", "SweepRow",
     "check_settings", "eps_text", "evaluate", "largest_fitting", "parse_eps", "parse_eps_list",
-    "pick_batch_size", "plan_attack", "plot_sweep", "progress_store", "select_examples", "summary_table",
+    "pick_batch_size", "plan_attack", "plot_sweep", "progress_store", "report_card", "select_examples",
+    "summary_table",
     "sweep_table",
 ]

@@ -251,11 +251,11 @@ def test_run_resume_continues_an_interrupted_run_to_the_same_result(tmp_path, mo
     # first attempt: killed after the hardened model's first epoch
     real_finetune, real_evaluate = harden.training.finetune, harden.evaluation.evaluate
 
-    def stop_after_epoch_1(model, data, **kw):
+    def stop_after_epoch_1(model, data, config=None, **kw):
         def callback(entry):
             if entry["epoch"] == 1:
                 raise _Interrupt
-        return real_finetune(model, data, **kw, callback=callback if "hardened" in str(kw["output"]) else None)
+        return real_finetune(model, data, config, **kw, callback=callback if "hardened" in str(kw["output"]) else None)
 
     monkeypatch.setattr(harden.training, "finetune", stop_after_epoch_1)
     part = tmp_path / "part"
@@ -268,14 +268,14 @@ def test_run_resume_continues_an_interrupted_run_to_the_same_result(tmp_path, mo
     # second attempt: the hardened model's evaluation is killed after its second batch
     monkeypatch.setattr(harden.training, "finetune", real_finetune)
 
-    def stop_after_batch_2(model, data, **kw):
+    def stop_after_batch_2(model, data, config=None, **kw):
         seen = []
 
         def on_batch(_info):
             seen.append(1)
             if len(seen) == 2:
                 raise _Interrupt
-        return real_evaluate(model, data, **kw, on_batch=on_batch if "hardened" in str(kw["report"]) else None)
+        return real_evaluate(model, data, config, **kw, on_batch=on_batch if "hardened" in str(kw["report"]) else None)
 
     monkeypatch.setattr(harden.evaluation, "evaluate", stop_after_batch_2)
     with pytest.raises(_Interrupt):

@@ -102,9 +102,9 @@ def test_search_writes_everything_never_trains_over_budget_and_resumes(tmp_path:
     trained: list[int] = []
     real = training.finetune
 
-    def spy(model, data, **kw):
+    def spy(model, data, config=None, **kw):
         trained.append(harden.summary.count_macs(model, model.input_size))
-        return real(model, data, **kw)
+        return real(model, data, config, **kw)
 
     monkeypatch.setattr(training, "finetune", spy)
     out = tmp_path / "s"

@@ -17,12 +17,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import types
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any
 
 from harden.errors import HardenError
+from harden.records import OMIT_EMPTY, JsonRecord
 
 FORMAT = "harden.provenance/1"
 # formats written by earlier versions that hold the same fields: harden 0.1.0 called the record a recipe
@@ -31,9 +31,7 @@ LEGACY_FORMATS = ("harden.recipe/1",)
 #: ``ModelEntry.weights`` of a base network built with fresh random weights
 RANDOM_WEIGHTS = "random"
 
-_OMIT_EMPTY = {"omit_empty": True}  # field metadata: left out of to_dict() when None or empty
-
-R = TypeVar("R", bound="_Record")
+_OMIT_EMPTY = OMIT_EMPTY  # field metadata: left out of to_dict() when None or empty
 
 
 class ProvenanceError(HardenError):
@@ -44,81 +42,11 @@ class UnknownFormatError(ProvenanceError):
     """A provenance whose ``format`` is neither the current one nor a legacy one (a newer harden wrote it)."""
 
 
-@dataclass(kw_only=True)
-class _Record:
-    """Typed fields read from and written to a JSON mapping; unknown keys are kept in ``extras``."""
+class _Record(JsonRecord):
+    """A record of the provenance: a malformed mapping is a :class:`ProvenanceError`."""
 
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls: type[R], data: Any, where: str = "") -> R:
-        """Check ``data`` field by field against the annotations and build the record."""
-        if not isinstance(data, dict):
-            raise ProvenanceError(f"{where or 'provenance'}: expected a mapping, got {_kind(data)}")
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name == "extras":
-                continue
-            name = f"{where}.{f.name}" if where else f.name
-            if f.name in data:
-                values[f.name] = _checked(data[f.name], hints[f.name], name)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProvenanceError(f"{name} is missing")
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        extras = {k: copy.deepcopy(v) for k, v in data.items() if k not in known}
-        if any(not isinstance(k, str) for k in extras):
-            raise ProvenanceError(f"{where or 'provenance'}: keys must be strings")
-        return cls(**values, extras=extras)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON values (a deep copy): its fields, then the keys kept in ``extras``."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if f.name == "extras" or (f.metadata.get("omit_empty") and not value):
-                continue
-            out[f.name] = _plain(value)
-        out.update(copy.deepcopy(self.extras))
-        return out
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _checked(value: Any, hint: Any, where: str) -> Any:
-    """``value`` if it fits the type ``hint`` (records built, containers copied), else a ProvenanceError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return copy.deepcopy(value)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _checked(value, inner, where)
-    if isinstance(hint, type) and issubclass(hint, _Record):
-        return hint.from_dict(value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ProvenanceError(f"{where}: expected a list, got {_kind(value)}")
-        return [_checked(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ProvenanceError(f"{where}: expected a mapping with string keys, got {_kind(value)}")
-        return {k: _checked(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    accepted = (int, float) if hint is float else (hint,)
-    if isinstance(value, bool) and hint is not bool or not isinstance(value, accepted):
-        raise ProvenanceError(f"{where}: expected {hint.__name__}, got {_kind(value)}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, _Record):
-        return value.to_dict()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return copy.deepcopy(value)
+    error = ProvenanceError
+    what = "provenance"
 
 
 @dataclass(kw_only=True)
@@ -263,9 +191,7 @@ class Provenance(_Record):
     @classmethod
     def from_dict(cls, data: Any, where: str = "") -> Provenance:
         """Read a provenance mapping of the current or a legacy format; ProvenanceError if it is not one."""
-        if not isinstance(data, dict):
-            raise ProvenanceError(f"provenance: expected a mapping, got {_kind(data)}")
-        fmt = data.get("format")
+        fmt = data.get("format") if isinstance(data, Mapping) else FORMAT  # not a mapping: the records say so
         if fmt != FORMAT and fmt not in LEGACY_FORMATS:
             raise UnknownFormatError(f"unknown provenance format {fmt!r}; this harden reads "
                                      f"{', '.join((FORMAT, *LEGACY_FORMATS))} (a newer harden may have written it)")

@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import types
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar
 
 from harden.errors import UsageError
+from harden.records import OMIT_EMPTY, OMIT_NONE, JsonRecord, plain
 
 REPORT_FORMAT = "harden.evaluate/1"
 
-_IF_SET = {"omit": "none"}   # field metadata: left out of to_dict() when None
-_IF_ANY = {"omit": "empty"}  # left out when None or empty, as AttackPlan.describe() leaves it out
+_IF_SET = OMIT_NONE   # field metadata: left out of to_dict() when None
+_IF_ANY = OMIT_EMPTY  # left out when None or empty, as AttackPlan.describe() leaves it out
 
 P = TypeVar("P", bound="_Part")
 
@@ -43,93 +41,16 @@ class ReportError(UsageError):
     """A mapping that is not an evaluation report of a format this harden reads, or a field of the wrong type."""
 
 
-@dataclass(kw_only=True)
-class _Part:
-    """Typed fields read from and written to a JSON mapping; keys it does not know are kept in ``extras``."""
+class _Part(JsonRecord):
+    """A part of the report: a malformed mapping is a :class:`ReportError`."""
 
-    extras: dict[str, Any] = field(default_factory=dict, repr=False)
+    error = ReportError
+    what = "report"
 
     @classmethod
     def from_dict(cls: type[P], data: Any, where: str = "report") -> P:
-        """Check ``data`` field by field against the annotations and build the record."""
-        if not isinstance(data, Mapping):
-            raise ReportError(f"{where}: expected a mapping, got {_kind(data)}")
-        hints = _hints(cls)
-        values: dict[str, Any] = {}
-        for f in _fields(cls):
-            name = f"{where}.{f.name}"
-            if f.name in data:
-                values[f.name] = _checked(data[f.name], hints[f.name], name)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ReportError(f"{name} is missing")
-        known = {f.name for f in _fields(cls)}
-        extras = {k: copy.deepcopy(v) for k, v in data.items() if k not in known}
-        if any(not isinstance(k, str) for k in extras):
-            raise ReportError(f"{where}: keys must be strings")
-        return cls(**values, extras=extras)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON values (a deep copy): its fields in order, then the keys kept in ``extras``."""
-        out = {name: _plain(value) for name, value in self._present()}
-        out.update(copy.deepcopy(self.extras))
-        return out
-
-    def _present(self) -> Iterator[tuple[str, Any]]:
-        """The fields ``to_dict`` writes, with their values."""
-        for f in _fields(type(self)):
-            value = getattr(self, f.name)
-            omit = f.metadata.get("omit")
-            if (omit == "none" and value is None) or (omit == "empty" and not value):
-                continue
-            yield f.name, value
-
-
-@functools.cache
-def _fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
-    return tuple(f for f in dataclasses.fields(cls) if f.name != "extras")
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _checked(value: Any, hint: Any, where: str) -> Any:
-    """``value`` if it fits the type ``hint`` (records built, containers copied), else a ReportError."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return copy.deepcopy(value)
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _checked(value, inner, where)
-    if isinstance(hint, type) and issubclass(hint, _Part):
-        return hint.from_dict(value, where)
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ReportError(f"{where}: expected a list, got {_kind(value)}")
-        return [_checked(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise ReportError(f"{where}: expected a mapping with string keys, got {_kind(value)}")
-        return {k: _checked(v, args[1], f"{where}.{k}") for k, v in value.items()}
-    accepted = (int, float) if hint is float else (hint,)
-    if isinstance(value, bool) and hint is not bool or not isinstance(value, accepted):
-        raise ReportError(f"{where}: expected {hint.__name__}, got {_kind(value)}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, _Part):
-        return value.to_dict()
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return copy.deepcopy(value)
+        """Check ``data`` field by field against the annotations and build the part."""
+        return super().from_dict(data, where)
 
 
 @dataclass(kw_only=True)
@@ -282,15 +203,15 @@ class EvaluationReport(_Part, Mapping[str, Any]):
 
     # read-only Mapping over to_dict(), for code written when harden.evaluate returned a dict
     def __getitem__(self, key: str) -> Any:
-        for name, value in self._present():
+        for name, value in self.present():
             if name == key:
-                return _plain(value)
+                return plain(value)
         if key in self.extras:
             return copy.deepcopy(self.extras[key])
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter([name for name, _ in self._present()] + list(self.extras))
+        return iter([name for name, _ in self.present()] + list(self.extras))
 
     def __len__(self) -> int:
         return len(list(iter(self)))

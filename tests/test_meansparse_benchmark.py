@@ -1,0 +1,72 @@
+"""benchmarks/meansparse.py: MeanSparse on kept baselines, attacked as it is and with BPDA, paired with the base."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import harden
+
+BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
+
+
+def _import(name: str):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+@pytest.fixture
+def meansparse_script():
+    return _import("meansparse")
+
+
+def test_rule_counts_only_a_gain_in_every_seed(meansparse_script) -> None:
+    def seed(diff: float, p: float) -> dict:
+        return {"apgd-ce": {"vs_base": {"difference": diff, "p_value": p}}}
+
+    assert meansparse_script.verdict([seed(2.0, 0.01), seed(1.5, 0.03)], "apgd-ce").startswith("MeanSparse is more")
+    assert meansparse_script.verdict([seed(2.0, 0.01), seed(-1.5, 0.03)], "apgd-ce").startswith("no difference")
+    assert meansparse_script.verdict([seed(2.0, 0.01), seed(1.0, 0.2)], "apgd-ce").startswith("no difference")
+    assert meansparse_script.verdict([seed(-2.0, 0.01)], "apgd-ce").startswith("MeanSparse is less")
+
+
+def test_a_bpda_break_counts_against_the_figure_but_not_as_is(meansparse_script) -> None:
+    outcome = ["robust", "bpda:apgd-ce", "apgd-ce", "misclassified"]
+    assert meansparse_script._robust(outcome) == [True, False, False, False]
+    assert meansparse_script._robust(outcome, as_is=True) == [True, True, False, False]
+
+
+def test_two_seeds_in_two_pieces_are_measured_paired_and_merged(meansparse_script, tmp_path: Path) -> None:
+    reproduce = _import("reproduce")
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = reproduce.new_model({**reproduce.PROTOCOLS["quick"]})
+        path = tmp_path / f"row0-abc-seed{seed}.safetensors"
+        harden.save(model, path)
+        models.append(path)
+    out = tmp_path / "ms.md"
+    common = ["--protocol", "quick", "--data", "sample", "--calibrate-n", "32", "--out", str(out)]
+    meansparse_script.main([*common, "--models", str(models[0])])
+    meansparse_script.main([*common, "--models", str(models[1]), "--merge"])
+    doc = json.loads(out.with_suffix(".json").read_text())
+    assert [e["seed"] for e in doc["seeds"]] == [0, 1] and len(doc["pieces"]) == 2
+    for entry in doc["seeds"]:
+        run = entry["pgd"]
+        base, sparse = run["base"], run["meansparse"]
+        assert base["n"] == sparse["n"] == 8 and entry["fgsm"]["meansparse"]["n"] == 4
+        assert sparse["operators"] > 0 and "bpda_acc" in sparse and "as_is_acc" in sparse
+        assert sparse["robust_acc"] <= min(sparse["as_is_acc"], sparse["bpda_acc"]) + 1e-9
+        assert "operators" not in base  # the base has nothing to pass straight through
+    text = out.read_text()
+    assert "## pgd, n=8" in text and "MeanSparse with BPDA" in text and "Rule, fixed before any result" in text
+    with pytest.raises(SystemExit, match="other settings"):
+        meansparse_script.main([*common[:-4], "--calibrate-n", "64", "--out", str(out), "--models", str(models[0]),
+                                "--merge"])

@@ -11,12 +11,12 @@ done_already() {  # table $1, row $2, seed $3 already measured?
   [ -f "$1" ] && "$PY" -c "import json,sys; t=json.load(open('$1'));
 sys.exit(0 if any(r['index']==$2 and any(e['seed']==$3 for e in r['seeds']) for r in t['rows']) else 1)"
 }
-# RUNS: protocol:eps pairs, e.g. RUNS="cpu:8/255 fmnist:0.1"
+# RUNS: protocol:eps pairs, e.g. RUNS="cpu:8/255 fmnist:0.1"; ROWS: which rows (0 FGSM-RS, 1 N-FGSM, 2 PGD-2)
 for run in ${RUNS:-cpu:8/255 cpu:16/255 fmnist:0.1}; do
   protocol=${run%%:*} eps=${run#*:}
   table="benchmarks/results/methods-${protocol}-eps${eps//\//-}.json"
   for seed in ${SEEDS:-0 1 2}; do
-    for row in 0 1; do
+    for row in ${ROWS:-0 1 2}; do
       if done_already "$table" "$row" "$seed"; then echo "skip $protocol $eps row $row seed $seed"; continue; fi
       echo "$(date -u +%FT%TZ) start $protocol eps $eps row $row seed $seed"
       "$PY" benchmarks/reproduce.py --protocol "$protocol" --table methods --eps "$eps" --rows "$row" \

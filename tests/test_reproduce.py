@@ -293,7 +293,8 @@ def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
 
 def test_the_methods_table_pairs_n_fgsm_with_fgsm_rs_at_the_eps_asked() -> None:
     r = _import("reproduce")
-    assert [row.training["method"] for row in r.rows_of("cpu", "cifar:wrn-16-1", "methods")] == ["fgsm-rs", "n-fgsm"]
+    methods = [row.training["method"] for row in r.rows_of("cpu", "cifar:wrn-16-1", "methods")]
+    assert methods == ["fgsm-rs", "n-fgsm", "pgd"]
     assert r.rows_of("fmnist", "cifar:wrn-10-1", "methods") == r.METHOD_ROWS and r.reference_of("cpu", "methods") == {}
     args = r.build_parser().parse_args(["--protocol", "cpu", "--table", "methods", "--eps", "16/255"])
     name, s = r.protocol_settings(args)

@@ -1,4 +1,5 @@
-"""benchmarks/meansparse.py: MeanSparse on kept baselines, attacked as it is and with BPDA, paired with the base."""
+"""benchmarks/meansparse.py (MeanSparse on kept baselines, as it is and with BPDA, paired with the base) and
+benchmarks/which_method.py (the README's method table, read from the measured tables)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,20 @@ def test_two_seeds_in_two_pieces_are_measured_paired_and_merged(meansparse_scrip
     with pytest.raises(SystemExit, match="other settings"):
         meansparse_script.main([*common[:-4], "--calibrate-n", "64", "--out", str(out), "--models", str(models[0]),
                                 "--merge"])
+
+
+def test_which_method_table_reads_the_measured_tables_and_pairs_with_fgsm_rs(tmp_path: Path) -> None:
+    which = _import("which_method")
+    table = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "evidence-cpu.json"
+    records = which.lines_of(table)
+    assert [r["method"] for r in records] == ["FGSM-RS", "TRADES (PGD-2 inside)", "TRADES (PGD-2 inside) + AWP 0.005",
+                                              "MART (PGD-2 inside)"]
+    evidence = {r["index"]: r for r in json.loads(table.read_text())["rows"]}
+    for record, index in zip(records[1:], (7, 8, 9)):  # the evidence table's baseline is FGSM-RS: same pairs
+        expect = "; ".join(f"s{e['seed']}: {e['vs_baseline']['difference']:+.1f} (p={e['vs_baseline']['p_value']:.2g})"
+                           for e in sorted(evidence[index]["seeds"], key=lambda e: e["seed"]))
+        assert record["vs_fgsm_rs"] == expect
+    assert [r["passes"] for r in records] == [2, 4, 6, 4]
+    out = which.main([str(table), "--out", str(tmp_path / "w.md")])
+    line = "| MART (PGD-2 inside) | `cpu` (cifar:wrn-16-1) | 8/255 | 3 epochs x 15000 images | 0, 1, 2 |"
+    assert line in out.read_text()

@@ -186,7 +186,8 @@ def converged_cell(seeds: list[dict[str, Any]]) -> str:
 def _header(table: dict[str, Any], reason: str) -> list[str]:
     s = table["settings"]
     n_pre = s["pretrain_epochs"]
-    steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps)"
+    steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps" + (
+        f" of {s['step_size']})" if s.get("step_size") else ")")
     aside = " (the method aside, in the rows listed next)" if _methods(table) else ""
     return [
         f"# Architecture changes on {s.get('dataset', 'CIFAR-10')}: evidence table (protocol `{table['protocol']}`)",

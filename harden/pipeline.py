@@ -18,7 +18,7 @@ from harden.provenance import ModelEntry, Provenance, TransformEntry
 from harden.runtime.modes import eval_mode
 from harden.shapes import first_conv_channels, fit_statistics, parse_input_size
 from harden.sources import build_net
-from harden.transforms import Transform, make_transform, parse_transform
+from harden.transforms import Transform, parse_transform, replay_entry
 
 
 def wrap(net: nn.Module, *, input_size: int | str | Sequence[int], num_classes: int | None = None,
@@ -137,7 +137,5 @@ def rebuild(provenance: Provenance | dict[str, Any], *, trust_code: bool = False
     model = HardenedModel(net, mean=spec.mean, std=spec.std,
                           provenance=dataclasses.replace(copy.deepcopy(provenance), transforms=[]))
     for entry in provenance.transforms:
-        t = make_transform(entry.name, entry.config)
-        t.replay(model, entry.state)
-        model.provenance.transforms.append(copy.deepcopy(entry))
+        replay_entry(model, entry)
     return model

@@ -84,6 +84,9 @@ class TransformEntry(_Record):
     config: dict[str, Any] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)
+    #: applied by the model source as part of the model the spec names (a RobustBench MeanSparse entry's
+    #: operators), not a change made to that model; replayed like any other
+    from_source: bool = field(default=False, metadata=_OMIT_EMPTY)
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ plugin, are found through the ``harden.transforms`` entry-point group. A plugin 
 from __future__ import annotations
 
 import abc
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 from harden.bpda import StraightThrough, straight_through  # noqa: F401  (part of the transform contract)
 from harden.errors import HardenError, UsageError, close_matches
 from harden.model import HardenedModel
+from harden.provenance import TransformEntry
 from harden.registry import Registry
 from harden.schemas.fields import parse_number  # noqa: F401  (importable from here, as before)
 
@@ -264,6 +266,13 @@ def make_transform(name: str, config: dict[str, Any]) -> Transform:
         return cls(**{k: v for k, v in config.items() if v is not None})
     except UsageError as exc:
         raise HardenError(f"recorded transform '{name}' no longer accepts its parameters: {exc}") from exc
+
+
+def replay_entry(model: HardenedModel, entry: TransformEntry) -> None:
+    """Redo a recorded transform on ``model`` (its :meth:`Transform.replay` with the recorded state) and
+    append the entry to the model's provenance."""
+    make_transform(entry.name, entry.config).replay(model, entry.state)
+    model.provenance.transforms.append(copy.deepcopy(entry))
 
 
 # ---------------------------------------------------------------------------- common value parsers

@@ -16,6 +16,11 @@ gradients over a seeded random subset of the training images, every operator the
 images and positions. ``harden.load`` rebuilds the sites from the recorded state and reads the statistics
 from the file: no data needed.
 
+Replay inserts whatever sites the state names, each a module and the operator on its output or (``first``)
+its input, also ones this analysis would not pick: the ``robustbench:`` source records the transform with
+RobustBench's sites for its MeanSparse entries (a block's output among them; see
+:mod:`harden.sources.zoo.rb_meansparse`), the statistics and thresholds read from the entry's checkpoint.
+
 The operator's gradient is zero where it replaces a value by the mean: it is a
 :class:`harden.bpda.StraightThrough` module, and its robustness must be measured with straight-through
 gradients (BPDA) as well.
@@ -224,7 +229,8 @@ class MeanSparseTransform(Transform):
         return Applied(changes, {"sites": sites, "calibration": calibration})
 
     def replay(self, model: HardenedModel, state: dict[str, Any]) -> None:
-        """Insert the recorded operators; their statistics are buffers, read from the model file."""
+        """Insert the recorded operators in order (a site inside another one first); their statistics and
+        thresholds are buffers, read from the model file (or an entry's checkpoint)."""
         sites = state.get("sites")
         if not isinstance(sites, list) or not sites:
             raise HardenError("meansparse: the recorded state names no sites; write the file again with harden")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,3 +124,35 @@ def importable_module(folder: Path, name: str, source: str) -> Iterator[Path]:
     finally:
         sys.path.remove(str(folder))
         sys.modules.pop(name, None)
+
+
+def robustbench_architectures(names: Sequence[str], stubbed: Sequence[str] = ()) -> types.SimpleNamespace | None:
+    """RobustBench's architecture files ``names`` (``model_zoo/architectures/NAME.py`` of its installed wheel),
+    imported by path, or None when robustbench is not installed.
+
+    Its package's ``__init__`` needs modules it does not install. Files that import siblings relatively load
+    as they are; for those importing ``robustbench.model_zoo.architectures.X`` absolutely, ``stubbed`` names
+    the siblings X stood in for by empty modules (their names resolve to None) while the files load.
+    """
+    import importlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("robustbench")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model_zoo" / "architectures"
+    alias, absolute = "_rb_arch_ref", "robustbench.model_zoo.architectures"
+    packages = {alias: folder, "robustbench": None, "robustbench.model_zoo": None, absolute: folder}
+    added = [name for name in [*packages, *(f"{absolute}.{s}" for s in stubbed)] if name not in sys.modules]
+    for name in added:
+        module = types.ModuleType(name)
+        if packages.get(name) is not None:
+            module.__path__ = [str(packages[name])]  # type: ignore[attr-defined]
+        elif name not in packages:
+            module.__getattr__ = lambda attr: None  # type: ignore[method-assign]
+        sys.modules[name] = module
+    try:
+        return types.SimpleNamespace(**{name: importlib.import_module(f"{alias}.{name}") for name in names})
+    finally:
+        for name in [m for m in sys.modules if m.startswith(f"{alias}.")] + added:
+            del sys.modules[name]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
-import sys
 import types
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from harden.errors import HardenError, UsageError
 from harden.provenance import ModelEntry, Provenance, TransformEntry
 from harden.sources.zoo import robustbench as rbz
 from harden.sources.zoo.robustbench_entries import C10, C10_ENGSTROM
+from tests.helpers import robustbench_architectures
 
 _ARCH_FILES = ("wide_resnet", "resnet", "dm_wide_resnet", "robust_wide_resnet", "robust_resnet",
                "utils_architectures")
@@ -32,19 +32,10 @@ _ARCH_FILES = ("wide_resnet", "resnet", "dm_wide_resnet", "robust_wide_resnet", 
 @pytest.fixture(scope="module")
 def rb() -> types.SimpleNamespace:
     """RobustBench's architecture modules, imported by path (the package's own __init__ needs more deps)."""
-    spec = importlib.util.find_spec("robustbench")
-    if spec is None or not spec.submodule_search_locations:
+    mods = robustbench_architectures(_ARCH_FILES)
+    if mods is None:
         pytest.skip("robustbench is not installed (make test installs it: pip install --no-deps robustbench)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model_zoo" / "architectures"
-    pkg = types.ModuleType("_rb_arch_ref")
-    pkg.__path__ = [str(folder)]  # type: ignore[attr-defined]
-    sys.modules["_rb_arch_ref"] = pkg
-    try:
-        mods = {name: importlib.import_module(f"_rb_arch_ref.{name}") for name in _ARCH_FILES}
-    finally:
-        for name in [m for m in sys.modules if m == "_rb_arch_ref" or m.startswith("_rb_arch_ref.")]:
-            del sys.modules[name]
-    return types.SimpleNamespace(**mods)
+    return mods
 
 
 def _randomise(net: nn.Module, seed: int) -> nn.Module:
@@ -349,7 +340,7 @@ def test_best_known_figures_are_robustbench_s() -> None:
         e = rbz.find_entry(key)
         assert (e.clean_acc, e.autoattack_acc, e.external, e.unreliable) == want, key
     ms = rbz.find_entry("Amini2024MeanSparse_S-WRN-94-16")
-    assert ms.architecture is None and "meansparse" in ms.kwargs["missing"] and ms.external_by == "BPDA"
+    assert ms.kwargs["meansparse"] == "dm-wrn" and ms.external_by == "BPDA"
     assert sum(e.external is not None for e in rbz.ENTRIES) == 21 and sum(e.unreliable for e in rbz.ENTRIES) == 1
 
 

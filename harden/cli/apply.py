@@ -169,7 +169,8 @@ def _echo_provenance(path: str, prov: Provenance) -> None:
     click.echo(f"transforms ({len(prov.transforms)}):")
     for entry in prov.transforms:
         cfg = ",".join(f"{k}={v}" for k, v in entry.config.items() if v is not None)
-        click.echo(f"  {entry.name}{':' + cfg if cfg else ''}  [{entry.provider}]")
+        part = "  (part of the model its source builds)" if entry.from_source else ""
+        click.echo(f"  {entry.name}{':' + cfg if cfg else ''}  [{entry.provider}]{part}")
         for change in entry.changes:
             click.echo(f"    - {change}")
     if prov.finetune is not None:

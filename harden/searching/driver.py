@@ -323,6 +323,8 @@ def _earlier_transforms(model: HardenedModel) -> list[str]:
     """The transforms a harden file already carries, as strings best.yaml can apply again."""
     out = []
     for t in model.provenance.transforms:
+        if t.from_source:  # part of the model the spec names: building it again applies it
+            continue
         config = ",".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
                           for k, v in t.config.items() if v is not None)
         out.append(f"{t.name}:{config}" if config else t.name)
@@ -331,4 +333,4 @@ def _earlier_transforms(model: HardenedModel) -> list[str]:
 
 def _has_own_weights(model: HardenedModel) -> bool:
     prov = model.provenance
-    return bool(prov.finetune or prov.model.has_weights_file or prov.transforms)
+    return bool(prov.finetune or prov.model.has_weights_file or any(not t.from_source for t in prov.transforms))

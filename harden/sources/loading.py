@@ -9,7 +9,7 @@ sources (:mod:`harden.sources.library`, :mod:`harden.sources.zoo`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,8 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
     first convolution says how many channels it takes). ``weights`` is a state dict file (``.safetensors``,
     ``.pt``, ``.pth``) for the base network; ``pretrained`` asks the model's library for its own weights.
     Without either the weights are random (recorded as ``weights: random``; evaluating or fine-tuning
-    such a model says so in a :class:`HardenWarning`).
+    such a model says so in a :class:`HardenWarning`). Transforms the source applies as part of the model
+    it names (:attr:`BuiltNet.transforms`) are replayed before the weights load and recorded in the provenance.
 
     >>> model = load_model("cifar:wrn-16-1", num_classes=3, input_size="1x28x28")  # doctest: +SKIP
     """
@@ -95,8 +96,6 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
         kwargs = {**timm_kwargs_for_size(name, asked.shape() if asked else None), **kwargs}
     built = build_net(source, name, num_classes=num_classes, pretrained=pretrained, kwargs=kwargs)
     net = built.net
-    if weights is not None:
-        load_weights_into(net, weights, adapt=built.adapt_state)
     size = _model_size(asked, built)
     mean = _statistics(mean, built.mean or IMAGENET_MEAN, size[0], "mean")
     std = _statistics(std, built.std or IMAGENET_STD, size[0], "std")
@@ -107,7 +106,15 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
     entry = ModelEntry(spec=spec, source=source, name=name, kwargs=built.kwargs, num_classes=classes,
                        input_size=list(size), mean=list(mean), std=list(std), pretrained=bool(pretrained),
                        weights=origin)
-    return HardenedModel(net, mean=mean, std=std, provenance=Provenance(model=entry))
+    model = HardenedModel(net, mean=mean, std=std, provenance=Provenance(model=entry))
+    if built.transforms:  # part of the named model: in place before its checkpoint, which holds their buffers
+        from harden.transforms import replay_entry
+
+        for applied in built.transforms:
+            replay_entry(model, applied)
+    if weights is not None:
+        load_weights_into(model.net, weights, adapt=built.adapt_state)
+    return model
 
 
 def _channel_kwargs(source: str, name: str, asked: InputSize | None) -> dict[str, Any]:
@@ -217,8 +224,9 @@ _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "
 _PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor], own: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Remove wrapper prefixes that every key carries and none of the network's own keys does."""
+def strip_prefixes(state: dict[str, torch.Tensor], own: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove wrapper prefixes that every key carries and none of the network's own keys (``own``) does."""
+    own = list(own)
     changed = True
     while changed and state:
         changed = False
@@ -239,9 +247,9 @@ def load_weights_into(net: nn.Module, path: str | os.PathLike[str],
     state = read_state_dict(path)
     if any(k.startswith("net.") for k in state) and not any(k.startswith("net.") for k in net.state_dict()):
         raise UsageError(f"'{path}' is a harden model file; load it with `harden.load` or pass it as MODEL")
-    state = _strip_prefixes(state, net.state_dict())
+    state = strip_prefixes(state, net.state_dict())
     if adapt is not None:
-        state = _strip_prefixes(adapt(state), net.state_dict())
+        state = strip_prefixes(adapt(state), net.state_dict())
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

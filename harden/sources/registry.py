@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harden.provenance import TransformEntry
 from harden.registry import Registry
 
 
@@ -30,6 +31,9 @@ class BuiltNet:
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: rewrites a checkpoint's state dict for this network (drops what it holds besides it), or None
     adapt_state: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+    #: transforms the source applies on top of ``net`` as part of the model it names (``from_source``
+    #: entries: :func:`harden.load_model` replays them before loading the checkpoint and records them)
+    transforms: tuple[TransformEntry, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,10 @@ normalization; the checkpoint is the user's (``--weights FILE``, the ``.pt`` fil
 downloader leaves). Loading it drops what the checkpoint carries besides the network: the
 normalization buffers some entries keep (``mu``/``sigma``, ``normalize.mean``/``std``; checked against
 the entry's values) and the unused ``sub_block1`` stage of some WideResNets (checked key by key).
+
+A MeanSparse entry is its base network with the ``meansparse`` transform at RobustBench's sites, recorded
+in the provenance as part of the entry (:mod:`harden.sources.zoo.rb_meansparse`); the checkpoint's
+operators load into the transform's.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from harden.errors import HardenError, UsageError, close_matches
 from harden.provenance import Provenance
 from harden.sources.library import build_timm, build_tv
 from harden.sources.registry import BuiltNet, ModelSource, register_model_source
-from harden.sources.zoo import cifar, rb_archs
+from harden.sources.zoo import cifar, rb_archs, rb_meansparse
 from harden.sources.zoo.robustbench_entries import ENTRIES, Entry
 from harden.sources.zoo.robustresnet import CONFIGS, RobustResNet
 
@@ -95,19 +99,26 @@ def build_entry(entry: Entry) -> BuiltNet:
                          f"({entry.kwargs['missing']}); harden lists this entry for its published figures only")
     net = _BUILDERS[entry.architecture](entry, entry.num_classes)
     size = (3, entry.input_size, entry.input_size)
+    family = entry.kwargs.get("meansparse")
+    ops = rb_meansparse.operators(family, net) if family else []
     return BuiltNet(net, input_size=size, mean=entry.mean, std=entry.std, kwargs={},
-                    adapt_state=lambda state: adapt_state(entry, state))
+                    adapt_state=lambda state: adapt_state(entry, state, ops),
+                    transforms=(rb_meansparse.transform_entry(entry.name, family, ops),) if family else ())
 
 
 # ------------------------------------------------------------------------------------ checkpoints
 
 
-def adapt_state(entry: Entry, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop what an entry's checkpoint holds besides harden's network, checking that it is what it should be."""
+def adapt_state(entry: Entry, state: dict[str, torch.Tensor],
+                meansparse: list[rb_meansparse.Operator] | None = None) -> dict[str, torch.Tensor]:
+    """Drop what an entry's checkpoint holds besides harden's network, checking that it is what it should be;
+    a MeanSparse entry's operators (``meansparse``: where harden inserted them) move to harden's keys."""
     state = dict(state)
     _drop_normalization(entry, state)
     if entry.kwargs.get("sub_block1"):
         _drop_sub_block1(entry, state)
+    if meansparse:
+        state = rb_meansparse.checkpoint_state(state, meansparse, entry.kwargs["base"])
     return state
 
 
@@ -148,14 +159,15 @@ def _drop_sub_block1(entry: Entry, state: dict[str, torch.Tensor]) -> None:
 def published(provenance: Provenance | None) -> dict[str, Any] | None:
     """The leaderboard's figures for a model that is a RobustBench entry as published, else None.
 
-    A model without a checkpoint (random weights), with transforms or with fine-tuning is not the
-    published one, so it gets none. Besides the AutoAttack figure: RobustBench's best-known one
+    A model without a checkpoint (random weights), with transforms (besides those the entry itself
+    consists of: ``from_source``) or with fine-tuning is not the published one, so it gets none.
+    Besides the AutoAttack figure: RobustBench's best-known one
     (``external``, ``external_attack``), its ``unreliable`` flag, and the lower of the two
     (``best_known``: which one, ``best_known_acc``: its value).
     """
     if provenance is None or provenance.model.source != "robustbench" or not provenance.model.has_weights_file:
         return None
-    if provenance.transforms or provenance.finetune:
+    if any(not t.from_source for t in provenance.transforms) or provenance.finetune:
         return None
     try:
         entry = find_entry(provenance.model.name)

@@ -59,11 +59,23 @@ def MISSING(what: str) -> Arch:  # noqa: N802
 
 
 AMINI = "Amini et al., arXiv, Jun 2024"  # MeanSparse
+MS_RAWRN = "RaWideResNet-70-16, Peng2023Robust's network, the base of its MeanSparse operators"
+MS_SWIN = ("RobustBench's own Swin-L, with MeanSparse on each block's residual stream between attention and MLP: "
+           "no layer's input or output, so no meansparse site")
 
 
-def MEANSPARSE(base: str) -> Arch:  # noqa: N802
-    """A MeanSparse entry: RobustBench entry ``base`` with the MeanSparse operator (not in harden yet)."""
-    return MISSING(f"the meansparse transform, on {base}")
+def MEANSPARSE(arch: Arch, base: str) -> Arch:  # noqa: N802
+    """A MeanSparse entry: the network ``arch`` of RobustBench entry ``base`` with MeanSparse operators at
+    RobustBench's sites (for DM WRNs and timm ConvNeXts), inserted by harden's ``meansparse`` transform and
+    read from the checkpoint (:mod:`harden.sources.zoo.rb_meansparse`)."""
+    name, kwargs = arch
+    if name == "dm-wrn":
+        family = "dm-wrn"
+    elif name == "timm" and kwargs["name"].startswith("convnext"):
+        family = "convnext"
+    else:
+        raise ValueError(f"no MeanSparse sites known for {name} {kwargs}")
+    return name, {**kwargs, "meansparse": family, "base": base}
 
 
 DM_PREACT18: Arch = ("dm-preact", {"depth": 18})
@@ -114,12 +126,13 @@ class Entry:
         if self.architecture is None:
             return f"not built by harden: {self.kwargs['missing']}"
         k = self.kwargs
+        sparse = ", MeanSparse" if k.get("meansparse") else ""
         if self.architecture in ("wrn", "dm-wrn"):
             extra = ", sub_block1" if k.get("sub_block1") else (", SiLU" if self.architecture == "dm-wrn" else "")
-            return f"{'DM ' if self.architecture == 'dm-wrn' else ''}WRN-{k['depth']}-{k['width']}{extra}"
+            return f"{'DM ' if self.architecture == 'dm-wrn' else ''}WRN-{k['depth']}-{k['width']}{extra}{sparse}"
         return {"dm-preact": "DM PreActResNet-18, SiLU", "preact": "PreActResNet-18", "robust-wrn": "WRN-34-R",
                 "wrn-a": "WRN-A4, SiLU", "tv": f"torchvision {k.get('name')}", "timm": f"timm {k.get('name')}",
-                "resnet": "ResNet-50" if k.get("bottleneck") else "ResNet-18"}[self.architecture]
+                "resnet": "ResNet-50" if k.get("bottleneck") else "ResNet-18"}[self.architecture] + sparse
 
 
 _Row = tuple[str, Arch, Norm, float, float | None, str]
@@ -207,8 +220,9 @@ _CIFAR10_LINF: list[_Row] = [
     ("Peng2023Robust", MISSING("RaWideResNet"), NONE, 93.27, 71.07, "Peng et al., BMVC 2023"),
     ("Bai2024MixedNUTS", MISSING("MixedNUTS mixture"), NONE, 95.19, 70.08, "Bai et al., TMLR, Aug 2024"),
     ("Debenedetti2022Light_XCiT-S12", MISSING("XCiT-S12"), NONE, 90.06, 56.14, "Debenedetti et al., arXiv, Sep 2022"),
-    ("Amini2024MeanSparse_S-WRN-94-16", MEANSPARSE("Bartoldson2024Adversarial_WRN-94-16"), NONE, 93.60, 75.28, AMINI),
-    ("Amini2024MeanSparse_Ra_WRN_70_16", MEANSPARSE("Peng2023Robust"), NONE, 93.24, 72.08, AMINI),
+    ("Amini2024MeanSparse_S-WRN-94-16", MEANSPARSE(DM_WRN(94, 16), "Bartoldson2024Adversarial_WRN-94-16"), C10,
+     93.60, 75.28, AMINI),
+    ("Amini2024MeanSparse_Ra_WRN_70_16", MISSING(MS_RAWRN), NONE, 93.24, 72.08, AMINI),
 ]
 _CIFAR10_L2: list[_Row] = [
     ("Augustin2020Adversarial", RESNET50, C10_AUGUSTIN, 91.08, 72.91, "Augustin et al., ECCV 2020"),
@@ -231,7 +245,8 @@ _CIFAR10_L2: list[_Row] = [
     ("Wang2023Better_WRN-28-10", DM_WRN(28, 10), C10, 95.16, 83.68, "Wang et al., ICML 2023"),
     ("Wang2023Better_WRN-70-16", DM_WRN(70, 16), C10, 95.54, 84.97, "Wang et al., ICML 2023"),
     ("Ding2020MMA", MISSING("per-image standardisation"), NONE, 88.02, 66.09, "Ding et al., ICLR 2020"),
-    ("Amini2024MeanSparse_S-WRN-70-16", MEANSPARSE("Wang2023Better_WRN-70-16"), NONE, 95.51, 87.28, AMINI),
+    ("Amini2024MeanSparse_S-WRN-70-16", MEANSPARSE(DM_WRN(70, 16), "cifar10/L2/Wang2023Better_WRN-70-16"), C10,
+     95.51, 87.28, AMINI),
 ]
 _CIFAR100_LINF: list[_Row] = [
     ("Gowal2020Uncovering", DM_WRN(70, 16), C100, 60.86, 30.03, "Gowal et al., arXiv, Oct 2020"),
@@ -266,7 +281,8 @@ _CIFAR100_LINF: list[_Row] = [
     ("Cui2023Decoupled_WRN-34-10_autoaug", WRN(34, 10), NONE, 65.93, 32.52, "Cui et al., NeurIPS 2024"),
     ("Chen2024Data_WRN_34_10", WRN(34, 10), NONE, 64.32, 31.13, "Chen et al., Pattern Recognition 2024"),
     ("Bai2023Improving_edm", MISSING("composite + policy net"), NONE, 85.21, 38.72, "Bai et al., SIMODS 2024"),
-    ("Amini2024MeanSparse_S-WRN-70-16", MEANSPARSE("Wang2023Better_WRN-70-16"), NONE, 75.13, 44.78, AMINI),
+    ("Amini2024MeanSparse_S-WRN-70-16", MEANSPARSE(DM_WRN(70, 16), "cifar100/Linf/Wang2023Better_WRN-70-16"), C100,
+     75.13, 44.78, AMINI),
 ]
 _IMAGENET_LINF: list[_Row] = [
     ("Wong2020Fast", TV("resnet50"), IMAGENET, 55.62, 26.24, "Wong et al., ICLR 2020"),
@@ -280,8 +296,10 @@ _IMAGENET_LINF: list[_Row] = [
     ("Liu2023Comprehensive_ConvNeXt-L", TIMM("convnext_large"), IMAGENET, 78.02, 58.48, "Liu et al., arXiv, Feb 2023"),
     ("Singh2023Revisiting_ConvNeXt-T-ConvStem", MISSING("ConvStem"), NONE, 72.72, 49.46, "Singh et al., NeurIPS 2023"),
     ("Liu2023Comprehensive_Swin-B", MISSING("converted Swin-B"), NONE, 76.16, 56.16, "Liu et al., arXiv, Feb 2023"),
-    ("Amini2024MeanSparse_ConvNeXt-L", MEANSPARSE("Liu2023Comprehensive_ConvNeXt-L"), NONE, 77.92, 59.64, AMINI),
-    ("Amini2024MeanSparse_Swin-L", MEANSPARSE("Liu2023Comprehensive_Swin-L"), NONE, 78.80, 62.12, AMINI),
+    ("Amini2024MeanSparse_ConvNeXt-L",
+     MEANSPARSE(TIMM("convnext_large"), "imagenet/Linf/Liu2023Comprehensive_ConvNeXt-L"), IMAGENET,
+     77.92, 59.64, AMINI),
+    ("Amini2024MeanSparse_Swin-L", MISSING(MS_SWIN), NONE, 78.80, 62.12, AMINI),
 ]
 # fmt: on
 

@@ -72,7 +72,8 @@ def measure_seed(path: Path, data: str, s: dict[str, Any], args: argparse.Namesp
     spec = f"meansparse:alpha={args.alpha},data={data},n={args.calibrate_n},seed=0"
     sparse = harden.apply(harden.load(path), [spec])
     entry: dict[str, Any] = {"seed": seed, "model": path.name, "changes": sparse.provenance.transforms[-1].changes}
-    for name, n in ((s["attack"], s["n"]), (s["check_attack"], s["check_n"])):
+    attacks = [(s["attack"], s["n"])] + ([] if args.no_check else [(s["check_attack"], s["check_n"])])
+    for name, n in attacks:
         b, m = attack(base, data, name, n, s), attack(sparse, data, name, n, s)
         rb = _robust(b["outcome"])
         entry[name] = {"base": b, "meansparse": m,
@@ -120,10 +121,11 @@ def markdown(doc: dict[str, Any]) -> str:
              f"images (random subset, seed 0). Linf eps {s['eps']}; the protocol's fixed test images (seed "
              f"{s['eval_seed']}). Updated {doc['updated']}.", "", f"Rule, fixed before any result: {doc['rule']}", ""]
     for name, n in ((s["attack"], s["n"]), (s["check_attack"], s["check_n"])):
-        lines += [f"## {name}, n={n}", "", f"verdict: {verdict(seeds, name)}", "",
+        measured = [e for e in seeds if name in e]
+        lines += [f"## {name}, n={n}", "", f"verdict: {verdict(measured, name)}", "",
                   "| seed | clean % base / MeanSparse | robust % base | MeanSparse as it is (vs base, McNemar p) "
                   "| MeanSparse with BPDA | MeanSparse, lower per image (vs base, McNemar p) | warnings |",
-                  "|---|---|---|---|---|---|---|", *(_row(e, name) for e in seeds), ""]
+                  "|---|---|---|---|---|---|---|", *(_row(e, name) for e in measured), ""]
     lines += ["as it is: gradients through the operators as they are (zero where a value is replaced by the mean); "
               "BPDA: the operators' forward pass with the identity's backward pass; lower per image: an image "
               "counts as robust only if it withstands both (harden's figure). Differences in points, paired on "
@@ -137,13 +139,16 @@ def markdown(doc: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--protocol", choices=sorted(PROTOCOLS), required=True)
-    ap.add_argument("--models", nargs="+", required=True, type=Path, help="reproduce.py's row-0 model files")
+    ap.add_argument("--models", nargs="+", type=Path, help="reproduce.py's row-0 model files")
     ap.add_argument("--alpha", type=float, default=ALPHA)
     ap.add_argument("--calibrate-n", type=int, default=CALIBRATE_N)
     ap.add_argument("--data", help="data spec (default: the protocol's)")
     ap.add_argument("--shared", help="the shared data folder (default ../shared/data/...)")
     ap.add_argument("--cache", default="data/cifar10-jpeg")
     ap.add_argument("--merge", action="store_true", help="add these seeds to the existing table")
+    ap.add_argument("--no-check", action="store_true", help="the protocol's attack only, not its check attack")
+    ap.add_argument("--join", nargs="+", type=Path, default=[], metavar="TABLE.json", dest="tables",
+                    help="add the seeds and pieces of tables measured elsewhere (same settings) to --out")
     ap.add_argument("--out", type=Path, help="default benchmarks/results/meansparse-PROTOCOL.md")
     return ap
 
@@ -154,19 +159,29 @@ def main(argv: list[str] | None = None) -> Path:
     s = {**PROTOCOLS[args.protocol]}
     out = args.out or Path(f"benchmarks/results/meansparse-{args.protocol}.md")
     data = protocol_data(args.protocol, args)
-    old = json.loads(out.with_suffix(".json").read_text()) if args.merge and out.with_suffix(".json").exists() else None
+    if not args.models and not args.tables:
+        raise SystemExit("error: give --models (files to measure) or --join (tables to add)")
+    merging = args.merge or bool(args.tables)
+    old = json.loads(out.with_suffix(".json").read_text()) if merging and out.with_suffix(".json").exists() else None
     settings = {k: s[k] for k in ("model", "eps", "n", "attack", "check_attack", "check_n", "eval_seed")}
     if old and (old["settings"], old["alpha"], old["calibrate_n"]) != (settings, args.alpha, args.calibrate_n):
         raise SystemExit(f"error: {out.with_suffix('.json')} was measured with other settings; write another --out")
-    fresh = [measure_seed(p, data, s, args) for p in args.models]
+    identity = (settings, args.alpha, args.calibrate_n)
+    joined = [json.loads(p.read_text()) for p in args.tables]
+    if any((j["settings"], j["alpha"], j["calibrate_n"]) != identity for j in joined):
+        raise SystemExit("error: --join: a table was measured with other settings")
+    fresh = [measure_seed(p, data, s, args) for p in args.models or []]
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    kept = [e for e in (old or {}).get("seeds", []) if e["seed"] not in {f["seed"] for f in fresh}]
     command = "python benchmarks/meansparse.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    pieces = [*(old or {}).get("pieces", []), *(p for j in joined for p in j["pieces"])]
+    if fresh:
+        pieces.append({"date": now, "device": device_name(), "command": command, "seeds": [e["seed"] for e in fresh]})
+    seeds: dict[int, dict[str, Any]] = {}
+    for e in [*(old or {}).get("seeds", []), *(e for j in joined for e in j["seeds"]), *fresh]:
+        seeds[e["seed"]] = e  # a seed measured again replaces the older entry
     doc = {"protocol": args.protocol, "settings": settings, "alpha": args.alpha, "calibrate_n": args.calibrate_n,
            "data": data, "rule": __doc__.split("The rule, fixed before any result: ")[1].split("\n\n")[0].replace(
-               "\n", " "), "updated": now, "seeds": kept + fresh,
-           "pieces": (old or {}).get("pieces", []) + [{"date": now, "device": device_name(), "command": command,
-                                                       "seeds": [e["seed"] for e in fresh]}]}
+               "\n", " "), "updated": now, "seeds": [seeds[k] for k in sorted(seeds)], "pieces": pieces}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(doc, indent=1))

@@ -57,8 +57,15 @@ def test_two_seeds_in_two_pieces_are_measured_paired_and_merged(meansparse_scrip
     common = ["--protocol", "quick", "--data", "sample", "--calibrate-n", "32", "--out", str(out)]
     meansparse_script.main([*common, "--models", str(models[0])])
     meansparse_script.main([*common, "--models", str(models[1]), "--merge"])
+    elsewhere = [*common[:-1], str(tmp_path / "elsewhere.md")]  # seed 1 again in another place, attack only
+    meansparse_script.main([*elsewhere, "--models", str(models[1]), "--no-check"])
+    meansparse_script.main([*common, "--join", str(tmp_path / "elsewhere.json")])
     doc = json.loads(out.with_suffix(".json").read_text())
-    assert [e["seed"] for e in doc["seeds"]] == [0, 1] and len(doc["pieces"]) == 2
+    assert [e["seed"] for e in doc["seeds"]] == [0, 1] and len(doc["pieces"]) == 3
+    assert "fgsm" in doc["seeds"][0] and "fgsm" not in doc["seeds"][1]  # the joined seed 1 replaced the older one
+    assert "| 1 |" not in out.read_text().split("## fgsm")[1]  # the check table lists only seeds that have it
+    meansparse_script.main([*common, "--models", str(models[1]), "--merge"])
+    doc = json.loads(out.with_suffix(".json").read_text())
     for entry in doc["seeds"]:
         run = entry["pgd"]
         base, sparse = run["base"], run["meansparse"]

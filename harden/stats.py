@@ -50,7 +50,7 @@ def mcnemar_exact_p(only_a: int, only_b: int) -> float:
     if m == 0:
         return 1.0
     k = min(only_a, only_b)
-    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2.0**m
+    tail = sum(math.comb(m, i) for i in range(k + 1)) / 2**m  # integers: exact for any m (2.0**m overflows)
     return min(1.0, 2 * tail)
 
 

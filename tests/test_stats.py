@@ -108,3 +108,11 @@ def test_compare_refuses_reports_that_are_not_paired(reports, tmp_path) -> None:
     stripped.write_text(json.dumps({k: v for k, v in a.items() if k != "examples"}))
     res = CliRunner().invoke(main, ["compare", str(stripped), str(reports[1])], prog_name="harden")
     assert res.exit_code == 2 and "no per-example outcomes" in res.output
+
+
+def test_mcnemar_exact_p_holds_for_thousands_of_discordant_images() -> None:
+    # 2.0 ** m overflowed above 1023 discordant pairs (a paired test on 2,000 images where one model fails)
+    assert mcnemar_exact_p(1500, 30) < 1e-300
+    assert mcnemar_exact_p(1500, 1500) == 1.0
+    assert abs(mcnemar_exact_p(600, 500) - mcnemar_exact_p(500, 600)) == 0.0
+    assert 0.0 < mcnemar_exact_p(600, 500) < 0.01

@@ -156,3 +156,15 @@ def robustbench_architectures(names: Sequence[str], stubbed: Sequence[str] = ())
     finally:
         for name in [m for m in sys.modules if m.startswith(f"{alias}.")] + added:
             del sys.modules[name]
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def import_benchmark(name: str) -> types.ModuleType:
+    """Import ``benchmarks/NAME.py`` (the scripts import each other by bare name, as they run)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))

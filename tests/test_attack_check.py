@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 
 from harden.stats import mcnemar_exact_p
-
-BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
-
-
-def _import(name: str):
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(BENCHMARKS)
+from tests.helpers import import_benchmark
 
 
 def _row(index: int, weaker: list[str], stronger: list[str]) -> dict:
@@ -31,7 +22,7 @@ def _row(index: int, weaker: list[str], stronger: list[str]) -> dict:
 
 
 def test_gap_rule_differences_and_order_are_read_off_the_outcomes() -> None:
-    check = _import("attack_check")
+    check = import_benchmark("attack_check")
     r, m, a = "robust", "misclassified", "apgd-t"
     base = _row(0, [r] * 10 + [m] * 10, [r] * 9 + [a] + [m] * 10)  # gap 5 points
     same = _row(1, [r] * 10 + [m] * 10, [r] * 9 + [a] + [m] * 10)

@@ -4,28 +4,18 @@ benchmarks/which_method.py (the README's method table, read from the measured ta
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import harden
-
-BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
-
-
-def _import(name: str):
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(BENCHMARKS)
+from tests.helpers import import_benchmark
 
 
 @pytest.fixture
 def meansparse_script():
-    return _import("meansparse")
+    return import_benchmark("meansparse")
 
 
 def test_rule_counts_only_a_gain_in_every_seed(meansparse_script) -> None:
@@ -45,7 +35,7 @@ def test_a_bpda_break_counts_against_the_figure_but_not_as_is(meansparse_script)
 
 
 def test_two_seeds_in_two_pieces_are_measured_paired_and_merged(meansparse_script, tmp_path: Path) -> None:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     models = []
     for seed in (0, 1):
         torch.manual_seed(seed)
@@ -82,7 +72,7 @@ def test_two_seeds_in_two_pieces_are_measured_paired_and_merged(meansparse_scrip
 
 
 def test_which_method_table_reads_the_measured_tables_and_pairs_with_fgsm_rs(tmp_path: Path) -> None:
-    which = _import("which_method")
+    which = import_benchmark("which_method")
     table = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "evidence-cpu.json"
     records = which.lines_of(table)
     assert [r["method"] for r in records] == ["FGSM-RS", "TRADES (PGD-2 inside)", "TRADES (PGD-2 inside) + AWP 0.005",

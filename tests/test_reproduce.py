@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 
 from harden.stats import paired_difference
-
-BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
-
-
-def _import(name: str):
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(BENCHMARKS)
+from tests.helpers import import_benchmark
 
 
 def _reproduce(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -84,7 +75,7 @@ def _fresh(index: int, seed: int, robust: list[bool]) -> dict:
 
 
 def test_merging_replaces_a_rerun_seed_and_pairs_seeds_with_the_same_baseline_seed() -> None:
-    table = _import("evidence_table")
+    table = import_benchmark("evidence_table")
     n = 60
     base = [i < 20 for i in range(n)]
     better = [i < 40 for i in range(n)]  # 20 more robust images, none fewer: p ~ 2e-6
@@ -99,7 +90,7 @@ def test_merging_replaces_a_rerun_seed_and_pairs_seeds_with_the_same_baseline_se
 
 
 def test_the_picture_pairs_each_seed_with_the_baseline_of_the_same_seed(tmp_path: Path) -> None:
-    table, plot = _import("evidence_table"), _import("evidence_plot")
+    table, plot = import_benchmark("evidence_table"), import_benchmark("evidence_plot")
     n = 60
     base, better = [i < 20 for i in range(n)], [i < 40 for i in range(n)]
     merged = table.merge_results(None, {"protocol": "t", "model": "m"}, {"command": "a"},
@@ -115,7 +106,7 @@ def test_the_picture_pairs_each_seed_with_the_baseline_of_the_same_seed(tmp_path
 
 
 def test_verdicts_say_plainly_when_a_row_shows_nothing() -> None:
-    table = _import("evidence_table")
+    table = import_benchmark("evidence_table")
     null = [{"vs_baseline": {"difference": d, "p_value": p}} for d, p in ((1.0, 0.4), (-0.5, 0.8), (0.2, 0.9))]
     assert table.verdict(null, "vs_baseline", "the baseline").startswith(
         "no significant difference in robust accuracy from the baseline (p >= 0.05 in all 3 seeds; mean")
@@ -141,7 +132,7 @@ def test_verdicts_say_plainly_when_a_row_shows_nothing() -> None:
 
 
 def test_the_cpu_protocol_is_fixed_and_measures_what_the_issue_asks() -> None:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     cpu = reproduce.PROTOCOLS["cpu"]
     assert len(reproduce.ROWS) >= 7 and len(cpu["seeds"]) >= 3 and cpu["n"] >= 1000
     assert cpu["attack"] == "apgd-ce" and cpu["check_attack"].startswith("autoattack") and cpu["eps"] == "8/255"
@@ -157,7 +148,7 @@ def test_the_searched_row_belongs_to_its_protocol_and_model_and_fits_the_search_
     import harden
     from harden.summary import model_facts
 
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     cpu = reproduce.rows_of("cpu", "cifar:wrn-16-1")
     assert cpu[:len(reproduce.ROWS)] == reproduce.ROWS and len(cpu) == len(reproduce.ROWS) + 1
     assert reproduce.rows_of("gpu", "cifar:resnet18") == reproduce.rows_of("quick", "cifar:wrn-16-1") == reproduce.ROWS
@@ -168,7 +159,7 @@ def test_the_searched_row_belongs_to_its_protocol_and_model_and_fits_the_search_
 
 
 def test_rows_added_at_the_end_still_merge_with_an_older_table() -> None:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     identity = {"protocol": "cpu", "settings": {"a": 1}, "row_definitions": [r.definition() for r in reproduce.ROWS]}
     older = {**identity, "row_definitions": identity["row_definitions"][:7]}
     assert reproduce.mismatched(older, identity) == []
@@ -192,8 +183,8 @@ def _piece(reproduce, when: str, results: list[tuple[int, int, list[str]]]) -> t
 
 
 def test_tables_measured_in_two_clones_join_and_pair_across_them(tmp_path: Path) -> None:
-    reproduce = _import("reproduce")
-    table = _import("evidence_table")
+    reproduce = import_benchmark("reproduce")
+    table = import_benchmark("evidence_table")
     identity = {"protocol": "quick", "model": "cifar:wrn-16-1", "data": "sample",
                 "settings": {**reproduce.PROTOCOLS["quick"], "steps_eval": 10}, "device": reproduce.device_name(),
                 "row_definitions": [r.definition() for r in reproduce.ROWS]}
@@ -225,7 +216,7 @@ def test_tables_measured_in_two_clones_join_and_pair_across_them(tmp_path: Path)
 
 
 def test_training_cost_counts_the_passes_of_each_method() -> None:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     s = {"method": "fgsm-rs", "steps": 1}
     costs = {r.label.split(" (")[0]: r.training_cost(s) for r in reproduce.ROWS}
     assert costs["baseline"] == 1.0 and costs["TRADES"] == 2.0 and costs["TRADES + AWP gamma 0.005"] == 3.0
@@ -233,7 +224,7 @@ def test_training_cost_counts_the_passes_of_each_method() -> None:
 
 
 def test_convergence_rule_judges_the_last_fifth_of_epochs_against_the_best() -> None:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     flat = [{"epoch": i, "val_robust": v} for i, v in enumerate([20, 40, 50, 55, 56, 56.5, 56, 55.8, 56.2, 56.4])]
     assert reproduce.converged(flat) is True
     rising = flat[:-2] + [{"epoch": 8, "val_robust": 58.0}, {"epoch": 9, "val_robust": 60.0}]
@@ -245,7 +236,7 @@ def test_convergence_rule_judges_the_last_fifth_of_epochs_against_the_best() -> 
 
 
 def test_the_fmnist_protocol_measures_what_the_issue_asks() -> None:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     s = reproduce.PROTOCOLS["fmnist"]
     rows = reproduce.rows_of("fmnist", s["model"])
     assert len(rows) >= 8 and len(s["seeds"]) >= 3 and s["n"] >= 2000 and s["check_n"] >= 500
@@ -262,7 +253,7 @@ def test_the_fmnist_protocol_measures_what_the_issue_asks() -> None:
 
 
 def _budget_table(tmp_path: Path) -> dict:
-    reproduce = _import("reproduce")
+    reproduce = import_benchmark("reproduce")
     rows = reproduce.rows_of("fmnist", "m")
     curve = [{"epoch": e, "val_clean": 80.0, "val_robust": 60.0 + e, "train_acc": 70.0} for e in range(1, 11)]
     table_rows = []
@@ -278,7 +269,7 @@ def _budget_table(tmp_path: Path) -> dict:
 
 
 def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
-    pitch, table = _import("pitch"), _import("evidence_table")
+    pitch, table = import_benchmark("pitch"), import_benchmark("evidence_table")
     data = _budget_table(tmp_path)
     found = {f["index"]: f for f in pitch.pitch_findings(data)}
     assert set(found) == {5, 8} and found[5]["compute"] == pytest.approx(10.0)
@@ -292,7 +283,7 @@ def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
 
 
 def test_the_methods_table_pairs_n_fgsm_with_fgsm_rs_at_the_eps_asked() -> None:
-    r = _import("reproduce")
+    r = import_benchmark("reproduce")
     methods = [row.training["method"] for row in r.rows_of("cpu", "cifar:wrn-16-1", "methods")]
     assert methods == ["fgsm-rs", "n-fgsm", "pgd"]
     assert r.rows_of("fmnist", "cifar:wrn-10-1", "methods") == r.METHOD_ROWS and r.reference_of("cpu", "methods") == {}

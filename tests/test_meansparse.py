@@ -205,3 +205,16 @@ def test_a_model_without_sites_and_a_damaged_state_are_refused() -> None:
     prov.transforms[0].state = {"sites": [{**prov.transforms[0].state["sites"][0], "path": "9"}]}
     with pytest.raises(HardenError, match="has no layer '9'"):
         harden.pipeline.rebuild(prov, base=net)
+
+
+def test_the_alpha_sweep_attacks_each_threshold_with_bpda_and_zero_is_the_model_as_it_was() -> None:
+    from harden_plugins.meansparse import sweep_alpha
+
+    model = _tiny()
+    rows = sweep_alpha(model, "sample", (0.0, 0.5), eps="8/255", n=16, attack="pgd", calibrate_n=24)
+    assert [r["alpha"] for r in rows] == [0.0, 0.5] and all(r["split"] == "train" and r["n"] == 16 for r in rows)
+    base = harden.evaluate(model, "sample", attack="pgd", eps="8/255", n=16, split="train", random_subset=True,
+                           seed=1)
+    assert rows[0]["clean_acc"] == base.clean_acc and rows[0]["robust_acc"] == base.robust_acc  # the identity
+    for r in rows:  # both attacks ran, and the figure is the lower per image
+        assert r["robust_acc"] <= min(r["as_is_acc"], r["bpda_acc"]) + 1e-9

@@ -168,3 +168,16 @@ def import_benchmark(name: str) -> types.ModuleType:
         return __import__(name)
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def randomise_batchnorm(net: torch.nn.Module, generator: torch.Generator) -> None:
+    """Random running statistics and affine weights for every BatchNorm2d (non-trivial logits in equality tests)."""
+    import torch
+
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=generator) - 0.5)
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=generator))
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=generator))
+                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=generator))

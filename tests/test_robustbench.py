@@ -23,7 +23,7 @@ from harden.errors import HardenError, UsageError
 from harden.provenance import ModelEntry, Provenance, TransformEntry
 from harden.sources.zoo import robustbench as rbz
 from harden.sources.zoo.robustbench_entries import C10, C10_ENGSTROM
-from tests.helpers import robustbench_architectures
+from tests.helpers import randomise_batchnorm, robustbench_architectures
 
 _ARCH_FILES = ("wide_resnet", "resnet", "dm_wide_resnet", "robust_wide_resnet", "robust_resnet",
                "utils_architectures")
@@ -39,14 +39,7 @@ def rb() -> types.SimpleNamespace:
 
 
 def _randomise(net: nn.Module, seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+    randomise_batchnorm(net, torch.Generator().manual_seed(seed))
     return net.eval()
 
 

@@ -26,7 +26,7 @@ from harden.searching.driver import _earlier_transforms
 from harden.sources.zoo import robustbench as rbz
 from harden.sources.zoo.rb_meansparse import wrapped
 from harden.sources.zoo.robustbench_entries import C10, C100, IMAGENET
-from tests.helpers import robustbench_architectures, shapes
+from tests.helpers import randomise_batchnorm, robustbench_architectures, shapes
 
 _SIBLINGS = ("Meansparse_wrn_70_16", "Meansparse_swin_L", "Meansparse_wrn_94_16", "Meansparse_ra_wrn_70_16")
 
@@ -50,12 +50,8 @@ def _randomise(net: nn.Module, x: torch.Tensor, seed: int) -> nn.Module:
     """Random batch-norm statistics and affine weights, layer scales near 1, then MeanSparse statistics from one
     pass of RobustBench's own update over ``x`` and random thresholds in [0.15, 0.35]."""
     g = torch.Generator().manual_seed(seed)
+    randomise_batchnorm(net, g)
     for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
-            m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-            m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
         if isinstance(getattr(m, "gamma", None), nn.Parameter):  # ConvNeXt's layer scale (1e-6 at init)
             m.gamma.copy_(0.5 + torch.rand(m.gamma.shape, generator=g))
     ops = _operators(net.eval())

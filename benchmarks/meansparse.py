@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> Path:
     if old and (old["settings"], old["alpha"], old["calibrate_n"]) != (settings, args.alpha, args.calibrate_n):
         raise SystemExit(f"error: {out.with_suffix('.json')} was measured with other settings; write another --out")
     identity = (settings, args.alpha, args.calibrate_n)
-    joined = [json.loads(p.read_text()) for p in args.tables]
+    try:
+        joined = [json.loads(p.read_text()) for p in args.tables]
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: --join: cannot read a table ({type(exc).__name__}: {exc}); give a .json it wrote")
     if any((j["settings"], j["alpha"], j["calibrate_n"]) != identity for j in joined):
         raise SystemExit("error: --join: a table was measured with other settings")
     fresh = [measure_seed(p, data, s, args) for p in args.models or []]

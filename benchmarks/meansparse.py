@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         joined = [json.loads(p.read_text()) for p in args.tables]
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"error: --join: cannot read a table ({type(exc).__name__}: {exc}); give a .json it wrote") from None
+        message = f"error: --join: cannot read a table ({type(exc).__name__}: {exc}); give a .json it wrote"
+        raise SystemExit(message) from None
     if any((j["settings"], j["alpha"], j["calibrate_n"]) != identity for j in joined):
         raise SystemExit("error: --join: a table was measured with other settings")
     fresh = [measure_seed(p, data, s, args) for p in args.models or []]

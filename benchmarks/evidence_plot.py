@@ -65,3 +65,54 @@ def plot_table(table: dict[str, Any], path: str | Path, attack: str, *, alpha: f
                      f"robust accuracy {mean:.1f}% (mean of {len(base['seeds'])} seeds)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def has_curves(table: dict[str, Any]) -> bool:
+    """Whether any seed of the table recorded its per-epoch validation curve."""
+    return any(e.get("curve") for r in table["rows"] for e in r["seeds"])
+
+
+def plot_curves(table: dict[str, Any], path: str | Path) -> Path:
+    """A PNG at ``path``: each row's validation PGD accuracy per epoch, one line per seed.
+
+    A cross marks the epoch where the catastrophic-overfitting guard found a collapse, a dot the epoch that was
+    kept (the best by validation PGD accuracy). This is where a collapse, or a curve still rising, shows.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in table["rows"] if any(e.get("curve") for e in r["seeds"])]
+    cols = min(3, len(rows)) or 1
+    lines = -(-len(rows) // cols) or 1
+    fig = Figure(figsize=(max(4 * cols, 7), 2.8 * lines + 0.8), dpi=100)
+    axes = fig.subplots(lines, cols, squeeze=False)
+    for ax, row in zip(axes.flat, rows):
+        for e in sorted(row["seeds"], key=lambda e: e["seed"]):
+            points = [(c["epoch"], c["val_robust"]) for c in e.get("curve", []) if c.get("val_robust") is not None]
+            if not points:
+                continue
+            (line,) = ax.plot(*zip(*points), marker=".", linewidth=1, label=f"seed {e['seed']}")
+            kept = dict(points).get(e.get("kept_epoch"))
+            if kept is not None:
+                ax.scatter([e["kept_epoch"]], [kept], s=40, color=line.get_color(), zorder=3)
+            if e.get("collapse"):
+                ax.scatter([e["collapse"]["epoch"]], [e["collapse"]["val_robust"]], s=70, marker="x",
+                           color="tab:red", zorder=4)
+        ax.set_title("\n".join(textwrap.wrap(f"{row['index']}. {row['row']}", 48)), fontsize=7)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("validation PGD accuracy, %", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.set_visible(False)
+    s = table["settings"]
+    title = (f"protocol {table['protocol']}, {table['model']}: PGD-{s['val_steps']} accuracy on {s['val_n']} held-out "
+             f"training images, Linf {s['eps']}; dot: kept epoch; red cross: the guard's collapse")
+    fig.suptitle("\n".join(textwrap.wrap(title, 100)), fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -8,12 +8,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from evidence_plot import plot_table
+from evidence_plot import has_curves, plot_curves, plot_table
 from pitch import budget_rows, pitch_sentences, plot_pitch
 
 from harden.runtime.atomic import atomic_path
 from harden.stats import mcnemar_exact_p, paired_difference
 from harden.summary import human
+from harden.training.collapse import collapse_message
 
 ALPHA = 0.05
 ATTACK_NAMES = {"apgd-ce": "APGD-CE (AutoAttack's standard settings)", "autoattack": "AutoAttack (standard)",
@@ -183,15 +184,37 @@ def converged_cell(seeds: list[dict[str, Any]]) -> str:
     return f"{len(judged) - len(missed)}/{len(judged)}" + (f" (not: s{', s'.join(missed)})" if missed else "")
 
 
+def _title(table: dict[str, Any]) -> str:
+    """The table's heading: the architecture evidence table, or the fast methods side by side at one eps."""
+    dataset = table["settings"].get("dataset", "CIFAR-10")
+    if table.get("table") == "methods":
+        return (f"# Fast adversarial training side by side on {dataset}: FGSM-RS, N-FGSM and PGD-2 at eps "
+                f"{table['settings']['eps']} (protocol `{table['protocol']}`)")
+    return f"# Architecture changes on {dataset}: evidence table (protocol `{table['protocol']}`)"
+
+
+def _guard(table: dict[str, Any], curves: str | None) -> list[str]:
+    """What the catastrophic-overfitting guard found, seed by seed, and the picture of the curves."""
+    found = [(r["index"], e["seed"], e["collapse"]) for r in table["rows"] for e in r["seeds"] if e.get("collapse")]
+    out = ["", "## Validation curves and the catastrophic-overfitting guard", ""]
+    if found:
+        out += [f"- row {i}, seed {seed}: `{collapse_message(c, c.get('action', 'stop'))}`" for i, seed, c in found]
+    else:
+        out.append("- the guard found no collapse in any row or seed.")
+    if curves:
+        out += ["", f"![validation PGD accuracy per epoch, each row and seed]({curves})"]
+    return out
+
+
 def _header(table: dict[str, Any], reason: str) -> list[str]:
     s = table["settings"]
     n_pre = s["pretrain_epochs"]
     steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps" + (
         f" of {s['step_size']})" if s.get("step_size") else ")")
     aside = " (the method aside, in the rows listed next)" if _methods(table) else ""
+    pretrained = any(r["start"] == "pretrained" for r in table["rows"])
     return [
-        f"# Architecture changes on {s.get('dataset', 'CIFAR-10')}: evidence table (protocol `{table['protocol']}`)",
-        "",
+        _title(table), "",
         f"model: `{table['model']}`{_kwargs_text(s)} at {s.get('input_size', 32)}; data: `{table['data']}`; "
         f"updated {table['updated']}",
         f"training, every row and seed alike{aside}: "
@@ -201,9 +224,9 @@ def _header(table: dict[str, Any], reason: str) -> list[str]:
         f"epoch by PGD-{s['val_steps']} on {s['val_n']} held-out training images. The seed sets the "
         "initialisation, the data order and the training attack's random starts.",
         *_methods(table),
-        f"rows marked `pretrained` start from a network of the same seed trained without attacks ({n_pre} epochs, "
-        f"lr {s['pretrain_lr']}; trained once per seed and shared by those rows), then get the same adversarial "
-        "training. " + reason,
+        *([f"rows marked `pretrained` start from a network of the same seed trained without attacks ({n_pre} "
+           f"epochs, lr {s['pretrain_lr']}; trained once per seed and shared by those rows), then get the same "
+           "adversarial training. " + reason] if pretrained else []),
         f"robust accuracy: {attack_text(s['attack'])}, Linf eps {s['eps']}, n={s['n']} fixed test images (a "
         f"random subset drawn with seed {s['eval_seed']}, the same for every model and seed; attack seed "
         f"{s['eval_seed']})."
@@ -293,6 +316,8 @@ def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
                   "the user already has. Share of robust accuracy: each seed's fine-tuned robust accuracy over the "
                   "same seed's from-scratch one; interval: Student t over seeds.", "",
                   f"![robust accuracy against training compute]({pitch.name})"]
+    curves = out.with_name(f"{out.stem}-curves.png") if has_curves(table) else None
+    lines += _guard(table, curves.name if curves else None)
     if warned:
         lines += ["", "Warnings of the evaluations (harden's checks and AutoAttack's own): "
                   + "; ".join(f"row {i}: {w}" for i, w in warned)]
@@ -300,6 +325,8 @@ def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
     text = "\n".join(lines) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_table(table, picture, f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}", alpha=ALPHA)
+    if curves:
+        plot_curves(table, curves)
     with atomic_path(out) as tmp:
         tmp.write_text(text)
     with atomic_path(out.with_suffix(".json")) as tmp:

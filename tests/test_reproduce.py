@@ -282,6 +282,26 @@ def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
     assert "## The pitch" in text and (tmp_path / "evidence-fmnist-pitch.png").stat().st_size > 5000
 
 
+def test_the_guard_line_and_the_curves_of_a_collapsing_seed_are_in_the_results(tmp_path: Path) -> None:
+    table = import_benchmark("evidence_table")
+    data = _budget_table(tmp_path)
+    seed = data["rows"][0]["seeds"][1]
+    seed["curve"] = [{**c, "val_robust": 5.0 if c["epoch"] == 7 else c["val_robust"]} for c in seed["curve"]]
+    seed["collapse"] = {"epoch": 7, "val_robust": 5.0, "train_acc": 75.0, "best_epoch": 6, "best_val_robust": 66.0,
+                        "best_train_acc": 70.0, "action": "warn"}
+    text = table.write_table(tmp_path / "evidence-fmnist.md", data, "reason")
+    assert "- row 0, seed 1: `catastrophic overfitting in epoch 7: validation PGD accuracy fell to 5.0% from 66.0% " \
+           "(epoch 6)" in text and "training on (--on-collapse warn)" in text
+    assert text.count("catastrophic overfitting in epoch") == 1  # the healthy seeds say nothing
+    curves = tmp_path / "evidence-fmnist-curves.png"
+    assert "](evidence-fmnist-curves.png)" in text and curves.read_bytes()[:4] == b"\x89PNG"
+    del seed["collapse"]
+    data["table"] = "methods"
+    text = table.write_table(tmp_path / "methods-fmnist-eps0.1.md", data, "reason")
+    assert text.startswith("# Fast adversarial training side by side on Fashion-MNIST") and "the guard found no " \
+        "collapse in any row or seed" in text
+
+
 def test_the_methods_table_pairs_n_fgsm_with_fgsm_rs_at_the_eps_asked() -> None:
     r = import_benchmark("reproduce")
     methods = [row.training["method"] for row in r.rows_of("cpu", "cifar:wrn-16-1", "methods")]

@@ -212,7 +212,8 @@ def _header(table: dict[str, Any], reason: str) -> list[str]:
     steps = "" if s["method"] == "fgsm-rs" else f" ({s['steps']} steps" + (
         f" of {s['step_size']})" if s.get("step_size") else ")")
     aside = " (the method aside, in the rows listed next)" if _methods(table) else ""
-    pretrained = any(r["start"] == "pretrained" for r in table["rows"])
+    starts = [d[2] for d in table.get("row_definitions", []) if len(d) > 2] or [r["start"] for r in table["rows"]]
+    pretrained = "pretrained" in starts
     return [
         _title(table), "",
         f"model: `{table['model']}`{_kwargs_text(s)} at {s.get('input_size', 32)}; data: `{table['data']}`; "

@@ -176,6 +176,32 @@ class Blindfold(harden.Transform):
         return harden.Applied(["input replaced by zeros"])
 
 
+@pytest.mark.parametrize("name", ["halving", "median", "hyperband"])
+def test_no_trial_is_pruned_on_the_eps_warm_up_epochs(name: str) -> None:
+    import optuna
+
+    from harden.searching.pruners import first_rung, make_pruner
+
+    assert [first_rung(w) for w in (0, 0.5, 1, 2)] == [1, 2, 2, 3]
+    for warmup, judged_at in ((1.0, 2), (0.0, 1)):
+        study = optuna.create_study(direction="maximize", pruner=make_pruner(name, 4, warmup),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        for score in (90.0, 85.0):  # two good trials run to the end
+            good = study.ask()
+            for step in range(1, 5):
+                good.report(score, step)
+                good.should_prune()  # a trial's rung is recorded when it asks; these run to the end regardless
+            study.tell(good, score)
+        hopeless = study.ask()
+        verdicts = []
+        for step in range(1, 5):
+            hopeless.report(1.0, step)
+            verdicts.append(hopeless.should_prune())
+        assert not any(verdicts[:judged_at - 1]), (name, warmup, verdicts)
+        if name != "hyperband":  # (hyperband's brackets start at later rungs too)
+            assert verdicts[judged_at - 1], (name, warmup, verdicts)
+
+
 @pytest.mark.slow
 def test_pruning_stops_a_hopeless_trial(tmp_path: Path, scoped_transforms: None) -> None:
     harden.register_transform(Blindfold)  # undone after the test

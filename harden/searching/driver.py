@@ -213,7 +213,7 @@ def search(model: HardenedModel, data: str | ImageDataset, config: SearchConfig 
 
     say = echo or (lambda _s: None)
     s, cfg = _configs(model, config, training, options)
-    pruner_obj = make_pruner(s.pruner, cfg.epochs)
+    pruner_obj = make_pruner(s.pruner, cfg.epochs, cfg.eps_warmup)
     if s.storage is not None:
         open_storage(s.storage)  # a URL that cannot be opened fails before any work
     dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)

@@ -6,7 +6,8 @@
 Every row of the given tables that trains a network from scratch with no transform is one method
 measurement (the evidence tables' baseline and method rows, the methods tables' rows). Each line gives the
 table's protocol, the seeds, clean and robust accuracy (mean ± sd over seeds, the table's attack and
-images), the paired difference to FGSM-RS of the same table and seed where the table has it, the
+images), the paired difference to FGSM-RS of the same seed (from the same table, or from another of the
+given tables measured on the same test images: protocol, data, eps, attack, n and their seed), the
 forward-backward passes per training image (the load-free cost) and the measured training minutes per
 epoch (wall-clock on the machine the table names, shared with other work: an indication, not a result).
 """
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harden.evaluation.eps import parse_eps
 from harden.runtime.atomic import atomic_path
 from harden.stats import paired_difference
 
@@ -31,14 +33,21 @@ NAMES = {"fgsm-rs": "FGSM-RS", "n-fgsm": "N-FGSM", "pgd": "PGD", "trades": "TRAD
 
 
 def method_of(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """The row's training method with the protocol's defaults filled in."""
-    return {"method": settings["method"], "steps": settings["steps"], **row.get("training", {})}
+    """The row's training method with the protocol's defaults filled in (the protocol's own attack step
+    belongs to the protocol's method, as benchmarks/reproduce.py trains it)."""
+    training = row.get("training", {})
+    own_step = {"step_size": settings["step_size"]} if settings.get("step_size") and "method" not in training else {}
+    return {"method": settings["method"], "steps": settings["steps"], **own_step, **training}
 
 
-def method_name(t: dict[str, Any]) -> str:
+def method_name(t: dict[str, Any], eps: str | None = None) -> str:
+    """A method's name as the table prints it: PGD-2, TRADES (PGD-2 inside), with the step where it is not the
+    default and AWP where it is used."""
     name = NAMES.get(t["method"], t["method"])
     if t["method"] in ("pgd", "trades", "mart"):
         name += f"-{t['steps']}" if t["method"] == "pgd" else f" (PGD-{t['steps']} inside)"
+    if t.get("step_size") and eps:
+        name += f", step {float(t['step_size']) / parse_eps(eps)[0]:.2g} eps"
     return name + (f" + AWP {t['awp']}" if t.get("awp") else "")
 
 
@@ -65,10 +74,30 @@ def _vs_fgsm_rs(seeds: list[dict[str, Any]], reference: dict[int, list[bool]] | 
     return "; ".join(cells) or "-"
 
 
-def lines_of(path: Path) -> list[dict[str, Any]]:
-    """One record per method row of the table at ``path``."""
+def test_images(table: dict[str, Any]) -> tuple[Any, ...]:
+    """What makes two tables' robust accuracies comparable image by image: the same protocol, data, eps,
+    attack and fixed test images (n and the seed that draws them)."""
+    s = table["settings"]
+    return (table.get("protocol"), table.get("data"), s["eps"], s["attack"], s["n"], s["eval_seed"])
+
+
+def references(tables: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[int, list[bool]]]:
+    """FGSM-RS's robust images per seed for each set of test images, from the first table that has it."""
+    out: dict[tuple[Any, ...], dict[int, list[bool]]] = {}
+    for table in tables:
+        reference = _reference(table)
+        if reference is not None:
+            out.setdefault(test_images(table), reference)
+    return out
+
+
+def lines_of(path: Path, shared: dict[tuple[Any, ...], dict[int, list[bool]]] | None = None
+             ) -> list[dict[str, Any]]:
+    """One record per method row of the table at ``path``; a table without FGSM-RS is paired with the FGSM-RS
+    of another table on the same test images (``shared``, from :func:`references`), if any."""
     table = json.loads(path.read_text())
-    s, reference = table["settings"], _reference(table)
+    s = table["settings"]
+    reference = _reference(table) or (shared or {}).get(test_images(table))
     out = []
     for row in table["rows"]:
         seeds = sorted(row["seeds"], key=lambda e: e["seed"])
@@ -78,7 +107,7 @@ def lines_of(path: Path) -> list[dict[str, Any]]:
         minutes = [e["train_seconds"] / 60 / e.get("epochs_run", s["epochs"]) for e in seeds if e.get("train_seconds")]
         is_reference = t["method"] == "fgsm-rs"
         out.append({
-            "method": method_name(t), "protocol": table.get("protocol", "?"), "model": s["model"], "eps": s["eps"],
+            "method": method_name(t, s["eps"]), "protocol": table.get("protocol", "?"), "model": s["model"], "eps": s["eps"],
             "budget": f"{s['epochs']} epochs x {s['train_n'] or 'all'} images", "seeds": [e["seed"] for e in seeds],
             "clean": mean_sd([e["clean_acc"] for e in seeds]), "robust": mean_sd([e["robust_acc"] for e in seeds]),
             "attack": f"{attack_text(s['attack'])}, n={s['n']}",
@@ -93,7 +122,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
     lines = ["# Which training method: harden's own measurements", "",
              "Generated by `benchmarks/which_method.py` from the tables named in the last column; every figure is "
              "a mean ± sd over the seeds listed, on the table's fixed test images. `vs FGSM-RS`: robust accuracy "
-             "minus FGSM-RS's of the same table and seed on the same images (points, exact McNemar p). Passes: "
+             "minus FGSM-RS's of the same seed on the same images (points, exact McNemar p; FGSM-RS of the same "
+             "table, or of another table here on the same protocol and test images). Passes: "
              "forward-backward passes per training image (the cost without the machine's load). Minutes per "
              "epoch: median wall-clock over the seeds on a 2-core machine shared with other work (an indication).",
              "", "| method | protocol | eps | budget | seeds | clean % | robust % | attack | vs FGSM-RS | passes "
@@ -111,7 +141,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("tables", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/which-method.md"))
     args = ap.parse_args(argv)
-    records = [r for path in args.tables for r in lines_of(path)]
+    shared = references([json.loads(path.read_text()) for path in args.tables])
+    records = [r for path in args.tables for r in lines_of(path, shared)]
     with atomic_path(args.out) as tmp:
         tmp.write_text(markdown(records))
     print(f"wrote {args.out}")

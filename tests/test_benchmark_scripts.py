@@ -86,3 +86,27 @@ def test_which_method_table_reads_the_measured_tables_and_pairs_with_fgsm_rs(tmp
     out = which.main([str(table), "--out", str(tmp_path / "w.md")])
     line = "| MART (PGD-2 inside) | `cpu` (cifar:wrn-16-1) | 8/255 | 3 epochs x 15000 images | 0, 1, 2 |"
     assert line in out.read_text()
+
+
+def _method_table(path: Path, method: str, robust: list[bool], **settings: object) -> Path:
+    s = {"method": method, "steps": 2, "eps": "0.1", "attack": "apgd-ce", "n": len(robust), "eval_seed": 0,
+         "epochs": 20, "train_n": None, "model": "m", **settings}
+    seed = {"seed": 0, "outcome": ["robust" if r else "apgd-ce" for r in robust], "clean_acc": 90.0,
+            "robust_acc": 100 * sum(robust) / len(robust), "train_seconds": 600.0, "epochs_run": 20}
+    table = {"protocol": "fmnist", "data": "idx:x", "settings": s,
+             "rows": [{"index": 0, "row": method, "transforms": [], "start": "scratch", "seeds": [seed]}]}
+    path.write_text(json.dumps(table))
+    return path
+
+
+def test_which_method_pairs_a_table_without_fgsm_rs_on_the_same_test_images_only(tmp_path: Path) -> None:
+    which = import_benchmark("which_method")
+    n = 100
+    fgsm = _method_table(tmp_path / "f.json", "fgsm-rs", [i < 40 for i in range(n)], steps=1)
+    pgd = _method_table(tmp_path / "p.json", "pgd", [i < 70 for i in range(n)], step_size=0.05)
+    other = _method_table(tmp_path / "o.json", "pgd", [i < 70 for i in range(n)], step_size=0.05, eval_seed=1)
+    shared = which.references([json.loads(p.read_text()) for p in (fgsm, pgd, other)])
+    [line] = which.lines_of(pgd, shared)
+    assert line["method"] == "PGD-2, step 0.5 eps" and line["vs_fgsm_rs"].startswith("s0: +30.0 (p=")
+    assert which.lines_of(other, shared)[0]["vs_fgsm_rs"] == "-"  # other test images: no pairing
+    assert which.lines_of(pgd)[0]["vs_fgsm_rs"] == "-"

@@ -107,7 +107,8 @@ def lines_of(path: Path, shared: dict[tuple[Any, ...], dict[int, list[bool]]] | 
         minutes = [e["train_seconds"] / 60 / e.get("epochs_run", s["epochs"]) for e in seeds if e.get("train_seconds")]
         is_reference = t["method"] == "fgsm-rs"
         out.append({
-            "method": method_name(t, s["eps"]), "protocol": table.get("protocol", "?"), "model": s["model"], "eps": s["eps"],
+            "method": method_name(t, s["eps"]), "protocol": table.get("protocol", "?"), "model": s["model"],
+            "eps": s["eps"],
             "budget": f"{s['epochs']} epochs x {s['train_n'] or 'all'} images", "seeds": [e["seed"] for e in seeds],
             "clean": mean_sd([e["clean_acc"] for e in seeds]), "robust": mean_sd([e["robust_acc"] for e in seeds]),
             "attack": f"{attack_text(s['attack'])}, n={s['n']}",

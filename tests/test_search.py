@@ -416,3 +416,18 @@ def test_a_method_unfit_for_a_search_is_refused_in_one_line(tmp_path: Path) -> N
     with pytest.raises(UsageError, match="--method clean is not offered for a search.*pgd"):
         harden.search(model, "sample", out=tmp_path / "s", method="clean")
     assert not (tmp_path / "s").exists()
+
+
+def test_best_recipe_of_a_harden_file_rebuilds_a_grayscale_non_square_model() -> None:
+    from harden.schemas.model import ModelSpec
+    from harden.searching.driver import _model_block
+
+    model = harden.load_model("cifar:wrn-10-1", num_classes=3, input_size="1x28x24",
+                              model_kwargs={"base_width": 4, "in_chans": 1})
+    block = _model_block(model, None)
+    assert block["input_size"] == "1x28x24" and block["kwargs"] == {"base_width": 4, "in_chans": 1}
+    again = ModelSpec.of(block).build(trust_code=False)
+    assert again.input_size == (1, 28, 24)
+    assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
+    square = _model_block(harden.load_model("cifar:wrn-10-1", num_classes=10, input_size=32), None)
+    assert square["input_size"] == 32 and "kwargs" not in square

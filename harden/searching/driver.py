@@ -71,8 +71,12 @@ def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str
     if given is not None:
         return {k: v for k, v in given.items() if v is not None}
     m = model.provenance.model
-    block = {"spec": m.spec, "num_classes": m.num_classes, "input_size": m.input_size[-1],
+    c, h, w = m.input_size
+    block = {"spec": m.spec, "num_classes": m.num_classes,
+             "input_size": w if (c, h) == (3, w) else "x".join(map(str, m.input_size)),
              "mean": list(m.mean), "std": list(m.std)}
+    if m.kwargs:  # the constructor arguments (a grayscale WRN's in_chans, its base_width) build the same network
+        block["kwargs"] = dict(m.kwargs)
     if m.pretrained:
         block["pretrained"] = True
     return block

@@ -1,7 +1,7 @@
 """The README's "which method" table, from harden's own measured tables (no figure typed by hand).
 
-    python benchmarks/which_method.py benchmarks/results/methods-cpu-eps8-255.json \\
-        benchmarks/results/evidence-cpu.json --out benchmarks/results/which-method.md
+    cd benchmarks/results && python ../which_method.py methods-cpu-eps8-255.json methods-cpu-eps16-255.json \\
+        evidence-cpu.json methods-fmnist-eps0.1.json evidence-fmnist.json --out which-method.md
 
 Every row of the given tables that trains a network from scratch with no transform is one method
 measurement (the evidence tables' baseline and method rows, the methods tables' rows). Each line gives the

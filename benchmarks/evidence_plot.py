@@ -88,13 +88,14 @@ def plot_curves(table: dict[str, Any], path: str | Path) -> Path:
     cols = min(3, len(rows)) or 1
     lines = -(-len(rows) // cols) or 1
     fig = Figure(figsize=(max(4 * cols, 7), 2.8 * lines + 0.8), dpi=100)
-    axes = fig.subplots(lines, cols, squeeze=False)
+    axes = fig.subplots(lines, cols, squeeze=False, sharey=True)  # one scale: rows compare at a glance
     for ax, row in zip(axes.flat, rows):
         for e in sorted(row["seeds"], key=lambda e: e["seed"]):
             points = [(c["epoch"], c["val_robust"]) for c in e.get("curve", []) if c.get("val_robust") is not None]
             if not points:
                 continue
-            (line,) = ax.plot(*zip(*points), marker=".", linewidth=1, label=f"seed {e['seed']}")
+            (line,) = ax.plot(*zip(*points), marker=".", linewidth=1, label=f"seed {e['seed']}",
+                              color=f"C{e['seed'] % 10}")  # a seed keeps its colour in every panel
             kept = dict(points).get(e.get("kept_epoch"))
             if kept is not None:
                 ax.scatter([e["kept_epoch"]], [kept], s=40, color=line.get_color(), zorder=3)

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 import torch
 
 import harden
+from harden.methods import get_method
 from harden.runtime.atomic import atomic_path
 from harden.summary import model_facts
 from harden.training import checkpoint_path_for
@@ -76,10 +77,11 @@ class Row(NamedTuple):
 def method_passes(t: dict[str, Any]) -> int:
     """Forward-backward passes per training image: the attack's steps plus the loss (clean and adversarial
     for TRADES and MART), the loss once more for the AWP step."""
-    if t["method"] in ("clean", "fgsm-rs"):
-        return 1 if t["method"] == "clean" else 2
+    if t["method"] == "clean":
+        return 1
+    steps = get_method(t["method"]).fixed_steps or t["steps"]  # single-step methods ignore the protocol's steps
     loss = 2 if t["method"] in ("trades", "mart") else 1
-    return t["steps"] + loss + (loss if t.get("awp") else 0)
+    return steps + loss + (loss if t.get("awp") else 0)
 
 
 # The inner attack of TRADES and MART: 2 PGD steps (step 2.5 eps / 2), the cheap multi-step attack that

@@ -221,6 +221,8 @@ def test_training_cost_counts_the_passes_of_each_method() -> None:
     costs = {r.label.split(" (")[0]: r.training_cost(s) for r in reproduce.ROWS}
     assert costs["baseline"] == 1.0 and costs["TRADES"] == 2.0 and costs["TRADES + AWP gamma 0.005"] == 3.0
     assert reproduce.method_passes({"method": "pgd", "steps": 10}) == 11
+    for single_step in ("fgsm-rs", "n-fgsm"):  # one step whatever the protocol's steps (fmnist's are 2)
+        assert reproduce.method_passes({"method": single_step, "steps": 2}) == 2
 
 
 def test_convergence_rule_judges_the_last_fifth_of_epochs_against_the_best() -> None:

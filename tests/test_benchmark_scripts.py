@@ -110,3 +110,18 @@ def test_which_method_pairs_a_table_without_fgsm_rs_on_the_same_test_images_only
     assert line["method"] == "PGD-2, step 0.5 eps" and line["vs_fgsm_rs"].startswith("s0: +30.0 (p=")
     assert which.lines_of(other, shared)[0]["vs_fgsm_rs"] == "-"  # other test images: no pairing
     assert which.lines_of(pgd)[0]["vs_fgsm_rs"] == "-"
+
+
+def test_which_method_rewrites_only_the_readme_block_between_its_markers(tmp_path: Path) -> None:
+    which = import_benchmark("which_method")
+    fgsm = _method_table(tmp_path / "f.json", "fgsm-rs", [i < 40 for i in range(100)], steps=1)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{which.BEGIN}\nold table\n{which.END}\nafter\n")
+    which.main([str(fgsm), "--out", str(tmp_path / "w.md"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old table" not in text
+    assert "| FGSM-RS | `fmnist` (0.1) | 1 | 90.0 (1 seed) | 40.0 (1 seed) | 2 | 0.5 | f |" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no which-method markers"):
+        which.main([str(fgsm), "--out", str(tmp_path / "w.md"), "--readme", str(readme)])
+    assert readme.read_text() == "no markers\n"

@@ -77,11 +77,9 @@ class Row(NamedTuple):
 def method_passes(t: dict[str, Any]) -> int:
     """Forward-backward passes per training image: the attack's steps plus the loss (clean and adversarial
     for TRADES and MART), the loss once more for the AWP step."""
-    if t["method"] == "clean":
-        return 1
-    steps = get_method(t["method"]).fixed_steps or t["steps"]  # single-step methods ignore the protocol's steps
-    loss = 2 if t["method"] in ("trades", "mart") else 1
-    return steps + loss + (loss if t.get("awp") else 0)
+    method = get_method(t["method"])
+    loss = 2 if method.paired else 1
+    return method.steps(t["steps"]) + loss + (loss if t.get("awp") else 0)  # single-step methods fix their steps
 
 
 # The inner attack of TRADES and MART: 2 PGD steps (step 2.5 eps / 2), the cheap multi-step attack that

@@ -188,8 +188,10 @@ def _title(table: dict[str, Any]) -> str:
     """The table's heading: the architecture evidence table, or the fast methods side by side at one eps."""
     dataset = table["settings"].get("dataset", "CIFAR-10")
     if table.get("table") == "methods":
-        return (f"# Fast adversarial training side by side on {dataset}: FGSM-RS, N-FGSM and PGD-2 at eps "
-                f"{table['settings']['eps']} (protocol `{table['protocol']}`)")
+        measured = [r["row"].split(" (")[0] for r in table["rows"]]  # the methods measured, not all listed
+        names = " and ".join(filter(None, [", ".join(measured[:-1]), measured[-1] if measured else ""]))
+        return (f"# Fast adversarial training side by side on {dataset}: {names} at eps {table['settings']['eps']} "
+                f"(protocol `{table['protocol']}`)")
     return f"# Architecture changes on {dataset}: evidence table (protocol `{table['protocol']}`)"
 
 

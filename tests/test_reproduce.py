@@ -299,9 +299,11 @@ def test_the_guard_line_and_the_curves_of_a_collapsing_seed_are_in_the_results(t
     assert "](evidence-fmnist-curves.png)" in text and curves.read_bytes()[:4] == b"\x89PNG"
     del seed["collapse"]
     data["table"] = "methods"
+    data["rows"] = data["rows"][:2]
+    data["rows"][0]["row"], data["rows"][1]["row"] = "FGSM-RS (Wong et al. 2020)", "N-FGSM (de Jorge et al. 2022)"
     text = table.write_table(tmp_path / "methods-fmnist-eps0.1.md", data, "reason")
-    assert text.startswith("# Fast adversarial training side by side on Fashion-MNIST") and "the guard found no " \
-        "collapse in any row or seed" in text
+    assert text.startswith("# Fast adversarial training side by side on Fashion-MNIST: FGSM-RS and N-FGSM at eps 0.1 "
+                           "(protocol `fmnist`)\n") and "the guard found no collapse in any row or seed" in text
 
 
 def test_the_methods_table_pairs_n_fgsm_with_fgsm_rs_at_the_eps_asked() -> None:

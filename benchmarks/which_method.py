@@ -75,6 +75,15 @@ def _vs_fgsm_rs(seeds: list[dict[str, Any]], reference: dict[int, list[bool]] | 
     return "; ".join(cells) or "-"
 
 
+def load_table(path: Path) -> dict[str, Any]:
+    """A measured table's JSON; one ``error:`` line if it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot read '{path}' as a table ({type(exc).__name__}); give the .json that "
+                         "benchmarks/reproduce.py wrote") from None
+
+
 def test_images(table: dict[str, Any]) -> tuple[Any, ...]:
     """What makes two tables' robust accuracies comparable image by image: the same protocol, data, eps,
     attack and fixed test images (n and the seed that draws them)."""
@@ -96,7 +105,7 @@ def lines_of(path: Path, shared: dict[tuple[Any, ...], dict[int, list[bool]]] | 
              ) -> list[dict[str, Any]]:
     """One record per method row of the table at ``path``; a table without FGSM-RS is paired with the FGSM-RS
     of another table on the same test images (``shared``, from :func:`references`), if any."""
-    table = json.loads(path.read_text())
+    table = load_table(path)
     s = table["settings"]
     reference = _reference(table) or (shared or {}).get(test_images(table))
     out = []
@@ -152,14 +161,22 @@ def short_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, records: list[dict[str, Any]]) -> None:
-    """Replace the block between the which-method markers in ``path`` with :func:`short_table`."""
-    text = path.read_text()
+def readme_parts(path: Path) -> tuple[str, str]:
+    """The README's text before and after the which-method block; one ``error:`` line if it cannot be used."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SystemExit(f"error: --readme: cannot read '{path}' ({exc.strerror or type(exc).__name__})") from None
     if BEGIN not in text or END not in text:
         raise SystemExit(f"error: {path} has no which-method markers ({BEGIN} ... {END}); add them where the "
                          "table goes")
     head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
+    return head, rest.split(END, 1)[1]
+
+
+def update_readme(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace the block between the which-method markers in ``path`` with :func:`short_table`."""
+    head, tail = readme_parts(path)
     with atomic_path(path) as tmp:
         tmp.write_text(f"{head}{BEGIN}\n{short_table(records)}\n{END}{tail}")
 
@@ -170,7 +187,9 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/which-method.md"))
     ap.add_argument("--readme", type=Path, default=None, help="also rewrite the short table in this README")
     args = ap.parse_args(argv)
-    shared = references([json.loads(path.read_text()) for path in args.tables])
+    if args.readme is not None:
+        readme_parts(args.readme)  # a README it cannot update stops the run before anything is written
+    shared = references([load_table(path) for path in args.tables])
     records = [r for path in args.tables for r in lines_of(path, shared)]
     with atomic_path(args.out) as tmp:
         tmp.write_text(markdown(records))

@@ -123,5 +123,9 @@ def test_which_method_rewrites_only_the_readme_block_between_its_markers(tmp_pat
     assert "| FGSM-RS | `fmnist` (0.1) | 1 | 90.0 (1 seed) | 40.0 (1 seed) | 2 | 0.5 | f |" in text
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no which-method markers"):
-        which.main([str(fgsm), "--out", str(tmp_path / "w.md"), "--readme", str(readme)])
-    assert readme.read_text() == "no markers\n"
+        which.main([str(fgsm), "--out", str(tmp_path / "w2.md"), "--readme", str(readme)])
+    assert readme.read_text() == "no markers\n" and not (tmp_path / "w2.md").exists()  # nothing written
+    with pytest.raises(SystemExit, match="^error: cannot read '.*missing.json' as a table"):
+        which.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "w2.md")])
+    with pytest.raises(SystemExit, match="^error: --readme: cannot read"):
+        which.main([str(fgsm), "--out", str(tmp_path / "w2.md"), "--readme", str(tmp_path / "missing.md")])

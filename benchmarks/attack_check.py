@@ -31,14 +31,8 @@ from harden.searching.proxies import spearman, spearman_interval
 from harden.stats import mcnemar_exact_p
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import (  # noqa: E402
-    PROTOCOLS,
-    device_name,
-    evaluate,
-    model_path,
-    parse_list,
-    rows_of,
-)
+from protocols import PROTOCOLS, rows_of  # noqa: E402
+from reproduce import device_name, evaluate, model_path, parse_list  # noqa: E402
 
 GAP_FLAG = 2.0  # points of robust accuracy broken only by the stronger attack, above the baseline's gap
 ALPHA = 0.05

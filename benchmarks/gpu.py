@@ -45,6 +45,7 @@ from harden.runtime.session import DistSession
 from harden.training import TrainData, Trainer, make_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import protocols  # noqa: E402
 import reproduce  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -248,11 +249,11 @@ def row_costs(model_spec: str, s: dict[str, Any]) -> list[float]:
     base = harden.load_model(model_spec, num_classes=10, input_size=32)
     macs0 = model_facts(base).macs
     return [(model_facts(harden.apply(base, r.transforms)).macs / macs0 if r.transforms else 1.0)
-            * r.training_cost(s) for r in reproduce.ROWS]
+            * r.training_cost(s) for r in protocols.ROWS]
 
 
 def rows_settings(cfg: dict, epochs: int) -> dict[str, Any]:
-    return {**reproduce.PROTOCOLS["gpu"], "model": cfg["model"], "method": "fgsm-rs", "steps": 1, "epochs": epochs,
+    return {**protocols.PROTOCOLS["gpu"], "model": cfg["model"], "method": "fgsm-rs", "steps": 1, "epochs": epochs,
             "train_n": cfg["rows_train_n"], "lr": 0.2, "schedule": "onecycle", "batch_size": cfg["batch_size"],
             "val_n": cfg["val_n"], "val_steps": 5, "pretrain_epochs": epochs, "pretrain_lr": 0.2,
             "attack": "apgd-ce", "n": cfg["rows_n"], "check_attack": "autoattack-fast", "check_n": cfg["rows_n"],
@@ -271,7 +272,7 @@ def step_rows(rec: Recorder, cfg: dict, data: str, work: Path, out_dir: Path, sp
         s = rows_settings(cfg, epochs)
         figures.update(epochs=epochs, estimated_epoch_s=round(epoch_s, 1), row_costs=[round(c, 2) for c in costs])
         identity = {"protocol": "gpu-fit", "model": s["model"], "data": data, "settings": s,
-                    "device": rec.data["device"], "row_definitions": [r.definition() for r in reproduce.ROWS]}
+                    "device": rec.data["device"], "row_definitions": [r.definition() for r in protocols.ROWS]}
         piece = {"command": rec.data["command"], "date": rec.data["date"], "device": rec.data["device"],
                  "rows": [], "seeds": [0], "harden": harden.__version__, "torch": torch.__version__}
         fresh, skipped, predicted, actual = [], [], 0.0, 0.0
@@ -285,8 +286,8 @@ def step_rows(rec: Recorder, cfg: dict, data: str, work: Path, out_dir: Path, sp
             fresh.append(reproduce.run_one(i, 0, data, work, s, progress=False))
             piece["rows"].append(i)
             predicted, actual = predicted + need, actual + time.perf_counter() - t0
-        table = reproduce.merge_results(None, identity, piece, fresh, reproduce.REFERENCE)
-        reproduce.write_table(out_dir / f"evidence-gpu-fit-{rec.data['date'][:10]}.md", table, reproduce.PITCH_REASON)
+        table = reproduce.merge_results(None, identity, piece, fresh, protocols.REFERENCE)
+        reproduce.write_table(out_dir / f"evidence-gpu-fit-{rec.data['date'][:10]}.md", table, protocols.PITCH_REASON)
         figures.update(rows_run=piece["rows"], rows_skipped_for_time=skipped)
 
 

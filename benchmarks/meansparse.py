@@ -31,7 +31,8 @@ from harden.runtime.atomic import atomic_path
 from harden.stats import paired_difference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reproduce import PROTOCOLS, device_name, protocol_data  # noqa: E402
+from protocols import PROTOCOLS  # noqa: E402
+from reproduce import device_name, protocol_data  # noqa: E402
 
 ALPHA = 0.25  # fixed before any result: the threshold of the authors' default configuration
 CALIBRATE_N = 4096

@@ -28,7 +28,7 @@ from harden.stats import paired_difference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_table import attack_text, mean_sd  # noqa: E402
-from reproduce import method_passes  # noqa: E402
+from protocols import method_passes  # noqa: E402
 
 NAMES = {"fgsm-rs": "FGSM-RS", "n-fgsm": "N-FGSM", "pgd": "PGD", "trades": "TRADES", "mart": "MART", "clean": "clean"}
 

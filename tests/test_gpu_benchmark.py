@@ -9,24 +9,15 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = str(Path(__file__).resolve().parent.parent / "benchmarks")
+from tests.helpers import import_benchmark
 
 
 def _reproduce_rows() -> list:
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        from reproduce import ROWS
-    finally:
-        sys.path.remove(BENCHMARKS)
-    return ROWS
+    return import_benchmark("protocols").ROWS
 
 
 def test_the_rows_epochs_fit_the_minutes_left() -> None:
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        from gpu import fit_epochs
-    finally:
-        sys.path.remove(BENCHMARKS)
+    fit_epochs = import_benchmark("gpu").fit_epochs
     costs = [1, 4, 3, 1, 0.8, 1, 1]  # 11.8 baseline rows, +0.5 for the clean pre-training
     # 0.85 * 600 - 5 * 11.8 = 451 s for training; 10 s per baseline epoch -> 123 s per epoch of all rows
     assert fit_epochs(600, costs, epoch_s=10, eval_s=5, cap=15) == 3

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from harden.stats import paired_difference
 from tests.helpers import import_benchmark
@@ -132,15 +134,15 @@ def test_verdicts_say_plainly_when_a_row_shows_nothing() -> None:
 
 
 def test_the_cpu_protocol_is_fixed_and_measures_what_the_issue_asks() -> None:
-    reproduce = import_benchmark("reproduce")
-    cpu = reproduce.PROTOCOLS["cpu"]
-    assert len(reproduce.ROWS) >= 7 and len(cpu["seeds"]) >= 3 and cpu["n"] >= 1000
+    protocols = import_benchmark("protocols")
+    cpu = protocols.PROTOCOLS["cpu"]
+    assert len(protocols.ROWS) >= 7 and len(cpu["seeds"]) >= 3 and cpu["n"] >= 1000
     assert cpu["attack"] == "apgd-ce" and cpu["check_attack"].startswith("autoattack") and cpu["eps"] == "8/255"
-    assert [r.start for r in reproduce.ROWS].count("pretrained") == 2 and reproduce.REFERENCE == {6: 5, 8: 7, 9: 7}
-    methods = {r.training.get("method", cpu["method"]) for r in reproduce.ROWS}
+    assert [r.start for r in protocols.ROWS].count("pretrained") == 2 and protocols.REFERENCE == {6: 5, 8: 7, 9: 7}
+    methods = {r.training.get("method", cpu["method"]) for r in protocols.ROWS}
     assert methods == {"fgsm-rs", "trades", "mart"}  # the fine-tuning methods' rows (TRADES, TRADES+AWP, MART)
-    awp = [r for r in reproduce.ROWS if r.training.get("awp")]
-    assert len(awp) == 1 and awp[0].training == {**reproduce.ROWS[reproduce.REFERENCE[8]].training,
+    awp = [r for r in protocols.ROWS if r.training.get("awp")]
+    assert len(awp) == 1 and awp[0].training == {**protocols.ROWS[protocols.REFERENCE[8]].training,
                                                  "awp": 0.005, "awp_warmup": 0}  # only AWP differs from TRADES
 
 
@@ -148,11 +150,11 @@ def test_the_searched_row_belongs_to_its_protocol_and_model_and_fits_the_search_
     import harden
     from harden.summary import model_facts
 
-    reproduce = import_benchmark("reproduce")
-    cpu = reproduce.rows_of("cpu", "cifar:wrn-16-1")
-    assert cpu[:len(reproduce.ROWS)] == reproduce.ROWS and len(cpu) == len(reproduce.ROWS) + 1
-    assert reproduce.rows_of("gpu", "cifar:resnet18") == reproduce.rows_of("quick", "cifar:wrn-16-1") == reproduce.ROWS
-    assert reproduce.rows_of("cpu", "cifar:wrn-16-4") == reproduce.ROWS  # another --model: its transforms may not fit
+    protocols = import_benchmark("protocols")
+    cpu = protocols.rows_of("cpu", "cifar:wrn-16-1")
+    assert cpu[:len(protocols.ROWS)] == protocols.ROWS and len(cpu) == len(protocols.ROWS) + 1
+    assert protocols.rows_of("gpu", "cifar:resnet18") == protocols.rows_of("quick", "cifar:wrn-16-1") == protocols.ROWS
+    assert protocols.rows_of("cpu", "cifar:wrn-16-4") == protocols.ROWS  # another --model: its transforms may not fit
     base = harden.load_model("cifar:wrn-16-1", num_classes=10, input_size=32)
     found = model_facts(harden.apply(base, cpu[-1].transforms))
     assert found.macs <= 4 * model_facts(base).macs and found.feature_map_text() == "16x16"
@@ -189,29 +191,32 @@ def test_tables_measured_in_two_clones_join_and_pair_across_them(tmp_path: Path)
                 "settings": {**reproduce.PROTOCOLS["quick"], "steps_eval": 10}, "device": reproduce.device_name(),
                 "row_definitions": [r.definition() for r in reproduce.ROWS]}
     base_piece = _piece(reproduce, "d0", [(0, 0, ["robust"] * 30 + ["pgd"] * 10)])
-    here = table.merge_results(None, identity, *base_piece, reproduce.REFERENCE)
+    here = table.merge_results(None, identity, *base_piece, reproduce.reference_of("quick"))
     there = table.merge_results(here, identity, *_piece(reproduce, "d1", [(3, 0, ["robust"] * 10 + ["pgd"] * 30)]),
-                                reproduce.REFERENCE)
-    joined, added = table.join_tables(here, there, identity, reproduce.REFERENCE)
+                                reproduce.reference_of("quick"))
+    joined, added = table.join_tables(here, there, identity, reproduce.reference_of("quick"))
     assert added == 1 and [p["date"] for p in joined["pieces"]] == ["d0", "d1"]
     row3 = next(r for r in joined["rows"] if r["index"] == 3)["seeds"][0]
     assert row3["piece"] == 1 and row3["vs_baseline"]["difference"] == -50.0 and row3["vs_baseline"]["p_value"] < 1e-5
-    assert table.join_tables(joined, there, identity, reproduce.REFERENCE)[1] == 0  # nothing twice
+    assert table.join_tables(joined, there, identity, reproduce.reference_of("quick"))[1] == 0  # nothing twice
 
     out = tmp_path / "t.md"
     (tmp_path / "there.json").write_text(json.dumps(there))
+    # the device string carries the thread count: the script must see this process's (conftest sets it)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
-                          "--join", str(tmp_path / "there.json")], capture_output=True, text=True, timeout=120)
+                          "--join", str(tmp_path / "there.json")], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     assert "2 piece(s) added" in res.stdout and len(json.loads(out.with_suffix(".json").read_text())["rows"]) == 2
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "](t.png)" in out.read_text()
     (tmp_path / "other.json").write_text(json.dumps({**there, "device": "another machine"}))
     res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
-                          "--join", str(tmp_path / "other.json")], capture_output=True, text=True, timeout=120)
+                          "--join", str(tmp_path / "other.json")], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 1 and res.stderr.strip().splitlines() == [
         f"error: --join: '{tmp_path / 'other.json'}' was measured with other device"]
     res = subprocess.run([sys.executable, "benchmarks/reproduce.py", "--quick", "--data", "sample", "--out", str(out),
-                          "--join", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
+                          "--join", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120,
+                         env=env)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "cannot read" in res.stderr
 
 

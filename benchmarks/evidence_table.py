@@ -276,6 +276,32 @@ def _findings(table: dict[str, Any]) -> list[str]:
     return out
 
 
+def readme_summary(table: dict[str, Any], link: str) -> str:
+    """The README's short form of the table written at ``link`` (relative to the README): each row's accuracies,
+    its per-seed comparison with the baseline, the check attack and convergence, what each row shows, the
+    pitch's sentences and the pictures."""
+    s = table["settings"]
+    atk, chk = f"{attack_text(s['attack'])}, Linf {s['eps']}, n={s['n']}", attack_text(s.get("check_attack"))
+    lines = [f"Robust accuracy: {atk}; check: {chk} on n={s.get('check_n')} of the same images, first seed. "
+             f"Per seed: difference from the same seed's baseline in points (exact McNemar p).", "",
+             "| # | change | start | seeds | clean % | robust % | vs baseline per seed | check clean / robust % "
+             "| converged |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table["rows"]:
+        seeds = r["seeds"]
+        lines.append(f"| {r['index']} | {r['row']} | {r['start']} | {', '.join(str(e['seed']) for e in seeds)} | "
+                     f"{mean_sd([e['clean_acc'] for e in seeds])} | {mean_sd([e['robust_acc'] for e in seeds])} | "
+                     f"{_per_seed(seeds, 'vs_baseline') if r['index'] else '-'} | {_check_cell(seeds)} | "
+                     f"{converged_cell(seeds)} |")
+    stem = link.removesuffix(".md")
+    lines += ["", *_findings(table)[3:], "", f"![{PICTURE}]({stem}.png)"]
+    if budget_rows(table):
+        lines += ["", "The pitch, measured (compute: training passes; the clean pre-training not counted):", "",
+                  *(pitch_sentences(table) or ["- not yet measured"]), "",
+                  f"![robust accuracy against training compute]({stem}-pitch.png)"]
+    lines += ["", f"The whole table, its curves and every piece's command: [{Path(link).name}]({link})."]
+    return "\n".join(lines) + "\n"
+
+
 def _pieces(table: dict[str, Any]) -> list[str]:
     out = ["", "## Pieces", "", "| piece | date (UTC) | device | rows | seeds | command |", "|---|---|---|---|---|---|"]
     for i, p in enumerate(table["pieces"]):

@@ -293,7 +293,8 @@ def readme_summary(table: dict[str, Any], link: str) -> str:
                      f"{_per_seed(seeds, 'vs_baseline') if r['index'] else '-'} | {_check_cell(seeds)} | "
                      f"{converged_cell(seeds)} |")
     stem = link.removesuffix(".md")
-    lines += ["", *_findings(table)[3:], "", f"![{PICTURE}]({stem}.png)"]
+    findings = _findings(table)[3:]  # the row-by-row statements, without their heading
+    lines += (["", *findings] if findings else []) + ["", f"![{PICTURE}]({stem}.png)"]
     if budget_rows(table):
         lines += ["", "The pitch, measured (compute: training passes; the clean pre-training not counted):", "",
                   *(pitch_sentences(table) or ["- not yet measured"]), "",

@@ -74,15 +74,29 @@ def pitch_sentences(table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _scratch_curves(ax: Any, base: dict[int, dict[str, Any]], key: str) -> None:
+def _floor(table: dict[str, Any]) -> float:
+    """The y axis' lower end: 15 points below the lowest test figure, so that the points stay readable; the
+    from-scratch validation curve's falls below it are marked on the axis instead of stretching it."""
+    rows = [r for r in table["rows"] if r["index"] == 0] + budget_rows(table)
+    tests = [e["robust_acc"] for r in rows for e in r["seeds"]]
+    return max(0.0, 5 * ((min(tests) - 15) // 5)) if tests else 0.0
+
+
+def _scratch_curves(ax: Any, base: dict[int, dict[str, Any]], key: str, floor: float) -> None:
+    fell = False
     for k, (_seed, e) in enumerate(sorted(base.items())):
         curve = [c for c in e.get("curve", []) if c.get("val_robust") is not None]
         if not curve or not e.get("epochs_run"):
             continue
         total = e["train_passes"] if key == "train_passes" else e["train_seconds"]
         xs = [total * c["epoch"] / e["epochs_run"] for c in curve]
-        ax.plot(xs, [c["val_robust"] for c in curve], color="tab:grey", linewidth=1, alpha=0.7,
+        ys = [c["val_robust"] for c in curve]
+        ax.plot(xs, [max(y, floor) for y in ys], color="tab:grey", linewidth=1, alpha=0.7,
                 label="from scratch: validation PGD, per epoch" if k == 0 else None)
+        low = [(x, y) for x, y in zip(xs, ys) if y < floor]
+        ax.scatter([x for x, _ in low], [floor] * len(low), color="tab:grey", marker="v", s=30, zorder=3,
+                   label=None if fell or not low else f"validation fall below {floor:.0f}% (off the axis)")
+        fell = fell or bool(low)
         ax.scatter([total], [e["robust_acc"]], color="black", marker="s", s=30, zorder=3,
                    label="from scratch: test robust accuracy" if k == 0 else None)
 
@@ -95,25 +109,28 @@ def plot_pitch(table: dict[str, Any], path: str | Path, attack: str) -> Path:
     from matplotlib.figure import Figure
 
     base = next((_by_seed(r) for r in table["rows"] if r["index"] == 0), {})
-    fig = Figure(figsize=(11, 4.2), dpi=100)
+    floor = _floor(table)
+    fig = Figure(figsize=(11, 4.6), dpi=100)
     axes = fig.subplots(1, 2, sharey=True)
     colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
     for ax, key, label in ((axes[0], "train_passes", "training compute (forward-backward passes over images)"),
                            (axes[1], "train_seconds", "training wall-clock (s)")):
-        _scratch_curves(ax, base, key)
+        _scratch_curves(ax, base, key, floor)
         families: dict[str, str] = {}
         for row in budget_rows(table):
-            family = row["row"].rsplit(",", 1)[0]
+            family = row["row"].rsplit(",", 1)[0]  # the row without its share of the budget
+            first = family not in families
             color = families.setdefault(family, colors[len(families) % len(colors)])
             pts = [(e[key], e["robust_acc"]) for e in row["seeds"] if key in e]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, s=24, zorder=3,
-                       label=family if row is next(r for r in budget_rows(table)
-                                                    if r["row"].rsplit(",", 1)[0] == family) else None)
+                       label=f"{family}: test robust accuracy" if first else None)
         ax.set_xlabel(label, fontsize=8)
+        ax.set_ylim(bottom=floor)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"robust accuracy % ({attack})", fontsize=8)
+    axes[0].set_ylabel("robust accuracy %", fontsize=8)
     axes[0].legend(fontsize=7, loc="lower right")
-    fig.suptitle(f"protocol {table['protocol']}: fine-tuning a clean network (points: one seed each; 10/25/50% "
-                 "of the from-scratch epochs) against training from scratch", fontsize=9)
+    fig.suptitle(f"protocol {table['protocol']}: fine-tuning a clean network (one point per seed and budget: "
+                 f"10/25/50% of the from-scratch epochs) against training from scratch\ntest: {attack}; "
+                 "validation: PGD on held-out training images", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -107,17 +107,23 @@ def _train(model: harden.HardenedModel, data: str, out: Path, s: dict, seed: int
     resume = checkpoint_path_for(out).exists()  # an interrupted piece continues from its last epoch
     common.update(curves=False, resume=resume, force=not resume)
     if clean:
-        return harden.finetune(model, data, output=out, progress=progress, method="clean",
-                               epochs=s["pretrain_epochs"], lr=s["pretrain_lr"], schedule=s["schedule"],
-                               keep="last", **common)
+        settings = {"method": "clean", "epochs": s["pretrain_epochs"], "lr": s["pretrain_lr"], "keep": "last"}
+    else:
+        settings = _adversarial_settings(s, training)
+    with warnings.catch_warnings():  # random weights are what a scratch row and the clean pre-training start from
+        warnings.filterwarnings("ignore", message=".* with random weights", category=harden.errors.HardenWarning)
+        return harden.finetune(model, data, output=out, progress=progress, schedule=s["schedule"], **settings,
+                               **common)
+
+
+def _adversarial_settings(s: dict[str, Any], training: dict[str, Any] | None) -> dict[str, Any]:
+    """The protocol's adversarial training settings with a row's changes (its method, its share of the budget)."""
     training = dict(training or {})
     epochs = max(1, round(s["epochs"] * training.pop("budget", 1.0)))
     # the protocol's step size belongs to the protocol's method, not to a row that trains with another one
     own_step = {"step_size": s["step_size"]} if s.get("step_size") and "method" not in training else {}
-    method = {"method": s["method"], "steps": s["steps"], **own_step, "on_collapse": s.get("on_collapse", "stop"),
-              **training}
-    return harden.finetune(model, data, output=out, progress=progress, epochs=epochs, lr=s["lr"],
-                           schedule=s["schedule"], **method, **common)
+    return {"method": s["method"], "steps": s["steps"], **own_step, "on_collapse": s.get("on_collapse", "stop"),
+            **training, "epochs": epochs, "lr": s["lr"]}
 
 
 def settings_digest(s: dict) -> str:

@@ -287,6 +287,10 @@ def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
     text = table.write_table(tmp_path / "evidence-fmnist.md", data, "reason")
     assert "# Architecture changes on Fashion-MNIST" in text and "| 0/3 (not: s0, s1, s2) |" in text
     assert "## The pitch" in text and (tmp_path / "evidence-fmnist-pitch.png").stat().st_size > 5000
+    assert pitch._floor(data) == 40.0  # 15 points below the lowest test figure (56%), on a multiple of 5
+    data["rows"][0]["seeds"][0]["curve"][3]["val_robust"] = 2.0  # a fall far below: marked on the axis
+    pitch.plot_pitch(data, tmp_path / "fall.png", "PGD")
+    assert pitch._floor(data) == 40.0 and (tmp_path / "fall.png").stat().st_size > 5000
 
 
 def test_the_readme_quotes_the_table_only_through_its_generated_block(tmp_path: Path) -> None:
@@ -342,7 +346,8 @@ def test_the_methods_table_pairs_n_fgsm_with_fgsm_rs_at_the_eps_asked() -> None:
     r = import_benchmark("reproduce")
     methods = [row.training["method"] for row in r.rows_of("cpu", "cifar:wrn-16-1", "methods")]
     assert methods == ["fgsm-rs", "n-fgsm", "pgd"]
-    assert r.rows_of("fmnist", "cifar:wrn-10-1", "methods") == r.METHOD_ROWS and r.reference_of("cpu", "methods") == {}
+    assert r.rows_of("fmnist", "cifar:wrn-10-1", "methods") == import_benchmark("protocols").METHOD_ROWS
+    assert r.reference_of("cpu", "methods") == {}
     args = r.build_parser().parse_args(["--protocol", "cpu", "--table", "methods", "--eps", "16/255"])
     name, s = r.protocol_settings(args)
     assert s["eps"] == "16/255" and s["method"] == "fgsm-rs" and s["epochs"] == 3  # the budget stays the protocol's

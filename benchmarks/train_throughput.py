@@ -29,6 +29,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import harden
+from harden.runtime.atomic import atomic_path
 from harden.runtime.session import DistSession
 from harden.training import Trainer, make_config
 
@@ -94,7 +96,7 @@ def endless(loader):
         yield from loader
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cifar:resnet18")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -106,8 +108,70 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--compile", action="store_true", help="also time harden's loop under torch.compile")
     ap.add_argument("--json", default=None, help="write the figures to this JSON file")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple]:
+    """Endless shuffled batches of tensors already on the device."""
+    n = len(images)
+    while True:
+        perm = torch.randperm(n, device=images.device)
+        for i in range(0, n - batch_size + 1, batch_size):
+            idx = perm[i:i + batch_size]
+            yield images[idx], labels[idx]
+
+
+def time_references(base: torch.nn.Module, data: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
+                    device: torch.device, warmup: int, workers: int) -> dict[str, float]:
+    """Images/s of the seeds' fp32 loop: with its CPU data pipeline, then with the data on the device."""
+    import torchvision.transforms as T
+
+    gpu = device.type == "cuda"
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
+    loader = torch.utils.data.DataLoader(SeedStyleCIFAR(data, labels, tf), batch_size=args.batch_size, shuffle=True,
+                                         num_workers=workers, pin_memory=gpu, drop_last=True,
+                                         persistent_workers=workers > 0)
+    results = {}
+    ref = copy.deepcopy(base).to(device).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    results["reference"] = time_loop(
+        lambda x, y: reference_step(ref, opt, x.to(device), y.to(device), args.steps),
+        endless(loader), warmup, args.iters, device, args.batch_size)
+    print(f"reference (seeds' loop, fp32, CPU data pipeline): {results['reference']:.1f} img/s", flush=True)
+    del loader
+    x_dev = torch.from_numpy(data).permute(0, 3, 1, 2).float().div(255).to(device)
+    y_dev = torch.from_numpy(labels).long().to(device)
+    ref = copy.deepcopy(base).to(device).train()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    results["reference-gpu-data"] = time_loop(
+        lambda x, y: reference_step(ref, opt, x, y, args.steps), device_batches(x_dev, y_dev, args.batch_size),
+        warmup, args.iters, device, args.batch_size)
+    print(f"reference with the data on the device (fp32): {results['reference-gpu-data']:.1f} img/s", flush=True)
+    return results
+
+
+def time_harden(base: torch.nn.Module, data: np.ndarray, labels: np.ndarray, args: argparse.Namespace,
+                device: torch.device, warmup: int) -> tuple[dict[str, float], str]:
+    """Images/s of harden's loop (uint8 data and augmentation on the device), eager and compiled; its precision."""
+    u8 = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)
+    y_dev = torch.from_numpy(labels).long().to(device)
+    results, precision = {}, "?"
+    for label, compiled in [("harden", False)] + ([("harden-compile", True)] if args.compile else []):
+        cfg = make_config(method="pgd", eps=EPS, steps=args.steps, step_size=STEP, lr=0.1, batch_size=args.batch_size,
+                          compile=compiled)
+        trainer = Trainer(copy.deepcopy(base), cfg, device=device, dist=DistSession())
+        precision = "bf16 autocast" if trainer.bf16 else "fp32"
+        layout = "channels-last" if trainer.channels_last else "NCHW"
+        results[label] = time_loop(
+            lambda x, y, tr=trainer: tr.train_step(x, y, eps=EPS, lr=0.1), device_batches(u8, y_dev, args.batch_size),
+            warmup + (3 if compiled else 0), args.iters, device, args.batch_size)
+        print(f"{label} ({precision}, {layout}, data and augmentation on the device): {results[label]:.1f} img/s",
+              flush=True)
+    return results, precision
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     gpu = device.type == "cuda"
     warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
@@ -120,68 +184,11 @@ def main(argv: list[str] | None = None) -> dict:
     name = torch.cuda.get_device_name(device) if gpu else platform.processor() or "cpu"
     print(f"device: {name} ({device}), torch {torch.__version__}, model {args.model}, batch {args.batch_size}, "
           f"PGD-{args.steps}", flush=True)
-    results: dict[str, float] = {}
-
-    # -- the seeds' loop: CPU data pipeline, fp32
-    import torchvision.transforms as T
-
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
-    loader = torch.utils.data.DataLoader(SeedStyleCIFAR(data, labels, tf), batch_size=args.batch_size, shuffle=True,
-                                         num_workers=workers, pin_memory=gpu, drop_last=True,
-                                         persistent_workers=workers > 0)
-    ref = copy.deepcopy(base).to(device).train()
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    results["reference"] = time_loop(
-        lambda x, y: reference_step(ref, opt, x.to(device), y.to(device), args.steps),
-        endless(loader), warmup, args.iters, device, args.batch_size)
-    print(f"reference (seeds' loop, fp32, CPU data pipeline): {results['reference']:.1f} img/s", flush=True)
-    del loader
-
-    # -- the same fp32 loop with the data already on the device
-    x_dev = torch.from_numpy(data).permute(0, 3, 1, 2).float().div(255).to(device)
-    y_dev = torch.from_numpy(labels).long().to(device)
-
-    def dev_batches():
-        while True:
-            perm = torch.randperm(args.n, device=device)
-            for i in range(0, args.n - args.batch_size + 1, args.batch_size):
-                idx = perm[i:i + args.batch_size]
-                yield x_dev[idx], y_dev[idx]
-
-    ref = copy.deepcopy(base).to(device).train()
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    results["reference-gpu-data"] = time_loop(
-        lambda x, y: reference_step(ref, opt, x, y, args.steps), dev_batches(), warmup, args.iters, device,
-        args.batch_size)
-    print(f"reference with the data on the device (fp32): {results['reference-gpu-data']:.1f} img/s", flush=True)
-
-    # -- harden's loop
-    u8 = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device)
-
-    def u8_batches():
-        while True:
-            perm = torch.randperm(args.n, device=device)
-            for i in range(0, args.n - args.batch_size + 1, args.batch_size):
-                idx = perm[i:i + args.batch_size]
-                yield u8[idx], y_dev[idx]
-
-    variants = [("harden", False)] + ([("harden-compile", True)] if args.compile else [])
-    precision = "?"
-    for label, compiled in variants:
-        cfg = make_config(method="pgd", eps=EPS, steps=args.steps, step_size=STEP, lr=0.1, batch_size=args.batch_size,
-                          compile=compiled)
-        trainer = Trainer(copy.deepcopy(base), cfg, device=device, dist=DistSession())
-        precision = "bf16 autocast" if trainer.bf16 else "fp32"
-        layout = "channels-last" if trainer.channels_last else "NCHW"
-        results[label] = time_loop(
-            lambda x, y, tr=trainer: tr.train_step(x, y, eps=EPS, lr=0.1), u8_batches(),
-            warmup + (3 if compiled else 0), args.iters, device, args.batch_size)
-        print(f"{label} ({precision}, {layout}, data and augmentation on the device): {results[label]:.1f} img/s",
-              flush=True)
-
-    best = max(v for k, v in results.items() if k.startswith("harden"))
-    ratio = best / results["reference"]
-    ratio_gpu_data = best / results["reference-gpu-data"]
+    results = time_references(base, data, labels, args, device, warmup, workers)
+    harden_results, precision = time_harden(base, data, labels, args, device, warmup)
+    results.update(harden_results)
+    best = max(harden_results.values())
+    ratio, ratio_gpu_data = best / results["reference"], best / results["reference-gpu-data"]
     print(f"speed-up over the reference loop: {ratio:.2f}x (over the fp32 loop with device data: "
           f"{ratio_gpu_data:.2f}x)")
     out = {
@@ -194,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        with atomic_path(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}")
     return out
 

@@ -129,3 +129,14 @@ def test_which_method_rewrites_only_the_readme_block_between_its_markers(tmp_pat
         which.main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "w2.md")])
     with pytest.raises(SystemExit, match="^error: --readme: cannot read"):
         which.main([str(fgsm), "--out", str(tmp_path / "w2.md"), "--readme", str(tmp_path / "missing.md")])
+
+
+@pytest.mark.slow  # two AutoAttack runs, about 20 s idle
+def test_evaluate_benchmark_compares_harden_with_a_direct_autoattack_call_on_the_same_tensors(tmp_path: Path) -> None:
+    bench = import_benchmark("evaluate")
+    out = bench.main(["--model", "cifar:wrn-16-1", "--n", "8", "--batch-size", "8", "--versions", "fast",
+                      "--device", "cpu", "--out", str(tmp_path / "e.json")])
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["version"] == "fast" and row["n"] == 8 and row["same_result"] is True  # image by image
+    assert row["direct_seconds"] > 0 and row["harden_seconds"] > 0 and result["device"].startswith("cpu")

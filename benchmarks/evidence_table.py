@@ -344,7 +344,9 @@ def write_table(out: Path, table: dict[str, Any], reason: str) -> str:
                   "", "Compute: forward-backward passes over training images (the attack's steps plus the loss), "
                   "validation not counted; the clean pre-training is not counted either, since it is the network "
                   "the user already has. Share of robust accuracy: each seed's fine-tuned robust accuracy over the "
-                  "same seed's from-scratch one; interval: Student t over seeds.", "",
+                  "same seed's from-scratch one; interval: Student t over seeds. Wall-clock: as each piece measured "
+                  "it; pieces that shared their cores with other jobs ran slower, so the passes are the figure to "
+                  "compare.", "",
                   f"![robust accuracy against training compute]({pitch.name})"]
     curves = out.with_name(f"{out.stem}-curves.png") if has_curves(table) else None
     lines += _guard(table, curves.name if curves else None)

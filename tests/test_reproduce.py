@@ -293,7 +293,7 @@ def test_the_pitch_is_a_measured_sentence_and_a_picture(tmp_path: Path) -> None:
     assert pitch._floor(data) == 40.0 and (tmp_path / "fall.png").stat().st_size > 5000
 
 
-def test_the_readme_quotes_the_table_only_through_its_generated_block(tmp_path: Path) -> None:
+def test_the_readme_quotes_the_table_only_through_its_generated_block(tmp_path: Path, capsys) -> None:
     reproduce = import_benchmark("reproduce")
     data = _budget_table(tmp_path)
     readme = tmp_path / "README.md"
@@ -312,8 +312,10 @@ def test_the_readme_quotes_the_table_only_through_its_generated_block(tmp_path: 
     assert out.with_suffix(".json").exists()
     readme.write_text("no markers\n")
     join = ["--quick", "--data", "sample", "--out", str(tmp_path / "q.md"), "--join", str(out.with_suffix(".json"))]
-    with pytest.raises(SystemExit, match="has no evidence-quick markers"):
+    with pytest.raises(SystemExit) as stop:
         reproduce.main([*join, "--readme", str(readme)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "has no evidence-quick markers" in err
     assert not (tmp_path / "q.md").exists() and readme.read_text() == "no markers\n"  # nothing written
     with pytest.raises(SystemExit) as stop:
         reproduce.main([*join, "--table", "methods", "--readme", str(readme)])

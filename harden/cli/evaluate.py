@@ -91,18 +91,27 @@ def _evaluate(model: str, data: str | None, settings: dict[str, Any], *, plot: s
         if progress_file is not None and progress_file.exists():
             click.echo(f"progress saved in {progress_file}; continue with the same command and --resume", err=True)
         raise
-    if not first_rank:
-        return
+    if first_rank:
+        _show_result(result, cfg, swept=sweep is not None, plot=plot, as_json=as_json, sink=sink,
+                     progress_file=progress_file)
+
+
+def _show_result(result: Any, cfg: EvaluateConfig, *, swept: bool, plot: str | None, as_json: bool, sink: Any,
+                 progress_file: Path | None) -> None:
+    """Print an evaluation's table (or JSON), draw its eps sweep, and say what was written."""
+    from harden import evaluation
+
+    report = cfg.report
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         if result.resumed:
             click.echo(f"resumed from {progress_file}")
         click.echo(evaluation.summary_table(result))
-        if sweep is not None:
+        if swept:
             click.echo("")
             click.echo(evaluation.sweep_table(result))
-    if sweep is not None:
+    if swept:
         target = plot or (f"{Path(report).with_suffix('')}.eps-sweep.png" if report else "eps-sweep.png")
         evaluation.plot_sweep(result, target)
         sink.artifact(target)

@@ -232,6 +232,27 @@ def is_residual(node: fx.Node, features: set[fx.Node]) -> bool:
     return len(maps) >= 2
 
 
+def _nodes_after_pool(traced: TracedNet, head: Head) -> set[fx.Node]:
+    """The head's pooling node and every node fed by it."""
+    after_pool: set[fx.Node] = set()
+    if head.pool is not None:
+        for node in traced.gm.graph.nodes:
+            if node.name == head.pool or any(i in after_pool for i in node.all_input_nodes):
+                after_pool.add(node)
+    return after_pool
+
+
+def _add_layer(stage: Stage, path: str, module: nn.Module, shape: tuple[int, ...] | None) -> None:
+    """Record ``module`` (at ``path``) in ``stage`` once, if it has parameters."""
+    if path in stage.layers or not any(True for _ in module.parameters()):
+        return
+    stage.layers.append(path)
+    if isinstance(module, _CONV):
+        stage.convs.append(path)
+    if shape is not None and len(shape) == 3:
+        stage.tokens = True
+
+
 def find_stages(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = None,
                 head: Head | None = None) -> list[Stage]:
     """The stages of ``traced`` from the input to the output (empty if it has no convolution).
@@ -246,11 +267,7 @@ def find_stages(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = 
     features = feature_nodes(traced.gm)
     levels = node_levels(traced, points)
     head_paths = set(head.layers)
-    after_pool: set[fx.Node] = set()
-    if head.pool is not None:
-        for node in traced.gm.graph.nodes:
-            if node.name == head.pool or any(i in after_pool for i in node.all_input_nodes):
-                after_pool.add(node)
+    after_pool = _nodes_after_pool(traced, head)
     sizes = [tuple(traced.input_shape[2:4])] + [p.out_size for p in points]
     by_level: dict[int, Stage] = {}
     residual_levels: set[int] = set()
@@ -268,17 +285,8 @@ def find_stages(traced: TracedNet, points: Sequence[DownsamplingPoint] | None = 
         shape = shape_of(node)
         if shape is not None and len(shape) == 4 and node.op != "output":
             stage.channels = int(shape[1])
-        if node.op != "call_module":
-            continue
-        path = str(node.target)
-        module = modules[path]
-        if path in head_paths or path in stage.layers or not any(True for _ in module.parameters()):
-            continue
-        stage.layers.append(path)
-        if isinstance(module, _CONV):
-            stage.convs.append(path)
-        if shape is not None and len(shape) == 3:
-            stage.tokens = True
+        if node.op == "call_module" and str(node.target) not in head_paths:
+            _add_layer(stage, str(node.target), modules[str(node.target)], shape)
     stages = [s for _, s in sorted(by_level.items()) if s.convs]
     first_residual = min(residual_levels, default=None)
     for i, stage in enumerate(stages):

@@ -206,14 +206,9 @@ def search(model: HardenedModel, data: str | ImageDataset, config: SearchConfig 
     (:mod:`harden.searching.verdict`), else the verdict keeps the base. With ``out``, writes ``pareto.json``,
     ``pareto.png``, ``best.yaml`` (and the SQLite study).
     """
-    try:
-        import optuna
-    except ImportError:
-        raise HardenError("harden search needs Optuna: pip install 'harden[search]' (or pip install optuna)") from None
-
+    optuna = _import_optuna()
     from harden.summary import model_facts
     from harden.training import resolve_data
-    from harden.training.train_data import held_out_count
 
     say = echo or (lambda _s: None)
     s, cfg = _configs(model, config, training, options)
@@ -221,8 +216,7 @@ def search(model: HardenedModel, data: str | ImageDataset, config: SearchConfig 
     if s.storage is not None:
         open_storage(s.storage)  # a URL that cannot be opened fails before any work
     dataset = resolve_data(data, model, download, split=cfg.split, resize=cfg.resize, crop=cfg.crop)
-    if held_out_count(cfg.val_n, len(dataset)) < 1:
-        raise UsageError(f"the {len(dataset)} training images are too few to hold any out for validation")
+    _check_held_out(cfg.val_n, len(dataset))
     facts = model_facts(model)
     budgets = {"macs": parse_budget(s.budget_macs, facts.macs, "macs"),
                "params": parse_budget(s.budget_params, facts.params, "params")}
@@ -238,10 +232,7 @@ def search(model: HardenedModel, data: str | ImageDataset, config: SearchConfig 
                             resume=s.resume, sampler=optuna.samplers.TPESampler(seed=sampler_seed), pruner=pruner_obj,
                             identity=the_space.identity())
     except BaseException:
-        for path in created:  # a folder this call made for a study that could not open
-            if path.is_dir() and not any(p for p in path.iterdir() if p.name != DB_NAME):
-                (path / DB_NAME).unlink(missing_ok=True)
-                path.rmdir()
+        _remove_empty(created)
         raise
     return _run_study(study, model, dataset, the_space, cfg, facts, budgets, url=url, out=out_path, trials=s.trials,
                       timeout=s.timeout, pruner=s.pruner, progress=progress, device=device, echo=say,
@@ -269,15 +260,7 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
         echo(f"study {redact(url)}: {before} of {trials} trials so far")
         objective = Objective(model, dataset, space, options, budgets=budgets, trials=trials, progress=progress,
                               device=device, echo=echo)
-
-        def stop_when_full(study: Any, _trial: Any) -> None:
-            if counted(study) >= trials:
-                study.stop()
-            elif exhausted(study):
-                echo(f"the last {EXHAUSTED_AFTER} trials found no new candidate within the budget; stopping")
-                study.stop()
-
-        study.optimize(objective, timeout=timeout, callbacks=[stop_when_full])
+        study.optimize(objective, timeout=timeout, callbacks=[_stop_when_full(trials, echo)])
     attack = {"name": f"pgd-{cfg.val_steps}", "norm": cfg.norm, "eps": cfg.eps, "eps_text": str(_eps_text(cfg.eps)),
               "n": held_out_count(cfg.val_n, len(dataset)), "seed": cfg.seed,
               "data": f"{dataset.spec} (held-out training images)"}
@@ -303,6 +286,42 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
         echo("")
         write_outputs(out, result, echo)
     return result
+
+
+def _import_optuna() -> Any:
+    """Optuna, or one line saying how to install it."""
+    try:
+        import optuna
+    except ImportError:
+        raise HardenError("harden search needs Optuna: pip install 'harden[search]' (or pip install optuna)") from None
+    return optuna
+
+
+def _check_held_out(val_n: Any, n_images: int) -> None:
+    """Refuse data too small to hold any image out for validation."""
+    from harden.training.train_data import held_out_count
+
+    if held_out_count(val_n, n_images) < 1:
+        raise UsageError(f"the {n_images} training images are too few to hold any out for validation")
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders this call made for a study that could not open (holding at most its database)."""
+    for path in created:
+        if path.is_dir() and not any(p for p in path.iterdir() if p.name != DB_NAME):
+            (path / DB_NAME).unlink(missing_ok=True)
+            path.rmdir()
+
+
+def _stop_when_full(trials: int, echo: Callable[[str], Any]) -> Callable[[Any, Any], None]:
+    """An Optuna callback stopping the study once it holds ``trials`` or finds no new candidate."""
+    def stop(study: Any, _trial: Any) -> None:
+        if counted(study) >= trials:
+            study.stop()
+        elif exhausted(study):
+            echo(f"the last {EXHAUSTED_AFTER} trials found no new candidate within the budget; stopping")
+            study.stop()
+    return stop
 
 
 def _second_seed_measure(model: HardenedModel, dataset: ImageDataset, options: dict[str, Any],

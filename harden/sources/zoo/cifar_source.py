@@ -88,14 +88,7 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
             _check_kwargs(name, kwargs, ())
             net = _FIXED[name](n)
         elif (m := _WRN.fullmatch(name)) is not None:
-            _check_kwargs(name, kwargs, ("drop_rate", "base_width"))
-            depth, widen = int(m.group(1)), int(m.group(2))
-            if depth < 10 or (depth - 4) % 6 != 0:
-                raise UsageError(f"cifar:{name}: a WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth}")
-            if widen < 1:
-                raise UsageError(f"cifar:{name}: the widen factor must be at least 1")
-            net = cifar.WideResNet(depth, widen, n, drop_rate=float(kwargs.get("drop_rate", 0.0)),
-                                   base_width=int(kwargs.get("base_width", 16)))
+            net = _wide_resnet(name, n, kwargs, int(m.group(1)), int(m.group(2)))
         elif (m := _ROBUST.fullmatch(name)) is not None:
             block = "robust" if m.group(1) == "robustresnet" else "basic"
             _check_kwargs(name, kwargs, _ROBUST_KWARGS if block == "robust" else ("activation", "strides"))
@@ -126,6 +119,17 @@ def build(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str
         return BuiltNet(net, input_size=(in_chans, 32, 32), mean=(0.0,) * in_chans, std=(1.0,) * in_chans,
                         kwargs=recorded)
     return BuiltNet(net, input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, kwargs=recorded)
+
+
+def _wide_resnet(name: str, n: int, kwargs: dict[str, Any], depth: int, widen: int) -> nn.Module:
+    """``cifar:wrn-DEPTH-WIDEN`` with ``n`` classes, its depth and widen factor checked."""
+    _check_kwargs(name, kwargs, ("drop_rate", "base_width"))
+    if depth < 10 or (depth - 4) % 6 != 0:
+        raise UsageError(f"cifar:{name}: a WRN depth must be 6n+4 (10, 16, 22, 28, 34, 40, ...), got {depth}")
+    if widen < 1:
+        raise UsageError(f"cifar:{name}: the widen factor must be at least 1")
+    return cifar.WideResNet(depth, widen, n, drop_rate=float(kwargs.get("drop_rate", 0.0)),
+                            base_width=int(kwargs.get("base_width", 16)))
 
 
 def _in_chans(name: str, value: Any) -> int:

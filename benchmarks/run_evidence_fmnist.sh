@@ -3,7 +3,7 @@
 # merged into benchmarks/results/evidence-fmnist.{md,json}. Pieces already in the table are skipped, so the
 # script can be stopped and started again. Run it from a clone that nobody edits meanwhile:
 #   nohup benchmarks/run_evidence_fmnist.sh > evidence-fmnist.log 2>&1 &
-# Several clones (or machines) can share the work with ROWS/SEEDS (COSTLY_ROWS="" skips the 4x rows); join
+# Several clones (or machines) can share the work with ROWS/SEEDS (COSTLY_ROWS="" skips the costly rows); join
 # their tables with --join.
 set -u
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ done_already() {  # row $1, seed $2 already measured?
 sys.exit(0 if any(r['index']==$1 and any(e['seed']==$2 for e in r['seeds']) for r in t['rows']) else 1)"
 }
 # Every seed of the rows at the baseline's cost first (the baseline and the pitch leading), then the rows
-# that cost about 4x (upsample, stride-mod), so that an interrupted run leaves whole rows behind.
+# that cost more (upsample x2: 4x the baseline's MACs; stride-mod: 2.8x), so that an interrupted run leaves whole rows behind.
 for rows in "${ROWS-0 5 8 3 4 6 9 7 10}" "${COSTLY_ROWS-2 1}"; do
   for seed in ${SEEDS:-0 1 2}; do
     for row in $rows; do

@@ -37,6 +37,7 @@ from reproduce import device_name, evaluate, model_path, parse_list  # noqa: E40
 GAP_FLAG = 2.0  # points of robust accuracy broken only by the stronger attack, above the baseline's gap
 ALPHA = 0.05
 ATTACKS = ("autoattack-fast", "autoattack", "apgd-ce", "pgd")  # the stronger attack: AutoAttack is the point
+PGD_STEP = ", step eps/4 from a random start, as harden's training validates each epoch"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,31 +140,41 @@ def markdown(doc: dict[str, Any]) -> str:
     head = f"{stronger} vs {weaker}, Linf {doc['eps']}, n={n}"
     lines = [f"# Evidence table, attack check: {head}", "",
              f"The models of training seed {doc['seed']} of `{doc['table']}` ({doc['model']}, protocol "
-             f"{doc['protocol']}), attacked with {stronger} on the first {n} of the table's fixed test images "
+             f"{doc['protocol']}), attacked with {stronger} ({', '.join(first.get('attacks') or [stronger])}"
+             f"{PGD_STEP if stronger == 'pgd' else ''}) on the first {n} of the table's fixed test images "
              f"(evaluation seed {doc['eval_seed']}), beside the table's {weaker} on exactly those images. Device: "
              f"{doc['device']}. Gap: robust under {weaker}, broken by {stronger}. Rule, set before any result: "
              f"a gap more than {GAP_FLAG:g} points above the baseline's is flagged as possible gradient masking. "
-             f"p: exact McNemar against the baseline on the same images.", "",
+             f"Overstated: robust under {stronger}, broken by {weaker} (what {stronger} misses; large when it is the "
+             f"weaker attack). p: exact McNemar against the baseline on the same images.", "",
              f"| row | clean % | {weaker} robust % (n={n}) | {stronger} robust % (n={n}) | gap (points) | "
-             f"vs baseline, {weaker} (p) | vs baseline, {stronger} (p) | warnings |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"overstated (points) | vs baseline, {weaker} (p) | vs baseline, {stronger} (p) | warnings |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         vs = r.get("vs_baseline")
         cells = [f"{v['difference']:+.1f} ({v['p_value']:.3g})" for v in (vs["weaker"], vs["stronger"])] if vs \
             else ["—", "—"]
         flag = " **flagged**" if r.get("flagged") else ""
         lines.append(f"| {r['index']}. {r['row']} | {r['clean_acc']:.1f} | {r['weaker_robust']:.1f} | "
-                     f"{r['robust_acc']:.1f} | {r['gap']:.1f}{flag} | {cells[0]} | {cells[1]} | "
-                     f"{', '.join(r['warnings']) or 'none'} |")
+                     f"{r['robust_acc']:.1f} | {r['gap']:.1f}{flag} | {overstated(r, n):.1f} | {cells[0]} | "
+                     f"{cells[1]} | {', '.join(r['warnings']) or 'none'} |")
     lines += ["", *findings(doc), "", "Pieces:", *[f"- {p['date']}: `{p['command']}`" for p in doc["pieces"]]]
     return "\n".join(lines) + "\n"
 
 
+def overstated(r: dict[str, Any], n: int) -> float:
+    """Points of robust accuracy the check attack leaves that the table's attack breaks."""
+    return 100 * r["robust_only_under_stronger"] / n
+
+
 def findings(doc: dict[str, Any]) -> list[str]:
-    s, rows = doc["summary"], doc["rows"]
+    s, rows, n = doc["summary"], doc["rows"], doc["n"]
     gaps = [r["gap"] for r in rows]
+    over = sorted(rows, key=lambda r: overstated(r, n))
     out = [f"- Gap over the {len(rows)} rows: {min(gaps):.1f} to {max(gaps):.1f} points; "
-           f"{'flagged: rows ' + ', '.join(map(str, s['flagged'])) if s['flagged'] else 'no row flagged'}."]
+           f"{'flagged: rows ' + ', '.join(map(str, s['flagged'])) if s['flagged'] else 'no row flagged'}.",
+           f"- {doc['attack']} overstates robust accuracy by {overstated(over[0], n):.1f} (row {over[0]['index']}) "
+           f"to {overstated(over[-1], n):.1f} points (row {over[-1]['index']}) against {rows[0]['weaker']}."]
     if s["spearman"] is not None:
         ci = s["spearman_ci95"]
         out.append(f"- Order of the rows' robust accuracy under both attacks: Spearman {s['spearman']:.2f}"

@@ -16,7 +16,9 @@ from tests.helpers import import_benchmark
 def _row(index: int, weaker: list[str], stronger: list[str]) -> dict:
     n = len(weaker)
     broke = sum(w == "robust" and s != "robust" for w, s in zip(weaker, stronger))
+    held = sum(w != "robust" and s == "robust" for w, s in zip(weaker, stronger))
     return {"index": index, "row": f"row {index}", "weaker": "apgd-ce", "weaker_outcome": weaker,
+            "robust_only_under_stronger": held,
             "weaker_robust": 100 * weaker.count("robust") / n, "outcome": stronger, "gap": 100 * broke / n,
             "robust_acc": 100 * stronger.count("robust") / n, "clean_acc": 50.0, "warnings": []}
 
@@ -39,7 +41,21 @@ def test_gap_rule_differences_and_order_are_read_off_the_outcomes() -> None:
            "pieces": [{"date": "2026-12-04", "command": "python benchmarks/attack_check.py"}]}
     text = check.markdown(doc)
     assert "autoattack-fast vs apgd-ce, Linf 8/255, n=20" in text and "30.0 **flagged**" in text
-    assert "flagged: rows 2" in text and "| 0. row 0 | 50.0 | 50.0 | 45.0 | 5.0 | — | — | none |" in text
+    assert "flagged: rows 2" in text and "| 0. row 0 | 50.0 | 50.0 | 45.0 | 5.0 | 0.0 | — | — | none |" in text
+    assert "overstates robust accuracy by 0.0 (row 0) to 0.0 points (row 2)" in text
+
+
+def test_a_weaker_check_attack_shows_what_it_overstates() -> None:
+    check = import_benchmark("attack_check")
+    r, m = "robust", "misclassified"
+    base = _row(0, [r] * 10 + [m] * 10, [r] * 11 + [m] * 9)  # PGD leaves 1 image the table's attack breaks
+    smooth = _row(3, [r] * 6 + [m] * 14, [r] * 10 + [m] * 10)  # PGD leaves 4 more: 20 points overstated
+    doc = {"attack": "pgd", "n": 20, "eps": "0.1", "seed": 0, "table": "t.json", "model": "m", "protocol": "fmnist",
+           "eval_seed": 0, "device": "CPU", "rows": [base, smooth], "summary": check.summarize([base, smooth]),
+           "pieces": [{"date": "2026-12-07", "command": "python benchmarks/attack_check.py --attack pgd"}]}
+    text = check.markdown(doc)
+    assert "| 3. row 3 | 50.0 | 30.0 | 50.0 | 0.0 | 20.0 |" in text
+    assert "pgd overstates robust accuracy by 5.0 (row 0) to 20.0 points (row 3) against apgd-ce" in text
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

@@ -382,6 +382,35 @@ def test_strength_check_compares_with_pgd(tiny):
     assert warns == []
 
 
+
+def test_fixed_step_attack_is_checked_against_apgd(tiny):
+    from harden.evaluation.checking import check_against_apgd
+    from harden.evaluation.honesty_checks import WarningLog
+
+    x, y = _sample_tensors(16)
+    with torch.no_grad():
+        keep = tiny(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    # claim PGD left every example robust: APGD-CE breaks most of them, so the check must object
+    log = WarningLog()
+    counts = check_against_apgd(tiny, x, y, torch.ones(len(y), dtype=torch.bool), eps=8 / 255, norm="Linf", seed=0,
+                                name="pgd-20", log=log)
+    assert counts["robust_only_under_attack"] == len(y) - counts["apgd-ce25"] > 3
+    assert [w.name for w in log.items()] == ["weaker-than-apgd"] and "pgd-20 overstates" in log.items()[0].message
+    log = WarningLog()  # PGD left none robust: nothing to overstate
+    check_against_apgd(tiny, x, y, torch.zeros(len(y), dtype=torch.bool), eps=8 / 255, norm="Linf", seed=0,
+                       name="pgd-20", log=log)
+    assert log.items() == []
+
+
+def test_a_weak_pgd_evaluation_is_flagged(tiny):
+    x, y = _sample_tensors(16)
+    # one PGD step of 1e-6 from the start: it breaks almost nothing that the random start did not
+    report = evaluation.evaluate(tiny, (x, y), attack="pgd", steps=1, step_size=1e-6, eps=8 / 255, device="cpu",
+                                 check_examples=16)
+    assert "weaker-than-apgd" in _names(report)
+    assert report["strength_check"]["robust_only_under_attack"] > 3
+
 def test_check_helpers():
     from harden.evaluation import honesty_checks as checks
 

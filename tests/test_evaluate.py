@@ -392,9 +392,10 @@ def test_fixed_step_attack_is_checked_against_apgd(tiny):
         keep = tiny(x).argmax(1) == y
     x, y = x[keep], y[keep]
     # claim PGD left every example robust: APGD-CE breaks most of them, so the check must object
-    log = WarningLog()
+    log, before = WarningLog(), torch.get_rng_state()
     counts = check_against_apgd(tiny, x, y, torch.ones(len(y), dtype=torch.bool), eps=8 / 255, norm="Linf", seed=0,
                                 name="pgd-20", log=log)
+    assert torch.equal(torch.get_rng_state(), before)  # APGD seeds the global generator; the caller's is kept
     assert counts["robust_only_under_attack"] == len(y) - counts["apgd-ce25"] > 3
     assert [w.name for w in log.items()] == ["weaker-than-apgd"] and "pgd-20 overstates" in log.items()[0].message
     log = WarningLog()  # PGD left none robust: nothing to overstate

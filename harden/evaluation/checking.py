@@ -77,12 +77,7 @@ def check_against_apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attac
                        eps: float, norm: str, seed: int, name: str, log: chk.WarningLog) -> dict[str, Any]:
     """APGD-CE on the check examples; warn when it breaks more than a tenth of them (at least 3) that the
     fixed-step attack ``name`` left robust: that attack then overstates the model's robustness."""
-    from pyautoattack.autopgd_base import APGDAttack
-
-    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.enable_grad():  # APGD seeds the global generators
-        adv = APGDAttack(model, n_iter=APGD_CHECK_ITERATIONS, norm=norm, n_restarts=1, eps=eps, seed=seed,
-                         loss="ce", device=x.device).perturb(x, y)
+    adv = chk.apgd_ce(model, x, y, eps=eps, norm=norm, iterations=APGD_CHECK_ITERATIONS, seed=seed)
     with torch.no_grad():
         apgd_robust = model(adv).argmax(1) == y
     m, missed = len(y), int((attack_robust.to(x.device) & ~apgd_robust).sum())

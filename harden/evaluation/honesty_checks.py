@@ -370,13 +370,21 @@ def _short_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
                   seed: int) -> torch.Tensor:
     """A few-step attack for the strength check: harden's PGD, or for L1 pyautoattack's APGD-CE."""
     if norm == "L1":
-        from pyautoattack.autopgd_base import APGDAttack
-
-        return APGDAttack(model, n_iter=steps, norm="L1", n_restarts=1, eps=eps, seed=seed, loss="ce",
-                          device=x.device).perturb(x, y)
+        return apgd_ce(model, x, y, eps=eps, norm="L1", iterations=steps, seed=seed)
     from harden.attacks import pgd
 
     return pgd(model, x, y, eps=eps, steps=steps, norm=norm, generator=torch.Generator().manual_seed(seed))
+
+
+def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, iterations: int,
+            seed: int) -> torch.Tensor:
+    """pyautoattack's APGD-CE (one restart) on ``x``; the caller's random generators are left as they were."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.enable_grad():  # APGD seeds the global generators
+        return APGDAttack(model, n_iter=iterations, norm=norm, n_restarts=1, eps=eps, seed=seed, loss="ce",
+                          device=x.device).perturb(x, y)
 
 
 def check_sweep(points: Sequence[tuple[float, int]], n: int) -> list[CheckWarning]:

@@ -91,6 +91,27 @@ class HardenedModel(nn.Module):
         self.input_transforms = nn.Sequential()
         self.net = net
         self.provenance = provenance
+        self._untrained_digest: str | None = None  # the state's digest while harden knows it is random
+
+    def remember_untrained(self) -> None:
+        """Note the current weights as the random ones, so that training them outside harden can be told later."""
+        from harden.runtime.store import state_digest
+
+        self._untrained_digest = state_digest(self) if self.provenance.untrained else None
+
+    def record_outside_training(self) -> Provenance:
+        """Set ``provenance.trained_outside`` if the remembered random weights have changed; the provenance.
+
+        A model built with random weights (:func:`harden.load_model`), trained in the user's own loop and
+        evaluated or saved is no longer random; its provenance says so from then on.
+        """
+        if self._untrained_digest is not None and self.provenance.untrained:
+            from harden.runtime.store import state_digest
+
+            if state_digest(self) != self._untrained_digest:
+                self.provenance.trained_outside = True
+                self._untrained_digest = None
+        return self.provenance
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -120,8 +141,10 @@ class HardenedModel(nn.Module):
 
 def warn_if_random(model: nn.Module, doing: str) -> None:
     """One :class:`HardenWarning` when ``model`` is a harden model whose weights were never trained or loaded."""
+    if isinstance(model, HardenedModel):
+        model.record_outside_training()
     prov = getattr(model, "provenance", None)
-    if isinstance(prov, Provenance) and prov.model.random_weights and prov.finetune is None:
+    if isinstance(prov, Provenance) and prov.untrained:
         warnings.warn(f"{doing} {prov.model.spec or prov.model.name} with random weights (no --weights FILE, "
                       "--pretrained or fine-tuning)" + (": expect chance-level accuracy" if doing == "evaluating"
                                                         else ": this trains it from scratch"),

@@ -78,6 +78,7 @@ def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transf
         transforms = [transforms]
     parsed = [parse_transform(t) for t in transforms]
     if isinstance(model, HardenedModel):
+        model.record_outside_training()
         if mean is not None or std is not None:
             raise UsageError("mean/std are set when a model is built (harden.load_model or harden.wrap), "
                              "not by apply() on a harden model")
@@ -95,6 +96,7 @@ def apply(model: nn.Module, transforms: Sequence[str | Transform] | str | Transf
         _check_runs(out, f"transform '{t.spec()}'")
         out.provenance.transforms.append(TransformEntry(name=t.name, provider=t.provider, config=dict(t.config),
                                                         state=applied.state, changes=list(applied.changes)))
+    out.remember_untrained()  # a transform's new layers are random too; only a random model is remembered
     return out
 
 

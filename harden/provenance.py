@@ -190,6 +190,14 @@ class Provenance(_Record):
     transforms: list[TransformEntry] = field(default_factory=list)
     finetune: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)
     versions: dict[str, str] = field(default_factory=dict, metadata=_OMIT_EMPTY)  # package -> version
+    #: the weights of a randomly built model were changed by code harden did not see (the user's own training
+    #: loop, a ``load_state_dict``) before :func:`harden.save`; harden cannot replay that training
+    trained_outside: bool = field(default=False, metadata=_OMIT_EMPTY)
+
+    @property
+    def untrained(self) -> bool:
+        """Whether the weights are still the random ones the base network was built with, as far as recorded."""
+        return self.model.random_weights and self.finetune is None and not self.trained_outside
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "") -> Provenance:
@@ -235,4 +243,6 @@ def weights_text(provenance: Provenance) -> str:
     """Where a model's weights came from, in a few words: ``random``, ``pretrained``, ``FILE``, + fine-tuning."""
     m = provenance.model
     base = "pretrained" if m.pretrained else m.weights or "unrecorded"
+    if provenance.trained_outside:
+        base += " + trained outside harden"
     return f"{base} + fine-tuned" if provenance.finetune is not None else base

@@ -51,7 +51,7 @@ def save(model: HardenedModel, path: str | os.PathLike[str], *, overwrite: bool 
 
     if not isinstance(model, HardenedModel):
         raise UsageError("save() takes a model made by harden.load_model / harden.apply / harden.load")
-    metadata = {PROVENANCE_KEY: model.provenance.stamped(versions()).to_json()}
+    metadata = {PROVENANCE_KEY: model.record_outside_training().stamped(versions()).to_json()}
     all_reports = list(getattr(model, "reports", []) or []) if reports is None else reports
     if all_reports:
         metadata[REPORTS_KEY] = json.dumps(all_reports, sort_keys=True)
@@ -153,6 +153,7 @@ def load(path: str | os.PathLike[str], *, trust_code: bool = False, base: nn.Mod
             f"({', '.join(result.unexpected_keys[:3])}); the file may come from an incompatible harden version"
         )
     model.reports = read_reports(path)
+    model.remember_untrained()
     model.eval()
     return model
 

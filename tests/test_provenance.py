@@ -6,9 +6,11 @@ import dataclasses
 import json
 import types
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -184,3 +186,51 @@ def test_record_finetune_keeps_the_one_before() -> None:
     prov.record_finetune(second)
     assert prov.finetune is second and second.previous is first
     assert prov.to_dict()["finetune"]["previous"]["method"] == "pgd"
+
+
+def _train_one_step(model: torch.nn.Module) -> None:
+    """What a user's own training loop does to the weights: one SGD step on random images."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    x, y = torch.rand(4, *model.input_size), torch.randint(0, model.num_classes, (4,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+
+
+def _random_warnings(model: torch.nn.Module) -> list[str]:
+    from harden.model import warn_if_random
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_random(model, "evaluating")
+    return [str(w.message) for w in caught if "random weights" in str(w.message)]
+
+
+def test_a_model_trained_in_the_users_own_loop_is_not_called_random(tmp_path: Path) -> None:
+    model = harden.load_model("tests.user_models:tiny_resnet", input_size=16)
+    assert _random_warnings(model)  # built at random, not trained: the warning is right
+    _train_one_step(model)
+    assert not _random_warnings(model) and model.provenance.trained_outside  # noticed in memory
+    harden.save(model, tmp_path / "m.safetensors")
+    back = harden.load(tmp_path / "m.safetensors", trust_code=True)
+    assert back.provenance.trained_outside and back.provenance.model.weights == "random"
+    assert not _random_warnings(back) and pv.weights_text(back.provenance) == "random + trained outside harden"
+
+
+def test_an_untrained_or_only_transformed_model_stays_random_in_its_file(tmp_path: Path) -> None:
+    model = harden.apply(harden.load_model("tests.user_models:tiny_resnet", input_size=16), ["stride-mod"])
+    harden.save(model, tmp_path / "m.safetensors")
+    meta, _ = _metadata(tmp_path / "m.safetensors")
+    assert "trained_outside" not in json.loads(meta[PROVENANCE_KEY])  # files as before for untrained models
+    back = harden.load(tmp_path / "m.safetensors", trust_code=True)
+    assert back.provenance.untrained and _random_warnings(back)
+    _train_one_step(back)  # a random model read from a file, then trained outside harden, then saved again
+    harden.save(back, tmp_path / "n.safetensors")
+    assert harden.load(tmp_path / "n.safetensors", trust_code=True).provenance.trained_outside
+
+
+def test_training_outside_harden_before_a_transform_is_kept_in_the_provenance() -> None:
+    model = harden.load_model("tests.user_models:tiny_resnet", input_size=16)
+    _train_one_step(model)
+    hardened = harden.apply(model, ["stride-mod"])
+    assert hardened.provenance.trained_outside and not _random_warnings(hardened)

@@ -355,5 +355,6 @@ def _earlier_transforms(model: HardenedModel) -> list[str]:
 
 
 def _has_own_weights(model: HardenedModel) -> bool:
-    prov = model.provenance
-    return bool(prov.finetune or prov.model.has_weights_file or any(not t.from_source for t in prov.transforms))
+    prov = model.record_outside_training()
+    return bool(prov.finetune or prov.trained_outside or prov.model.has_weights_file
+                or any(not t.from_source for t in prov.transforms))

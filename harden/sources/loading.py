@@ -114,6 +114,7 @@ def load_model(spec: str, num_classes: int | None = None, pretrained: bool = Fal
             replay_entry(model, applied)
     if weights is not None:
         load_weights_into(model.net, weights, adapt=built.adapt_state)
+    model.remember_untrained()  # random weights: training them in the user's own loop is noticed at save
     return model
 
 

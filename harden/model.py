@@ -97,7 +97,9 @@ class HardenedModel(nn.Module):
         """Note the current weights as the random ones, so that training them outside harden can be told later."""
         from harden.runtime.store import state_digest
 
-        self._untrained_digest = state_digest(self) if self.provenance.untrained else None
+        state = self.state_dict().values()
+        real = not any(t.is_meta for t in state)  # a model built on the meta device holds no weights yet
+        self._untrained_digest = state_digest(self) if self.provenance.untrained and real else None
 
     def record_outside_training(self) -> Provenance:
         """Set ``provenance.trained_outside`` if the remembered random weights have changed; the provenance.

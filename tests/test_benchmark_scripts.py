@@ -142,3 +142,18 @@ def test_evaluate_benchmark_compares_harden_with_a_direct_autoattack_call_on_the
     (row,) = result["rows"]
     assert row["version"] == "fast" and row["n"] == 8 and row["same_result"] is True  # image by image
     assert row["direct_seconds"] > 0 and row["harden_seconds"] > 0 and result["device"].startswith("cpu")
+
+
+def test_val_attack_benchmark_sets_both_validation_attacks_side_by_side(tmp_path: Path, monkeypatch) -> None:
+    script = import_benchmark("val_attack")
+    torch.manual_seed(0)
+    model = harden.load_model("cifar:wrn-10-1", num_classes=10, input_size=32, model_kwargs={"base_width": 4})
+    harden.save(model, tmp_path / "m.safetensors")
+    out = tmp_path / "val.md"
+    monkeypatch.setattr("sys.argv", ["val_attack.py", str(tmp_path / "m.safetensors"), "--data", "sample",
+                                     "--eps", "0.03", "--val-n", "12", "--out", str(out)])
+    script.main()
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["apgd-ce-25"] <= row["clean"] and row["pgd-10"] <= row["clean"]
+    assert row["apgd-ce-25 s"] > 0 and row["pgd-10 s"] > 0
+    assert "| m.safetensors |" in out.read_text() and "apgd-ce-25 robust %" in out.read_text()

@@ -341,3 +341,36 @@ def test_throughput_benchmark_runs_on_cpu_with_tiny_settings(tmp_path) -> None:
     assert figures == out and figures["device_type"] == "cpu" and figures["harden_precision"] == "fp32"
     assert set(figures["images_per_second"]) == {"reference", "reference-gpu-data", "harden"}
     assert all(v > 0 for v in figures["images_per_second"].values()) and figures["speedup"] > 0
+
+
+# --------------------------------------------------------------------------- the validation attack
+
+
+def _linear_margin_case() -> tuple[harden.HardenedModel, torch.Tensor, torch.Tensor]:
+    """A linear two-class model and images whose every pixel is 0.6 (class 0) or 0.4 (class 1): each is
+    misclassified once the mean pixel moves by 0.1, i.e. within eps 0.2 but not within a step of eps/4."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.stack([torch.ones(48), -torch.ones(48)]))
+        net[1].bias.copy_(torch.tensor([-24.0, 24.0]))
+    x = torch.cat([torch.full((8, 3, 4, 4), 153), torch.full((8, 3, 4, 4), 102)]).to(torch.uint8)
+    return harden.wrap(net, input_size="3x4x4", num_classes=2), x, torch.tensor([0] * 8 + [1] * 8)
+
+
+@pytest.mark.parametrize(("attack", "steps", "robust"), [("pgd", 1, 100.0), ("apgd-ce", 5, 0.0)])
+def test_the_validation_attack_is_pgd_or_apgd_ce(attack, steps, robust) -> None:
+    model, x, y = _linear_margin_case()
+    cfg = make_config(method="pgd", eps=0.2, val_attack=attack, val_steps=steps, batch_size=8)
+    trainer = Trainer(model, cfg, device=torch.device("cpu"), dist=DistSession())
+    assert trainer.validate(x, y) == (100.0, robust)  # one PGD step of eps/4 cannot reach the boundary; APGD does
+
+
+def test_apgd_ce_validation_is_recorded_and_older_checkpoints_still_resume() -> None:
+    from harden.training.checkpoint import fingerprinted_config
+
+    model = finetune(tiny(), "sample", method="fgsm-rs", epochs=1, val_attack="apgd-ce", **{**QUICK, "val_steps": None})
+    entry = model.provenance.finetune
+    assert entry.validation.attack == "apgd-ce-25" and entry.validation.robust_acc <= entry.validation.clean_acc
+    default = fingerprinted_config(make_config())
+    assert "val_attack" not in default and default["val_steps"] == 10  # as checkpoints before --val-attack hold it
+    assert fingerprinted_config(make_config(val_attack="apgd-ce"))["val_steps"] == 25

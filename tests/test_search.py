@@ -431,3 +431,14 @@ def test_best_recipe_of_a_harden_file_rebuilds_a_grayscale_non_square_model() ->
     assert [p.shape for p in again.parameters()] == [p.shape for p in model.parameters()]
     square = _model_block(harden.load_model("cifar:wrn-10-1", num_classes=10, input_size=32), None)
     assert square["input_size"] == 32 and "kwargs" not in square
+
+
+def test_the_search_ranks_by_the_validation_attack_it_is_given() -> None:
+    from harden.searching.objective import robust_outcome
+    from tests.test_finetune import _linear_margin_case
+
+    model, x, y = _linear_margin_case()
+    x = x.float() / 255  # the search's held-out images are floats in [0, 1]
+    options = {"eps": 0.2, "norm": "Linf", "seed": 0, "val_steps": 1}
+    assert robust_outcome(model, (x, y), {**options, "val_attack": "pgd"}, "cpu") == "1" * 16
+    assert robust_outcome(model, (x, y), {**options, "val_attack": "apgd-ce", "val_steps": 5}, "cpu") == "0" * 16

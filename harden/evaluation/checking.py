@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from harden.attacks import get_attack
+from harden.attacks.apgd import apgd_ce
 from harden.evaluation import honesty_checks as chk
 from harden.evaluation.attack_plan import AttackPlan
 from harden.evaluation.autoattack import autoattack_preflight, autoattack_square_check
@@ -77,7 +78,7 @@ def check_against_apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attac
                        eps: float, norm: str, seed: int, name: str, log: chk.WarningLog) -> dict[str, Any]:
     """APGD-CE on the check examples; warn when it breaks more than a tenth of them (at least 3) that the
     fixed-step attack ``name`` left robust: that attack then overstates the model's robustness."""
-    adv = chk.apgd_ce(model, x, y, eps=eps, norm=norm, iterations=APGD_CHECK_ITERATIONS, seed=seed)
+    adv = apgd_ce(model, x, y, eps=eps, norm=norm, iterations=APGD_CHECK_ITERATIONS, seed=seed)
     with torch.no_grad():
         apgd_robust = model(adv).argmax(1) == y
     m, missed = len(y), int((attack_robust.to(x.device) & ~apgd_robust).sum())

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harden.attacks.apgd import apgd_ce
+
 AUTOATTACK_LOGGER = "auto-attack"
 # what to do when two clean passes of the same images disagree
 RAND_HINT = ("harden: evaluate a randomized model with --version rand (AutoAttack's version for randomized "
@@ -374,17 +376,6 @@ def _short_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: fl
     from harden.attacks import pgd
 
     return pgd(model, x, y, eps=eps, steps=steps, norm=norm, generator=torch.Generator().manual_seed(seed))
-
-
-def apgd_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, iterations: int,
-            seed: int) -> torch.Tensor:
-    """pyautoattack's APGD-CE (one restart) on ``x``; the caller's random generators are left as they were."""
-    from pyautoattack.autopgd_base import APGDAttack
-
-    cuda = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda), torch.enable_grad():  # APGD seeds the global generators
-        return APGDAttack(model, n_iter=iterations, norm=norm, n_restarts=1, eps=eps, seed=seed, loss="ce",
-                          device=x.device).perturb(x, y)
 
 
 def check_sweep(points: Sequence[tuple[float, int]], n: int) -> list[CheckWarning]:

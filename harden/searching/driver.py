@@ -85,13 +85,13 @@ def _model_block(model: HardenedModel, given: dict[str, Any] | None) -> dict[str
 def _fingerprint(model: HardenedModel, dataset: ImageDataset, space: SearchSpace, cfg: Any,
                  budgets: dict[str, int | None], pruner: str) -> dict[str, Any]:
     from harden.training import state_digest
-    from harden.training.checkpoint import NOT_FINGERPRINTED
+    from harden.training.checkpoint import fingerprinted_config
 
     return json.loads(json.dumps({
         "model": {"spec": model.spec, "transforms": [t.name for t in model.provenance.transforms],
                   "input_size": list(model.input_size), "weights": state_digest(model)},
         "data": dataset.spec, "space": space.to_dict()["dimensions"], "budgets": budgets, "pruner": pruner,
-        "finetune": {k: v for k, v in cfg.as_dict().items() if k not in NOT_FINGERPRINTED},
+        "finetune": fingerprinted_config(cfg),
     }))
 
 
@@ -261,7 +261,8 @@ def _run_study(study: Any, model: HardenedModel, dataset: ImageDataset, space: S
         objective = Objective(model, dataset, space, options, budgets=budgets, trials=trials, progress=progress,
                               device=device, echo=echo)
         study.optimize(objective, timeout=timeout, callbacks=[_stop_when_full(trials, echo)])
-    attack = {"name": f"pgd-{cfg.val_steps}", "norm": cfg.norm, "eps": cfg.eps, "eps_text": str(_eps_text(cfg.eps)),
+    attack = {"name": f"{cfg.val_attack}-{cfg.resolved_val_steps()}", "norm": cfg.norm, "eps": cfg.eps,
+              "eps_text": str(_eps_text(cfg.eps)),
               "n": held_out_count(cfg.val_n, len(dataset)), "seed": cfg.seed,
               "data": f"{dataset.spec} (held-out training images)"}
     base = {"spec": model.spec, "macs": facts.macs, "params": facts.params,

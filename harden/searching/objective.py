@@ -158,14 +158,50 @@ def held_out_images(dataset: ImageDataset, options: dict[str, Any]) -> tuple[Any
 
 
 def robust_outcome(model: HardenedModel, images: tuple[Any, Any], options: dict[str, Any], device: Any) -> str:
-    """Per-image robustness of ``model`` to the validation attack (PGD, ``val_steps``) as a '0'/'1' string."""
-    from harden.evaluation import evaluate
+    """Per-image robustness of ``model`` to the validation attack (``val_attack``, ``val_steps``) as a '0'/'1'
+    string."""
+    from harden.schemas.finetune import validation_steps
     from harden.searching.verdict import outcome_text
 
+    attack = options.get("val_attack", "pgd")
+    steps = validation_steps(attack, options.get("val_steps"))
+    if attack == "apgd-ce":
+        return outcome_text(_apgd_robust(model, images, options, steps, device))
+    from harden.evaluation import evaluate
+
     report = evaluate(model, images, attack="pgd", eps=options["eps"], norm=options["norm"],
-                      steps=options["val_steps"], n=None, seed=options["seed"], check_examples=0,
-                      device=device or "auto")
+                      steps=steps, n=None, seed=options["seed"], check_examples=0, device=device or "auto")
     return outcome_text([o == "robust" for o in report.outcome])
+
+
+def _apgd_robust(model: HardenedModel, images: tuple[Any, Any], options: dict[str, Any], steps: int,
+                 device: Any) -> list[bool]:
+    """Whether each image stays classified right under APGD-CE (``steps`` iterations, one restart)."""
+    import torch
+
+    from harden.attacks.apgd import apgd_ce
+    from harden.runtime.distributed import resolve_device
+    from harden.runtime.modes import eval_mode
+
+    dev = resolve_device(device or "auto")
+    model = model.to(dev)
+    x, y = images
+    robust: list[bool] = []
+    with eval_mode(model):
+        for i in range(0, len(y), 256):
+            xb, yb = _as_images(x[i:i + 256]).to(dev), y[i:i + 256].to(dev)
+            adv = apgd_ce(model, xb, yb, eps=options["eps"], norm=options["norm"], iterations=steps,
+                          seed=options["seed"] + i)
+            with torch.no_grad():
+                robust += (model(adv).argmax(1) == yb).tolist()
+    return robust
+
+
+def _as_images(x: Any) -> Any:
+    """Images in [0, 1] as float: uint8 ones are divided by 255."""
+    import torch
+
+    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
 
 def _text(transforms: Sequence[str]) -> str:

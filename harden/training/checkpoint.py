@@ -26,6 +26,9 @@ CHECKPOINT_FORMAT = "harden.checkpoint/1"
 
 # Settings that change how a run computes but not what it computes: a resumed run may change them.
 NOT_FINGERPRINTED = ("compile", "workers", "log_every", "cache_limit_gb")
+#: settings added after checkpoints were first written, left out of the fingerprint at these values, so that a
+#: checkpoint an older harden wrote resumes when they are left as they were
+ADDED_DEFAULTS: dict[str, Any] = {"val_attack": "pgd"}
 
 
 def _no_best() -> dict[str, Any]:
@@ -55,12 +58,20 @@ def run_fingerprint(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneCo
         "recipe": _provenance_for_fingerprint(model),  # the key checkpoints of 0.1.0 hold
         "weights": state_digest(model),
         "data": dataset.spec,
-        "config": {k: v for k, v in cfg.as_dict().items() if k not in NOT_FINGERPRINTED},
+        "config": fingerprinted_config(cfg),
         "world_size": world,
     }
     if teacher is not None:
         fingerprint["teacher"] = teacher.digest
     return fingerprint
+
+
+def fingerprinted_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings a resumed run (or search study) must share with the one that wrote the checkpoint."""
+    config = {k: v for k, v in cfg.as_dict().items()
+              if k not in NOT_FINGERPRINTED and not (k in ADDED_DEFAULTS and v == ADDED_DEFAULTS[k])}
+    config["val_steps"] = cfg.resolved_val_steps()  # as older checkpoints hold it (10 then, None now)
+    return config
 
 
 def checkpoint_store(path: Path) -> Store:

@@ -253,7 +253,8 @@ def _finetune_entry(run: RunParts, state: RunState, dataset: ImageDataset, count
         "data": dataset.spec,
         "train_n": counts["train_n"],
         "skipped_images": counts["skipped"],
-        "validation": {"n": counts["val_n"], "attack": f"pgd-{cfg.val_steps}", "eps": cfg.eps, "norm": cfg.norm,
+        "validation": {"n": counts["val_n"], "attack": f"{cfg.val_attack}-{cfg.resolved_val_steps()}",
+                       "eps": cfg.eps, "norm": cfg.norm,
                        "clean_acc": kept.get("val_clean"), "robust_acc": kept.get("val_robust")},
         "history": history,
         "collapse": ({**first_collapse(history), "action": cfg.on_collapse}  # type: ignore[dict-item]

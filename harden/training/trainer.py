@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from harden.attacks import check_logits
+from harden.attacks.apgd import apgd_ce
 from harden.lipschitz import SpectralPenalty
 from harden.methods import get_method
 from harden.model import HardenedModel
@@ -158,14 +159,13 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def validate(self, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, float]:
-        """Clean and PGD accuracy in % (fp32, eval mode, PGD-``val_steps`` at the full eps, step eps/4) on this
-        process's shard of the validation slice, summed over processes."""
+        """Clean and robust accuracy in % (fp32, eval mode; ``val_attack`` at the full eps: PGD with step eps/4,
+        or APGD-CE) on this process's shard of the validation slice, summed over processes."""
         cfg = self.cfg
         model = self.eval_model()
         gen = torch.Generator(device=self.generator.device).manual_seed(derive_seed(cfg.seed, "validation"))
         shard = torch.arange(self.dist.rank, x_val.shape[0], self.dist.world)
         counts = torch.zeros(3, dtype=torch.float64, device=self.device)
-        params = list(model.parameters())
         with eval_mode(model):
             for i in range(0, shard.numel(), max(1, cfg.batch_size)):
                 idx = shard[i:i + cfg.batch_size].to(x_val.device)
@@ -173,9 +173,7 @@ class Trainer:
                 yb = y_val.index_select(0, idx)
                 with torch.no_grad():
                     clean = (model(xb).argmax(1) == yb).sum()
-                with frozen(params):
-                    x_adv = perturb(model, xb, yb, eps=cfg.eps, step=cfg.eps / 4, steps=cfg.val_steps,
-                                    norm=cfg.norm, generator=gen)
+                x_adv = self._validation_attack(model, xb, yb, gen, i)
                 with torch.no_grad():
                     robust = (model(x_adv).argmax(1) == yb).sum()
                 counts += torch.stack([clean.double(), robust.double(), torch.tensor(float(yb.numel()),
@@ -183,6 +181,17 @@ class Trainer:
         counts = self.dist.all_sum(counts)
         total = max(1.0, counts[2].item())
         return 100 * counts[0].item() / total, 100 * counts[1].item() / total
+
+    def _validation_attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                           batch: int) -> torch.Tensor:
+        """The validation attack's images for one batch (``batch``: its offset, which seeds APGD)."""
+        cfg = self.cfg
+        steps = cfg.resolved_val_steps()
+        with frozen(list(model.parameters())):
+            if cfg.val_attack == "apgd-ce":
+                seed = derive_seed(cfg.seed, "validation", self.dist.rank, batch) % (2 ** 31)
+                return apgd_ce(model, x, y, eps=cfg.eps, norm=cfg.norm, iterations=steps, seed=seed)
+            return perturb(model, x, y, eps=cfg.eps, step=cfg.eps / 4, steps=steps, norm=cfg.norm, generator=gen)
 
     def reseed(self, epoch: int) -> None:
         """Seed every random draw of ``epoch`` (augmentation, attack starts, dropout) from (seed, epoch, rank)."""

@@ -442,3 +442,15 @@ def test_the_search_ranks_by_the_validation_attack_it_is_given() -> None:
     options = {"eps": 0.2, "norm": "Linf", "seed": 0, "val_steps": 1}
     assert robust_outcome(model, (x, y), {**options, "val_attack": "pgd"}, "cpu") == "1" * 16
     assert robust_outcome(model, (x, y), {**options, "val_attack": "apgd-ce", "val_steps": 5}, "cpu") == "0" * 16
+
+
+def test_a_pgd_ranked_space_of_activations_says_pgd_flatters_them() -> None:
+    from harden.searching.driver import ranking_note
+    from harden.searching.space import build_space
+    from harden.training import make_config
+
+    model = harden.load_model(SPEC, num_classes=10, input_size=32)
+    with_activations, without = build_space(model, "activation"), build_space(model, "upsample")
+    assert "--val-attack apgd-ce" in ranking_note(make_config(), with_activations)
+    assert ranking_note(make_config(val_attack="apgd-ce"), with_activations) is None
+    assert ranking_note(make_config(), without) is None

@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 import harden
-from harden.data import Selection, load_dataset, load_tensors
+from harden.data import load_dataset
 from harden.runtime.atomic import atomic_path
 from harden.runtime.session import DistSession
 from harden.training import Trainer, make_config
 from harden.training.train_data import split_indices
+from harden.training.uint8_images import decode_uint8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce import device_name  # noqa: E402
@@ -37,8 +38,7 @@ def held_out(data: str, size: tuple[int, ...], val_n: int, seed: int) -> tuple[t
     """The held-out training images as uint8 (x, y), as fine-tuning validates on them."""
     dataset = load_dataset(data, split="train", image_size=size)
     val, _ = split_indices(len(dataset), make_config(val_n=val_n, seed=seed))
-    x, y = load_tensors(dataset, Selection(dataset.spec, "train", len(val), "held-out", seed, val))
-    return (x * 255).round().to(torch.uint8), y
+    return decode_uint8(dataset, val, workers=0)
 
 
 def measure(path: Path, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int) -> dict:

@@ -176,7 +176,8 @@ def robust_outcome(model: HardenedModel, images: tuple[Any, Any], options: dict[
 
 def _apgd_robust(model: HardenedModel, images: tuple[Any, Any], options: dict[str, Any], steps: int,
                  device: Any) -> list[bool]:
-    """Whether each image stays classified right under APGD-CE (``steps`` iterations, one restart)."""
+    """Whether each of the held-out images (floats in [0, 1], :func:`held_out_images`) stays classified right
+    under APGD-CE (``steps`` iterations, one restart)."""
     import torch
 
     from harden.attacks.apgd import apgd_ce
@@ -189,19 +190,12 @@ def _apgd_robust(model: HardenedModel, images: tuple[Any, Any], options: dict[st
     robust: list[bool] = []
     with eval_mode(model):
         for i in range(0, len(y), 256):
-            xb, yb = _as_images(x[i:i + 256]).to(dev), y[i:i + 256].to(dev)
+            xb, yb = x[i:i + 256].to(dev), y[i:i + 256].to(dev)
             adv = apgd_ce(model, xb, yb, eps=options["eps"], norm=options["norm"], iterations=steps,
                           seed=options["seed"] + i)
             with torch.no_grad():
                 robust += (model(adv).argmax(1) == yb).tolist()
     return robust
-
-
-def _as_images(x: Any) -> Any:
-    """Images in [0, 1] as float: uint8 ones are divided by 255."""
-    import torch
-
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float()
 
 
 def _text(transforms: Sequence[str]) -> str:

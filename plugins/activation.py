@@ -28,6 +28,7 @@ from torch import fx, nn
 from harden.errors import HardenError, UsageError
 from harden.graph.activation_families import FAMILY_NAMES, ActivationFamily, get_family
 from harden.graph.activations import (
+    ActivationSites,
     activation_nodes,
     call_name,
     count_kinds,
@@ -118,6 +119,49 @@ def _fresh_name(gm: fx.GraphModule, owner: nn.Module, used: set[str]) -> str:
     return name
 
 
+class _CallRewrite:
+    """One shallow trace being rewritten: activation calls become calls of new modules, one node at a time."""
+
+    def __init__(self, gm: fx.GraphModule, owner: nn.Module, make: Callable[[], nn.Module], where: str) -> None:
+        self.gm, self.owner, self.make, self.where = gm, owner, make, where
+        self.modules = dict(gm.named_modules())
+        self.order = {n: i for i, n in enumerate(gm.graph.nodes)}
+        self.added: dict[str, nn.Module] = {}
+        self.used: set[str] = set()
+        self.replaced: list[str] = []
+        self.redirected = 0
+
+    def replace(self, node: fx.Node) -> None:
+        """Replace one activation call (or redirect the later reads of an in-place module's input)."""
+        graph = self.gm.graph
+        src = input_of(node)
+        if src is None:
+            raise HardenError(f"activation: cannot find the input of {call_name(node)} in {self.where}")
+        inplace = is_inplace(node, self.modules.get(str(node.target)) if node.op == "call_module" else None)
+        if node.op == "call_module":
+            out = node  # the module itself is swapped in place; only later reads of its input move
+            self.redirected += 1
+        else:
+            name = _fresh_name(self.gm, self.owner, self.used)
+            self.added[name] = self.make()
+            self.gm.add_submodule(name, self.added[name])
+            with graph.inserting_after(node):
+                out = graph.call_module(name, (src,))
+            out.meta = dict(node.meta)
+            node.replace_all_uses_with(out)
+            self.replaced.append(call_name(node))
+        if inplace:  # later reads of the overwritten input see the activation's output
+            for user in list(src.users):
+                if user is not node and user is not out and self.order.get(user, -1) > self.order[node]:
+                    user.replace_input_with(src, out)
+        if out is not node:
+            dropped = [a for a in node.all_input_nodes if a is not src]
+            graph.erase_node(node)
+            for arg in dropped:  # e.g. the weight of F.prelu
+                if arg.op == "get_attr" and not arg.users:
+                    graph.erase_node(arg)
+
+
 def rewrite_forward(owner: nn.Module, path: str, family: ActivationFamily,
                     make: Callable[[], nn.Module]) -> tuple[nn.Module | None, list[str], int]:
     """Rewrite ``owner``'s own forward so that its activation calls of ``family`` use ``make()`` modules.
@@ -141,43 +185,12 @@ def rewrite_forward(owner: nn.Module, path: str, family: ActivationFamily,
             "forward would freeze one mode; use an activation module (e.g. self.act = nn.ReLU()) there instead")
     if not nodes:
         return None, [], 0
-    graph = gm.graph
-    modules = dict(gm.named_modules())
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    added: dict[str, nn.Module] = {}
-    used: set[str] = set()
-    replaced: list[str] = []
-    redirected = 0
+    rewrite = _CallRewrite(gm, owner, make, where)
     for node in nodes:
-        src = input_of(node)
-        if src is None:
-            raise HardenError(f"activation: cannot find the input of {call_name(node)} in {where}")
-        inplace = is_inplace(node, modules.get(str(node.target)) if node.op == "call_module" else None)
-        if node.op == "call_module":
-            out = node  # the module itself is swapped in place; only later reads of its input move
-            redirected += 1
-        else:
-            name = _fresh_name(gm, owner, used)
-            added[name] = make()
-            gm.add_submodule(name, added[name])
-            with graph.inserting_after(node):
-                out = graph.call_module(name, (src,))
-            out.meta = dict(node.meta)
-            node.replace_all_uses_with(out)
-            replaced.append(call_name(node))
-        if inplace:  # later reads of the overwritten input see the activation's output
-            for user in list(src.users):
-                if user is not node and user is not out and order.get(user, -1) > order[node]:
-                    user.replace_input_with(src, out)
-        if out is not node:
-            dropped = [a for a in node.all_input_nodes if a is not src]
-            graph.erase_node(node)
-            for arg in dropped:  # e.g. the weight of F.prelu
-                if arg.op == "get_attr" and not arg.users:
-                    graph.erase_node(arg)
-    graph.lint()
+        rewrite.replace(node)
+    gm.graph.lint()
     gm.recompile()
-    return _build_rewritten(owner, gm, added), replaced, redirected
+    return _build_rewritten(owner, gm, rewrite.added), rewrite.replaced, rewrite.redirected
 
 
 def _paths_of(root: nn.Module, target: nn.Module) -> list[str]:
@@ -277,40 +290,18 @@ class Activation(Transform):
 
     def apply(self, model: HardenedModel) -> Applied:
         family = get_family(self.config["source"])
-        net = model.net
-        sites = find_activation_sites(net, family)
+        sites = find_activation_sites(model.net, family)
         label = self._label()
-        changes: list[str] = []
-        functional: dict[str, list[str]] = {}
-        rewritten: dict[str, tuple[str, list[str], int]] = {}
-        # Owners first (deepest first): their shallow traces still see the original in-place modules.
-        owners = sites.owners()
-        for owner_path in sorted(owners, key=lambda p: p.count(".") + bool(p), reverse=True):
-            owner = model.net.get_submodule(owner_path) if owner_path else model.net
-            new_owner, calls, redirected = rewrite_forward(owner, owner_path, family, self.make)
-            if new_owner is None:
-                continue
-            for path in _paths_of(model.net, owner) or [owner_path]:
-                _set_module(model, path, new_owner)
-            rewritten[owner_path] = (type(owner).__name__, calls, redirected)
-            if calls:
-                functional[owner_path] = calls
-        changes += _rewrite_lines([(p, *rewritten[p]) for p in owners if p in rewritten], label)
+        rewritten = self._rewrite_owners(model, sites, family)
+        functional = {p: calls for p, (_, calls, _) in rewritten.items() if calls}
+        changes = _rewrite_lines([(p, *rewritten[p]) for p in sites.owners() if p in rewritten], label)
         redirected_total = sum(r for _, _, r in rewritten.values())
         if sites.mutation_outside:
             outside = [p or "<root>" for p in sites.mutation_outside]
             changes.append(f"note: in {_listing(outside)}, an in-place activation overwrites a tensor that is read "
                            "again outside that module; the new out-of-place activation leaves it unchanged")
-        replaced: dict[int, nn.Module] = {}
-        module_paths: list[str] = []
-        prelu = any("prelu" in c for calls in functional.values() for c in calls)
-        for site in sites.modules:
-            old = model.net.get_submodule(site.path)
-            prelu = prelu or isinstance(old, nn.PReLU)
-            new = replaced.setdefault(id(old), self.make())
-            for path in site.paths:
-                _set_module(model, path, new)
-            module_paths.append(site.path)
+        module_paths, prelu_module = self._swap_modules(model, sites)
+        prelu = prelu_module or any("prelu" in c for calls in functional.values() for c in calls)
         if sites.modules:
             n = len(sites.modules)
             kinds = {s.kind for s in sites.modules}
@@ -332,6 +323,35 @@ class Activation(Transform):
             changes.append(f"not inspected for functional calls (untraceable forward): {_listing(sites.untraced)}")
         state = {"modules": module_paths, "functional": functional, "redirected": redirected_total}
         return Applied(changes, state)
+
+    def _rewrite_owners(self, model: HardenedModel, sites: ActivationSites,
+                        family: ActivationFamily) -> dict[str, tuple[str, list[str], int]]:
+        """Rewrite the forwards that make functional calls: {owner path: (class name, calls, redirected)}."""
+        rewritten: dict[str, tuple[str, list[str], int]] = {}
+        # Owners first (deepest first): their shallow traces still see the original in-place modules.
+        for owner_path in sorted(sites.owners(), key=lambda p: p.count(".") + bool(p), reverse=True):
+            owner = model.net.get_submodule(owner_path) if owner_path else model.net
+            new_owner, calls, redirected = rewrite_forward(owner, owner_path, family, self.make)
+            if new_owner is None:
+                continue
+            for path in _paths_of(model.net, owner) or [owner_path]:
+                _set_module(model, path, new_owner)
+            rewritten[owner_path] = (type(owner).__name__, calls, redirected)
+        return rewritten
+
+    def _swap_modules(self, model: HardenedModel, sites: ActivationSites) -> tuple[list[str], bool]:
+        """Swap the activation modules in place (one new module per old one); their paths and whether one was PReLU."""
+        replaced: dict[int, nn.Module] = {}
+        module_paths: list[str] = []
+        prelu = False
+        for site in sites.modules:
+            old = model.net.get_submodule(site.path)
+            prelu = prelu or isinstance(old, nn.PReLU)
+            new = replaced.setdefault(id(old), self.make())
+            for path in site.paths:
+                _set_module(model, path, new)
+            module_paths.append(site.path)
+        return module_paths, prelu
 
     def replay(self, model: HardenedModel, state: dict[str, Any]) -> None:
         """Redo the replacement and check that the same sites were changed as when it was recorded."""

@@ -14,6 +14,8 @@ from harden.model import HardenedModel
 
 @dataclass
 class ModelFacts:
+    """What a model costs and how it pools: parameters, MACs at its input size, the map before pooling."""
+
     params: int
     macs: int
     feature_map: tuple[int, int] | None

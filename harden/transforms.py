@@ -279,4 +279,5 @@ def replay_entry(model: HardenedModel, entry: TransformEntry) -> None:
 
 
 def positive(value: float) -> str | None:
+    """A Param check: None when ``value`` is above zero, else the reason it is refused."""
     return None if value > 0 else "must be positive"

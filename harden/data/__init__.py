@@ -139,6 +139,8 @@ def _cifar(kind: str) -> Callable[[str, str, bool, Preprocess], ImageDataset]:
 
 @dataclass(frozen=True)
 class DataSource:
+    """A registered kind of data spec (``name:ROOT``): how to build its dataset, and whether it needs a root."""
+
     name: str
     description: str
     build: Callable[[str, str, bool, Preprocess], ImageDataset]

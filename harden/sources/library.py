@@ -21,6 +21,7 @@ from harden.sources.registry import BuiltNet, ModelSource, register_model_source
 
 
 def timm_names() -> Sequence[str]:
+    """The names of every model timm can build."""
     import timm
 
     return timm.list_models()
@@ -66,6 +67,7 @@ def _hub_offline_unless_reachable(pretrained: bool) -> Iterator[None]:
 
 
 def build_timm(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]) -> BuiltNet:
+    """Build timm model ``name`` (its pretrained weights only when asked; a clear error offline)."""
     import timm
 
     if not timm.is_model(name):
@@ -76,11 +78,7 @@ def build_timm(name: str, num_classes: int | None, pretrained: bool, kwargs: dic
     try:
         with _hub_offline_unless_reachable(pretrained):
             net = timm.create_model(name, pretrained=pretrained, **kwargs)
-    except (OSError, RuntimeError, ValueError) as exc:
-        if pretrained:
-            raise _pretrained_error(f"timm:{name}", exc) from exc
-        raise
-    except Exception as exc:  # huggingface_hub raises its own hierarchy when offline
+    except Exception as exc:  # OSError and RuntimeError, or huggingface_hub's own hierarchy when offline
         if pretrained:
             raise _pretrained_error(f"timm:{name}", exc) from exc
         raise
@@ -111,12 +109,14 @@ def timm_kwargs_for_size(name: str, input_size: tuple[int, int, int] | None) -> 
 
 
 def tv_names() -> Sequence[str]:
+    """The names of every torchvision classification model."""
     import torchvision
 
     return torchvision.models.list_models(module=torchvision.models)
 
 
 def build_tv(name: str, num_classes: int | None, pretrained: bool, kwargs: dict[str, Any]) -> BuiltNet:
+    """Build torchvision model ``name`` (its default weights only when asked; a clear error offline)."""
     import torchvision
 
     if name not in set(tv_names()):

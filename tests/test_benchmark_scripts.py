@@ -1,9 +1,13 @@
 """benchmarks/meansparse.py (MeanSparse on kept baselines, as it is and with BPDA, paired with the base) and
-benchmarks/which_method.py (the README's method table, read from the measured tables)."""
+benchmarks/which_method.py (the README's method table, read from the measured tables), val_attack.py, evaluate.py
+and run_evidence_fmnist.sh (the lanes that resume parked checkpoints)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -157,3 +161,28 @@ def test_val_attack_benchmark_sets_both_validation_attacks_side_by_side(tmp_path
     assert row["apgd-ce-25"] <= row["clean"] and row["pgd-10"] <= row["clean"]
     assert row["apgd-ce-25 s"] > 0 and row["pgd-10 s"] > 0
     assert "| m.safetensors |" in out.read_text() and "apgd-ce-25 robust %" in out.read_text()
+
+
+def test_evidence_lane_resumes_parked_checkpoints_without_overwriting_newer_ones(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_evidence_fmnist.sh"
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake-python"  # answers the script's table check, records the measuring commands
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = "-c" ]; then exec {sys.executable} "$@"; fi\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"rows": [{"index": 0, "seeds": [{"seed": 0}]}]}))
+    parked, work = tmp_path / "unfinished", tmp_path / "work"
+    parked.mkdir()
+    (parked / "row1-abc-seed0.ckpt.pt").write_text("parked")
+    (parked / "row1-abc-seed1.ckpt.pt").write_text("parked")
+    (work / "fmnist").mkdir(parents=True)
+    (work / "fmnist" / "row1-abc-seed1.ckpt.pt").write_text("further along")
+    env = {**os.environ, "PY": str(fake), "TABLE": str(table), "WORK": str(work), "UNFINISHED": str(parked),
+           "ROWS": "0", "COSTLY_ROWS": "1", "SEEDS": "0"}
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert (work / "fmnist" / "row1-abc-seed0.ckpt.pt").read_text() == "parked"
+    assert (work / "fmnist" / "row1-abc-seed1.ckpt.pt").read_text() == "further along"
+    assert "skip row 0 seed 0" in out and "resuming from" in out
+    measured = calls.read_text().splitlines()
+    assert len(measured) == 1 and "--rows 1 --seeds 0" in measured[0] and f"--work {work}" in measured[0]

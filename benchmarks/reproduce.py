@@ -41,7 +41,7 @@ import torch
 import harden
 from harden.runtime.atomic import atomic_path
 from harden.summary import model_facts
-from harden.training import checkpoint_path_for
+from harden.training import checkpoint_path_for, checkpoint_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_table import join_tables, merge_results, readme_summary, write_table  # noqa: E402
@@ -162,12 +162,24 @@ def trained_model(model: harden.HardenedModel, data: str, path: Path, s: dict, s
     seconds = path.with_suffix(".seconds.json")
     if path.exists() and seconds.exists():
         return harden.load(path), json.loads(seconds.read_text())["train_seconds"]
+    earlier = earlier_epoch_seconds(checkpoint_path_for(path))
     t0 = time.perf_counter()
     trained = _train(model, data, path, s, seed, clean=False, progress=progress, training=training)
-    elapsed = round(time.perf_counter() - t0, 1)
+    elapsed = round(time.perf_counter() - t0 + earlier, 1)
     with atomic_path(seconds) as tmp:
         tmp.write_text(json.dumps({"train_seconds": elapsed}))
     return trained, elapsed
+
+
+def earlier_epoch_seconds(ckpt: Path) -> float:
+    """The seconds that an interrupted earlier run of a piece spent on the epochs its checkpoint holds.
+
+    A resumed piece's training time is theirs plus its own, so that it counts every epoch once.
+    """
+    payload = checkpoint_store(ckpt).load() if ckpt.exists() else None
+    if payload is None:
+        return 0.0
+    return sum(float(h.get("seconds", 0.0)) for h in json.loads(payload["history"]))
 
 
 def evaluate(model: harden.HardenedModel, data: str, attack: str, n: int, s: dict) -> dict[str, Any]:

@@ -41,7 +41,7 @@ import torch
 import harden
 from harden.runtime.atomic import atomic_path
 from harden.summary import model_facts
-from harden.training import checkpoint_path_for, checkpoint_store
+from harden.training import checkpoint_path_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from evidence_table import join_tables, merge_results, readme_summary, write_table  # noqa: E402
@@ -157,29 +157,18 @@ def trained_model(model: harden.HardenedModel, data: str, path: Path, s: dict, s
                   progress: bool, training: dict[str, Any]) -> tuple[harden.HardenedModel, float]:
     """The protocol's adversarial training of ``model``, or its result from an earlier, interrupted piece.
 
-    The file name carries a digest of the settings and data, so only the same training is reused.
+    The file name carries a digest of the settings and data, so only the same training is reused. The
+    seconds are the training's as the model file records them (a resumed piece's include its earlier epochs).
     """
     seconds = path.with_suffix(".seconds.json")
     if path.exists() and seconds.exists():
         return harden.load(path), json.loads(seconds.read_text())["train_seconds"]
-    earlier = earlier_epoch_seconds(checkpoint_path_for(path))
-    t0 = time.perf_counter()
     trained = _train(model, data, path, s, seed, clean=False, progress=progress, training=training)
-    elapsed = round(time.perf_counter() - t0 + earlier, 1)
+    assert trained.provenance.finetune is not None
+    elapsed = round(trained.provenance.finetune.seconds, 1)
     with atomic_path(seconds) as tmp:
         tmp.write_text(json.dumps({"train_seconds": elapsed}))
     return trained, elapsed
-
-
-def earlier_epoch_seconds(ckpt: Path) -> float:
-    """The seconds that an interrupted earlier run of a piece spent on the epochs its checkpoint holds.
-
-    A resumed piece's training time is theirs plus its own, so that it counts every epoch once.
-    """
-    payload = checkpoint_store(ckpt).load() if ckpt.exists() else None
-    if payload is None:
-        return 0.0
-    return sum(float(h.get("seconds", 0.0)) for h in json.loads(payload["history"]))
 
 
 def evaluate(model: harden.HardenedModel, data: str, attack: str, n: int, s: dict) -> dict[str, Any]:

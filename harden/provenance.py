@@ -176,7 +176,7 @@ class FinetuneEntry(_Record):
     validation: ValidationEntry
     history: list[dict[str, Any]]  # one mapping of numbers per epoch
     collapse: CollapseEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the guard's finding, if any
-    seconds: float
+    seconds: float  # the training's wall-clock; a resumed run adds the time of the epochs it resumed after
     device: str
     previous: FinetuneEntry | None = field(default=None, metadata=_OMIT_EMPTY)  # the fine-tuning before this one
 

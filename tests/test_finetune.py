@@ -22,6 +22,7 @@ from harden.training import (
     Trainer,
     augment,
     checkpoint_path_for,
+    checkpoint_store,
     curves_path_for,
     eps_at,
     finetune,
@@ -93,7 +94,11 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path) -> None:
         finetune(tiny(), "sample", output=part, resume=True, **{**opts, "lr": 0.01})
     with pytest.raises(HardenError, match="starting weights"):
         finetune(tiny(seed=1), "sample", output=part, resume=True, **opts)
+    store = checkpoint_store(ckpt)  # the interrupted run's epoch took 1000 s: the resumed run's time counts it
+    payload = store.load()
+    store.save({**payload, "history": json.dumps([{**h, "seconds": 1000.0} for h in json.loads(payload["history"])])})
     resumed = finetune(tiny(), "sample", output=part, resume=True, **opts)
+    assert 1000.0 < resumed.provenance.finetune.seconds < 1000.0 + full.provenance.finetune.seconds + 60
     a, b = full.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)

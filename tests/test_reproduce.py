@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -230,19 +231,14 @@ def test_training_cost_counts_the_passes_of_each_method() -> None:
         assert reproduce.method_passes({"method": single_step, "steps": 2}) == 2
 
 
-def test_a_resumed_piece_counts_the_training_time_of_the_epochs_its_checkpoint_holds(tmp_path: Path,
-                                                                                       monkeypatch) -> None:
+def test_a_piece_reports_the_training_time_its_model_file_records(tmp_path: Path, monkeypatch) -> None:
+    """The model file's time counts a resumed piece's earlier epochs (tested with finetune's resume)."""
     reproduce = import_benchmark("reproduce")
+    trained = SimpleNamespace(provenance=SimpleNamespace(finetune=SimpleNamespace(seconds=7200.04)))
+    monkeypatch.setattr(reproduce, "_train", lambda *a, **k: trained)
     out = tmp_path / "row1-abc-seed0.safetensors"
-    history = [{"epoch": e, "seconds": 600.0} for e in range(1, 13)]  # 12 epochs of an earlier session
-    reproduce.checkpoint_store(reproduce.checkpoint_path_for(out)).save(
-        {"format": "harden.checkpoint/1", "epoch": 12, "history": json.dumps(history)})
-    monkeypatch.setattr(reproduce, "_train", lambda *a, **k: "trained")
-    trained, seconds = reproduce.trained_model("model", "data", out, {}, 0, False, {})
-    assert trained == "trained" and 7200.0 <= seconds < 7201.0  # not just this run's few microseconds
-    assert json.loads(out.with_suffix(".seconds.json").read_text())["train_seconds"] == seconds
-    fresh = tmp_path / "row0-abc-seed0.safetensors"  # no checkpoint: only this run's time
-    assert reproduce.trained_model("model", "data", fresh, {}, 0, False, {})[1] < 1.0
+    assert reproduce.trained_model("model", "data", out, {}, 0, False, {}) == (trained, 7200.0)
+    assert json.loads(out.with_suffix(".seconds.json").read_text())["train_seconds"] == 7200.0
 
 
 def test_convergence_rule_judges_the_last_fifth_of_epochs_against_the_best() -> None:

@@ -136,6 +136,7 @@ def _run(model: HardenedModel, dataset: ImageDataset, cfg: FinetuneConfig, *, ou
     ckpt = load_for_resume(store, ckpt_path, fingerprint) if resume else None
     run, counts = _set_up(model, dataset, cfg, dist=dist, events=events, teacher=teacher, download=download)
     state = restore(run.trainer, ckpt, dist.device) if ckpt is not None else _fresh_state(run)
+    start_time -= sum(h.get("seconds", 0.0) for h in state.history)  # a resumed run counts its earlier epochs
     if dist.is_main and ckpt is None:  # every setting checked: the run starts
         warn_if_random(model, "fine-tuning")
     stopped_early = train_epochs(run, state, store=store, fingerprint=fingerprint, ckpt_path=ckpt_path)
